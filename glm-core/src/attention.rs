@@ -1,0 +1,79 @@
+//! Self-attention of GLM-130B (SAT `RotaryEmbeddingMixin.attention_forward` +
+//! `SelfAttentionWithFP32SoftmaxMixin.attention_fn`, spec §2.4).
+//!
+//! Fused QKV in the PER-HEAD layout `[heads][q|k|v][head_dim]`; rotary on q and k; the query is
+//! divided by `sqrt(hn)·c` with `c = layer_id + 1`, blocked scores are filled with −10000 (the
+//! original's non-apex path fills before multiplying by `c`), then `×c` and softmax in f32 whatever
+//! the model dtype. The `c` trick is a no-op mathematically; it keeps fp16 scores in range.
+
+use burn::module::Module;
+use burn::tensor::{activation, backend::Backend, Bool, DType, Int, Tensor};
+
+use crate::cache::KvCache;
+use crate::linear::GlmLinear;
+use crate::rotary::Rotary;
+
+/// Value written into blocked attention scores (not −∞: the original fills −10000).
+pub const MASK_FILL: f64 = -10000.0;
+
+/// Multi-head self-attention with a fused, per-head interleaved QKV projection.
+#[derive(Module, Debug)]
+pub struct SelfAttention<B: Backend> {
+    /// `attention.query_key_value`: `[3h, h]`.
+    pub query_key_value: GlmLinear<B>,
+    /// `attention.dense`: `[h, h]`.
+    pub dense: GlmLinear<B>,
+    /// Number of heads.
+    pub num_heads: usize,
+    /// 0-based layer index (sets the query–key scaling `c = layer_id + 1`).
+    pub layer_id: usize,
+}
+
+impl<B: Backend> SelfAttention<B> {
+    /// # Shapes
+    /// - `a`: `[batch, seq, hidden]`
+    /// - `position_ids`: `[batch, seq]`
+    /// - `mask`: `[batch | 1, 1, seq, cached + seq]`, `true` = blocked
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(
+        &self,
+        a: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+    ) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = a.dims();
+        let heads = self.num_heads;
+        let hn = hidden / heads;
+        let dtype = a.dtype();
+
+        let qkv = self
+            .query_key_value
+            .forward(a)
+            .reshape([batch, seq, heads, 3 * hn])
+            .swap_dims(1, 2);
+        let q = qkv.clone().narrow(3, 0, hn);
+        let k = qkv.clone().narrow(3, hn, hn);
+        let v = qkv.narrow(3, 2 * hn, hn);
+        let q = rotary.apply(q, position_ids.clone());
+        let k = rotary.apply(k, position_ids);
+        let (k, v) = match cache {
+            Some(cache) => cache.append(self.layer_id, k, v),
+            None => (k, v),
+        };
+        let keys = k.dims()[2];
+
+        let coeff = (self.layer_id + 1) as f64;
+        let q = q / ((hn as f64).sqrt() * coeff);
+        let scores = q.matmul(k.swap_dims(2, 3));
+        let mask = mask.expand([batch, heads, seq, keys]);
+        let scores = scores.mask_fill(mask, MASK_FILL).cast(DType::F32) * coeff;
+        let probs = activation::softmax(scores, 3).cast(dtype);
+        let context = probs
+            .matmul(v)
+            .swap_dims(1, 2)
+            .reshape([batch, seq, hidden]);
+        self.dense.forward(context)
+    }
+}

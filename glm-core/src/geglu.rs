@@ -1,0 +1,31 @@
+//! The GeGLU MLP of GLM-130B (SAT `GEGLU` + `mlp_forward_default`).
+//!
+//! `u = m·W₁ᵀ + b₁` is split into two CONTIGUOUS halves; the SECOND half is the gate that goes
+//! through the exact erf GELU, the first half is linear: `g = u₁ ⊙ gelu(u₂)` (spec §2.5; gelu on
+//! the first half moves the fixtures' logits by ~15).
+
+use burn::module::Module;
+use burn::tensor::{activation, backend::Backend, Tensor};
+
+use crate::linear::GlmLinear;
+
+/// GeGLU MLP: `dense_h_to_4h` (h → 2·inner), gate, `dense_4h_to_h` (inner → h).
+#[derive(Module, Debug)]
+pub struct GeGlu<B: Backend> {
+    /// `mlp.dense_h_to_4h`: `[2·inner, h]`, rows = [value half; gate half].
+    pub dense_h_to_4h: GlmLinear<B>,
+    /// `mlp.dense_4h_to_h`: `[h, inner]`.
+    pub dense_4h_to_h: GlmLinear<B>,
+}
+
+impl<B: Backend> GeGlu<B> {
+    /// # Shapes
+    /// - `m`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn forward(&self, m: Tensor<B, 3>) -> Tensor<B, 3> {
+        let u = self.dense_h_to_4h.forward(m);
+        let inner = u.dims()[2] / 2;
+        let u1 = u.clone().narrow(2, 0, inner);
+        let u2 = u.narrow(2, inner, inner);
+        self.dense_4h_to_h.forward(u1 * activation::gelu(u2))
+    }
+}

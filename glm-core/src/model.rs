@@ -1,0 +1,366 @@
+//! [`GlmModel`]: the GLM-130B network (SAT 0.2.12 `GLM130B`, spec §2).
+//!
+//! Plain embedding lookup (no scaling, no position embedding) → N DeepNorm layers → final LayerNorm
+//! → logits tied to the word embedding (no bias).
+
+use std::collections::BTreeMap;
+
+use burn::module::{Module, Param};
+use burn::tensor::{backend::Backend, Bool, DType, Distribution, Int, Tensor, TensorData};
+
+use crate::attention::SelfAttention;
+use crate::cache::KvCache;
+use crate::config::GlmConfig;
+use crate::error::{Error, Result};
+use crate::geglu::GeGlu;
+use crate::layer::GlmLayer;
+use crate::layernorm::LayerNorm;
+use crate::linear::GlmLinear;
+use crate::rotary::{Rotary, RotaryPrecision, RotaryTables};
+use crate::weights::{check_source, load_float, param_specs, WeightSource};
+
+/// How to build a model: float dtype of parameters/activations and rotary table precision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ModelOptions {
+    /// Dtype of weights and activations (softmax and LayerNorm statistics are always f32).
+    pub dtype: DType,
+    /// Rotary tables: SAT-exact fp16 (default) or exact fp32.
+    pub rotary: RotaryPrecision,
+}
+
+impl Default for ModelOptions {
+    fn default() -> Self {
+        Self {
+            dtype: DType::F32,
+            rotary: RotaryPrecision::Fp16Sat,
+        }
+    }
+}
+
+/// What [`GlmModel::forward_with`] returns.
+#[derive(Debug, Clone)]
+pub struct ForwardOutput<B: Backend> {
+    /// Logits, `[batch, seq, vocab]` (or `[batch, 1, vocab]` with `last_only`).
+    pub logits: Tensor<B, 3>,
+    /// Output of every layer before the final LayerNorm, `[batch, seq, hidden]` each, if requested.
+    pub hidden_states: Vec<Tensor<B, 3>>,
+}
+
+/// Options of [`GlmModel::forward_with`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ForwardOptions {
+    /// Keep every layer's output.
+    pub hidden_states: bool,
+    /// Compute logits for the last row only (what decoding needs; saves a vocab-sized GEMM per row).
+    pub last_only: bool,
+}
+
+/// The GLM-130B model, generic over the burn backend.
+#[derive(Module, Debug)]
+pub struct GlmModel<B: Backend> {
+    /// `transformer.word_embeddings.weight`, `[vocab, hidden]`; also the output projection.
+    pub word_embeddings: Param<Tensor<B, 2>>,
+    /// `transformer.layers.*`.
+    pub layers: Vec<GlmLayer<B>>,
+    /// `transformer.final_layernorm`.
+    pub final_layernorm: LayerNorm<B>,
+    rotary: Rotary<B>,
+    #[module(skip)]
+    config: GlmConfig,
+}
+
+impl<B: Backend> GlmModel<B> {
+    /// The model's configuration.
+    pub fn config(&self) -> &GlmConfig {
+        &self.config
+    }
+
+    /// Dtype of the parameters.
+    pub fn dtype(&self) -> DType {
+        self.word_embeddings.val().dtype()
+    }
+
+    /// Logits for the given inputs.
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, seq]` (ids < vocab, positions < max_sequence_length)
+    /// - `mask`: `[batch | 1, 1, seq, seq]`, `true` = blocked (the original boolean convention)
+    /// - output: `[batch, seq, vocab]`
+    pub fn forward(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Tensor<B, 3> {
+        self.forward_with(tokens, position_ids, mask, None, ForwardOptions::default())
+            .logits
+    }
+
+    /// Like [`forward`](Self::forward) through the KV cache: the new rows attend to every cached
+    /// key plus the new ones, and their keys/values are appended to `cache`.
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, new]`
+    /// - `mask`: `[batch | 1, 1, new, cached + new]`
+    /// - output: `[batch, new, vocab]`
+    pub fn forward_cached(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+    ) -> Tensor<B, 3> {
+        self.forward_with(tokens, position_ids, mask, Some(cache), ForwardOptions::default())
+            .logits
+    }
+
+    /// The general forward pass (optional cache, hidden states, last-row logits).
+    pub fn forward_with(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+        options: ForwardOptions,
+    ) -> ForwardOutput<B> {
+        let mut x = self.embed(tokens);
+        let mut hidden_states = Vec::new();
+        for layer in &self.layers {
+            x = layer.forward(
+                x,
+                &self.rotary,
+                position_ids.clone(),
+                mask.clone(),
+                cache.as_deref_mut(),
+            );
+            if options.hidden_states {
+                hidden_states.push(x.clone());
+            }
+        }
+        if options.last_only {
+            let seq = x.dims()[1];
+            x = x.narrow(1, seq - 1, 1);
+        }
+        ForwardOutput {
+            logits: self.logits(self.final_layernorm.forward(x)),
+            hidden_states,
+        }
+    }
+
+    /// Word-embedding lookup (no scaling, no position embedding).
+    ///
+    /// # Shapes
+    /// - `tokens`: `[batch, seq]` → `[batch, seq, hidden]`
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+        burn::tensor::module::embedding(self.word_embeddings.val(), tokens)
+    }
+
+    /// Tied output projection: `h · Eᵀ`, no bias.
+    ///
+    /// # Shapes
+    /// - `normed`: `[batch, seq, hidden]` (after the final LayerNorm) → `[batch, seq, vocab]`
+    pub fn logits(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
+        let [batch, seq, hidden] = normed.dims();
+        let vocab = self.config.vocab_size;
+        normed
+            .reshape([batch * seq, hidden])
+            .matmul(self.word_embeddings.val().transpose())
+            .reshape([batch, seq, vocab])
+    }
+
+    /// An empty KV cache sized for this model.
+    pub fn new_cache(&self) -> KvCache<B> {
+        KvCache::new(self.layers.len())
+    }
+
+    /// Loads a model from a checkpoint under the original names, converting to `options.dtype`.
+    ///
+    /// Checks the whole checkpoint first (missing / unexpected tensors, layer count, shapes,
+    /// dtypes), so nothing is allocated on the device for a bad file.
+    pub fn from_source(
+        config: &GlmConfig,
+        source: &dyn WeightSource,
+        device: &B::Device,
+        options: ModelOptions,
+    ) -> Result<Self> {
+        config.validate()?;
+        let specs = param_specs(config);
+        check_source(source, &specs, config.num_layers, &|_| false)?;
+        let loader = |name: &str| load_float(source, name, options.dtype);
+        Self::build(config, device, options, &mut |name, _shape| loader(name))
+    }
+
+    /// A model with random weights (DeepNorm-style init, seeded through the backend's RNG):
+    /// weights N(0, std) with std = gain/sqrt(fan_in), biases 0, LayerNorm γ=1 β=0.
+    /// `gain` is (2N)^-½ for the value/output projections and the MLP, 1 elsewhere (spec §8).
+    pub fn random(config: &GlmConfig, device: &B::Device, options: ModelOptions, seed: u64) -> Result<Self> {
+        config.validate()?;
+        B::seed(device, seed);
+        let beta = 1.0 / config.deepnorm_alpha();
+        let h = config.hidden_size;
+        let hn = config.head_dim();
+        let mut init = |name: &str, shape: &[usize]| -> Result<TensorData> {
+            let n: usize = shape.iter().product();
+            let data = if name.ends_with("layernorm.weight") {
+                TensorData::new(vec![1f32; n], shape.to_vec())
+            } else if name.ends_with(".bias") {
+                TensorData::new(vec![0f32; n], shape.to_vec())
+            } else {
+                let fan_in = shape[1] as f64;
+                let gain = if name.contains("attention.dense") || name.contains("mlp.") {
+                    beta
+                } else {
+                    1.0
+                };
+                let std = gain / fan_in.sqrt();
+                let mut t = Tensor::<B, 2>::random(
+                    [shape[0], shape[1]],
+                    Distribution::Normal(0.0, std),
+                    device,
+                );
+                if name.ends_with("query_key_value.weight") {
+                    // DeepNorm scales only the value rows of the fused per-head [q|k|v] layout.
+                    let rows = Tensor::<B, 1, Int>::arange(0..(3 * h) as i64, device);
+                    let is_v = rows.remainder_scalar((3 * hn) as i64).greater_equal_elem((2 * hn) as i64);
+                    let scale = is_v.float().mul_scalar(beta - 1.0).add_scalar(1.0);
+                    t = t * scale.unsqueeze_dim::<2>(1);
+                }
+                t.into_data()
+            };
+            Ok(data.convert_dtype(options.dtype))
+        };
+        Self::build(config, device, options, &mut init)
+    }
+
+    fn build(
+        config: &GlmConfig,
+        device: &B::Device,
+        options: ModelOptions,
+        fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
+    ) -> Result<Self> {
+        let h = config.hidden_size;
+        let i = config.inner_size();
+        let dtype = options.dtype;
+        let mut t1 = |name: String, n: usize| -> Result<Tensor<B, 1>> {
+            Ok(Tensor::from_data(fetch(&name, &[n])?, (device, dtype)))
+        };
+        let mut ln = |prefix: String| -> Result<LayerNorm<B>> {
+            Ok(LayerNorm::new(
+                t1(format!("{prefix}.weight"), h)?,
+                t1(format!("{prefix}.bias"), h)?,
+                config.layernorm_epsilon,
+            ))
+        };
+        let final_layernorm = ln("transformer.final_layernorm".into())?;
+        let mut layer_norms = Vec::with_capacity(config.num_layers);
+        for l in 0..config.num_layers {
+            layer_norms.push((
+                ln(format!("transformer.layers.{l}.input_layernorm"))?,
+                ln(format!("transformer.layers.{l}.post_attention_layernorm"))?,
+            ));
+        }
+        let mut linear = |name: String, out: usize, inp: usize| -> Result<GlmLinear<B>> {
+            let w = fetch(&format!("{name}.weight"), &[out, inp])?;
+            let b = fetch(&format!("{name}.bias"), &[out])?;
+            Ok(GlmLinear::new(
+                Tensor::from_data(w, (device, dtype)),
+                Tensor::from_data(b, (device, dtype)),
+            ))
+        };
+        let mut layers = Vec::with_capacity(config.num_layers);
+        for (l, (input_layernorm, post_attention_layernorm)) in layer_norms.into_iter().enumerate() {
+            let p = format!("transformer.layers.{l}.");
+            layers.push(GlmLayer {
+                input_layernorm,
+                attention: SelfAttention {
+                    query_key_value: linear(format!("{p}attention.query_key_value"), 3 * h, h)?,
+                    dense: linear(format!("{p}attention.dense"), h, h)?,
+                    num_heads: config.num_attention_heads,
+                    layer_id: l,
+                },
+                post_attention_layernorm,
+                mlp: GeGlu {
+                    dense_h_to_4h: linear(format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
+                    dense_4h_to_h: linear(format!("{p}mlp.dense_4h_to_h"), h, i)?,
+                },
+                deepnorm_alpha: config.deepnorm_alpha(),
+            });
+        }
+        let emb = fetch("transformer.word_embeddings.weight", &[config.vocab_size, h])?;
+        let rotary = RotaryTables::new(
+            config.head_dim(),
+            config.max_sequence_length,
+            config.rotary_base,
+            options.rotary,
+        )
+        .to_device(device, options.dtype);
+        Ok(Self {
+            word_embeddings: Param::from_tensor(Tensor::from_data(emb, (device, dtype))),
+            layers,
+            final_layernorm,
+            rotary,
+            config: config.clone(),
+        })
+    }
+
+    /// Every parameter under its original name (host copies, in the model dtype).
+    pub fn named_tensors(&self) -> BTreeMap<String, TensorData> {
+        let mut out = BTreeMap::new();
+        out.insert(
+            "transformer.word_embeddings.weight".to_string(),
+            self.word_embeddings.val().into_data(),
+        );
+        let put_ln = |out: &mut BTreeMap<String, TensorData>, p: String, ln: &LayerNorm<B>| {
+            out.insert(format!("{p}.weight"), ln.weight.val().into_data());
+            out.insert(format!("{p}.bias"), ln.bias.val().into_data());
+        };
+        put_ln(&mut out, "transformer.final_layernorm".into(), &self.final_layernorm);
+        for (l, layer) in self.layers.iter().enumerate() {
+            let p = format!("transformer.layers.{l}.");
+            put_ln(&mut out, format!("{p}input_layernorm"), &layer.input_layernorm);
+            put_ln(&mut out, format!("{p}post_attention_layernorm"), &layer.post_attention_layernorm);
+            let linears = [
+                ("attention.query_key_value", &layer.attention.query_key_value),
+                ("attention.dense", &layer.attention.dense),
+                ("mlp.dense_h_to_4h", &layer.mlp.dense_h_to_4h),
+                ("mlp.dense_4h_to_h", &layer.mlp.dense_4h_to_h),
+            ];
+            for (name, lin) in linears {
+                out.insert(format!("{p}{name}.weight"), lin.weight.val().into_data());
+                out.insert(format!("{p}{name}.bias"), lin.bias.val().into_data());
+            }
+        }
+        out
+    }
+
+    /// Saves every parameter as safetensors under the original names, converted to `dtype`
+    /// (atomic: temp + rename).
+    pub fn save_safetensors(&self, path: impl AsRef<std::path::Path>, dtype: DType) -> Result<()> {
+        let tensors = self
+            .named_tensors()
+            .into_iter()
+            .map(|(k, v)| (k, v.convert_dtype(dtype)))
+            .collect();
+        crate::weights::save_safetensors(path.as_ref(), &tensors, None)
+    }
+
+    /// Checks host-side inputs against this model (ids < vocab, positions < max length).
+    pub fn check_input(&self, tokens: &[u32], position_ids: &[u32]) -> Result<()> {
+        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+            return Err(Error::InvalidInput(format!(
+                "token id {t} is outside the vocabulary ({} ids)",
+                self.config.vocab_size
+            )));
+        }
+        if let Some(&p) = position_ids
+            .iter()
+            .find(|&&p| p as usize >= self.config.max_sequence_length)
+        {
+            return Err(Error::InvalidInput(format!(
+                "position id {p} is beyond max_sequence_length {}",
+                self.config.max_sequence_length
+            )));
+        }
+        Ok(())
+    }
+}

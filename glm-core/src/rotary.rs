@@ -1,0 +1,134 @@
+//! Rotary position embedding of GLM-130B (SAT `rotary_embeddings.py`, GPT-NeoX "rotate half").
+//!
+//! The full head dimension is rotated; dimension `d < hn/2` is paired with `d + hn/2`. Positions
+//! are looked up in cos/sin tables, so arbitrary (repeated, non-monotone) position ids work.
+//!
+//! Why fp16 tables by default: SAT builds `inv_freq`, the angles and cos/sin in fp16 (spec §2.6),
+//! and fp32 tables move the fixtures' logits by ~6e-3 (more at long positions, where fp16's spacing
+//! is 1.0). [`RotaryPrecision::Fp32`] gives the mathematically exact tables (FasterTransformer's).
+
+use burn::module::Module;
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
+use half::f16;
+use serde::{Deserialize, Serialize};
+
+/// How the cos/sin tables are built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum RotaryPrecision {
+    /// Bit-exact with SAT 0.2.12: fp16 `inv_freq`, fp16 angles, fp16 cos/sin (the default).
+    #[default]
+    Fp16Sat,
+    /// Exact fp32 `inv_freq`, angles and cos/sin (what FasterTransformer computes).
+    Fp32,
+    /// SAT after `model.float()`: the fp16-rounded `inv_freq` buffer, fp32 angles and cos/sin.
+    Fp32SatBuffer,
+}
+
+/// Host-side cos/sin tables, `[max_positions, head_dim]` row-major, row = position id.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RotaryTables {
+    /// Rows of the tables (positions 0..max_positions).
+    pub max_positions: usize,
+    /// Rotated dimension (= head size).
+    pub dim: usize,
+    /// `inv_freq`, `dim/2` values (fp16-rounded in [`RotaryPrecision::Fp16Sat`]).
+    pub inv_freq: Vec<f32>,
+    /// cos table, `[max_positions, dim]`.
+    pub cos: Vec<f32>,
+    /// sin table, `[max_positions, dim]`.
+    pub sin: Vec<f32>,
+}
+
+impl RotaryTables {
+    /// Builds the tables for positions `0..max_positions` of a `dim`-wide rotation.
+    pub fn new(dim: usize, max_positions: usize, base: f64, precision: RotaryPrecision) -> Self {
+        let half = dim / 2;
+        // torch: 1 / base ** (arange(0, dim, 2).float() / dim), all in fp32.
+        let inv_freq_f32: Vec<f32> = (0..half)
+            .map(|i| 1.0f32 / (base as f32).powf((2 * i) as f32 / dim as f32))
+            .collect();
+        let inv_freq: Vec<f32> = match precision {
+            RotaryPrecision::Fp16Sat | RotaryPrecision::Fp32SatBuffer => inv_freq_f32
+                .iter()
+                .map(|&v| f16::from_f32(v).to_f32())
+                .collect(),
+            RotaryPrecision::Fp32 => inv_freq_f32,
+        };
+        let mut cos = vec![0f32; max_positions * dim];
+        let mut sin = vec![0f32; max_positions * dim];
+        for p in 0..max_positions {
+            for (i, &freq) in inv_freq.iter().enumerate() {
+                let (c, s) = match precision {
+                    RotaryPrecision::Fp16Sat => {
+                        // t = fp16 arange; angle = f16(t * inv_freq) (exact product, one rounding).
+                        let t = f16::from_f32(p as f32).to_f32();
+                        let angle = f16::from_f32(t * freq).to_f32();
+                        (
+                            f16::from_f32(angle.cos()).to_f32(),
+                            f16::from_f32(angle.sin()).to_f32(),
+                        )
+                    }
+                    RotaryPrecision::Fp32 | RotaryPrecision::Fp32SatBuffer => {
+                        let angle = p as f32 * freq;
+                        (angle.cos(), angle.sin())
+                    }
+                };
+                let row = p * dim;
+                cos[row + i] = c;
+                cos[row + i + half] = c;
+                sin[row + i] = s;
+                sin[row + i + half] = s;
+            }
+        }
+        Self {
+            max_positions,
+            dim,
+            inv_freq,
+            cos,
+            sin,
+        }
+    }
+
+    /// Uploads the tables as `[max_positions, dim]` tensors of the given float dtype.
+    pub fn to_device<B: Backend>(&self, device: &B::Device, dtype: DType) -> Rotary<B> {
+        let shape = [self.max_positions, self.dim];
+        let upload = |v: &Vec<f32>| {
+            Tensor::<B, 2>::from_data(TensorData::new(v.clone(), shape), device).cast(dtype)
+        };
+        Rotary {
+            cos: upload(&self.cos),
+            sin: upload(&self.sin),
+        }
+    }
+}
+
+/// Device-side rotary tables (constants: not parameters, never trained).
+#[derive(Module, Debug)]
+pub struct Rotary<B: Backend> {
+    cos: Tensor<B, 2>,
+    sin: Tensor<B, 2>,
+}
+
+impl<B: Backend> Rotary<B> {
+    /// Rotates `x` by the angles of `position_ids`.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, heads, seq, head_dim]`
+    /// - `position_ids`: `[batch, seq]` (values < max positions)
+    /// - output: like `x`
+    pub fn apply(&self, x: Tensor<B, 4>, position_ids: Tensor<B, 2, Int>) -> Tensor<B, 4> {
+        let [batch, _heads, seq, dim] = x.dims();
+        let flat = position_ids.reshape([batch * seq]);
+        let cos = self
+            .cos
+            .clone()
+            .select(0, flat.clone())
+            .reshape([batch, 1, seq, dim]);
+        let sin = self.sin.clone().select(0, flat).reshape([batch, 1, seq, dim]);
+        let half = dim / 2;
+        let x1 = x.clone().narrow(3, 0, half);
+        let x2 = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
+        x * cos + rotated * sin
+    }
+}
