@@ -1,8 +1,10 @@
 //! [`GlmLinear`]: `y = x·Wᵀ + b` with the weight kept in PyTorch's `[out, in]` layout, so checkpoints
 //! map one-to-one onto the original parameter names and shapes.
 
+use std::collections::BTreeMap;
+
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Tensor};
+use burn::tensor::{backend::Backend, Tensor, TensorData};
 
 /// A linear layer with bias (every GLM-130B linear has one; the tied output projection is not a
 /// `GlmLinear`).
@@ -47,5 +49,11 @@ impl<B: Backend> GlmLinear<B> {
             .matmul(self.weight.val().transpose())
             + self.bias.val().unsqueeze::<2>();
         y.reshape([batch, seq, self.d_out()])
+    }
+
+    /// Host copies of the parameters under `{prefix}.weight` / `{prefix}.bias` (original names).
+    pub fn export(&self, prefix: &str, out: &mut BTreeMap<String, TensorData>) {
+        out.insert(format!("{prefix}.weight"), self.weight.val().into_data());
+        out.insert(format!("{prefix}.bias"), self.bias.val().into_data());
     }
 }

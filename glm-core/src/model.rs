@@ -186,8 +186,13 @@ impl<B: Backend> GlmModel<B> {
         config.validate()?;
         let specs = param_specs(config);
         check_source(source, &specs, config.num_layers, &|_| false)?;
-        let loader = |name: &str| load_float(source, name, options.dtype);
-        Self::build(config, device, options, &mut |name, _shape| loader(name))
+        let fetch = |name: &str| load_float(source, name, options.dtype);
+        Self::build(config, device, options, &mut |name, _shape| fetch(name), &mut |prefix, _out, _in| {
+            Ok(GlmLinear::new(
+                Tensor::from_data(fetch(&format!("{prefix}.weight"))?, (device, options.dtype)),
+                Tensor::from_data(fetch(&format!("{prefix}.bias"))?, (device, options.dtype)),
+            ))
+        })
     }
 
     /// A model with random weights (DeepNorm-style init, seeded through the backend's RNG):
@@ -199,7 +204,7 @@ impl<B: Backend> GlmModel<B> {
         let beta = 1.0 / config.deepnorm_alpha();
         let h = config.hidden_size;
         let hn = config.head_dim();
-        let mut init = |name: &str, shape: &[usize]| -> Result<TensorData> {
+        let init = |name: &str, shape: &[usize]| -> Result<TensorData> {
             let n: usize = shape.iter().product();
             let data = if name.ends_with("layernorm.weight") {
                 TensorData::new(vec![1f32; n], shape.to_vec())
@@ -229,14 +234,26 @@ impl<B: Backend> GlmModel<B> {
             };
             Ok(data.convert_dtype(options.dtype))
         };
-        Self::build(config, device, options, &mut init)
+        let dtype = options.dtype;
+        let mut fetch = |name: &str, shape: &[usize]| init(name, shape);
+        let mut linear = |prefix: &str, out: usize, inp: usize| -> Result<GlmLinear<B>> {
+            Ok(GlmLinear::new(
+                Tensor::from_data(init(&format!("{prefix}.weight"), &[out, inp])?, (device, dtype)),
+                Tensor::from_data(init(&format!("{prefix}.bias"), &[out])?, (device, dtype)),
+            ))
+        };
+        Self::build(config, device, options, &mut fetch, &mut linear)
     }
 
-    fn build(
+    /// Assembles a model: `fetch(name, shape)` gives every non-linear tensor (embedding,
+    /// LayerNorms) in the model dtype, `linear(prefix, out, in)` builds each of the four linears
+    /// of every layer (float or quantized: this is where glm-quant plugs in).
+    pub fn build(
         config: &GlmConfig,
         device: &B::Device,
         options: ModelOptions,
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
+        linear: &mut dyn FnMut(&str, usize, usize) -> Result<GlmLinear<B>>,
     ) -> Result<Self> {
         let h = config.hidden_size;
         let i = config.inner_size();
@@ -259,29 +276,21 @@ impl<B: Backend> GlmModel<B> {
                 ln(format!("transformer.layers.{l}.post_attention_layernorm"))?,
             ));
         }
-        let mut linear = |name: String, out: usize, inp: usize| -> Result<GlmLinear<B>> {
-            let w = fetch(&format!("{name}.weight"), &[out, inp])?;
-            let b = fetch(&format!("{name}.bias"), &[out])?;
-            Ok(GlmLinear::new(
-                Tensor::from_data(w, (device, dtype)),
-                Tensor::from_data(b, (device, dtype)),
-            ))
-        };
         let mut layers = Vec::with_capacity(config.num_layers);
         for (l, (input_layernorm, post_attention_layernorm)) in layer_norms.into_iter().enumerate() {
             let p = format!("transformer.layers.{l}.");
             layers.push(GlmLayer {
                 input_layernorm,
                 attention: SelfAttention {
-                    query_key_value: linear(format!("{p}attention.query_key_value"), 3 * h, h)?,
-                    dense: linear(format!("{p}attention.dense"), h, h)?,
+                    query_key_value: linear(&format!("{p}attention.query_key_value"), 3 * h, h)?,
+                    dense: linear(&format!("{p}attention.dense"), h, h)?,
                     num_heads: config.num_attention_heads,
                     layer_id: l,
                 },
                 post_attention_layernorm,
                 mlp: GeGlu {
-                    dense_h_to_4h: linear(format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
-                    dense_4h_to_h: linear(format!("{p}mlp.dense_4h_to_h"), h, i)?,
+                    dense_h_to_4h: linear(&format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
+                    dense_4h_to_h: linear(&format!("{p}mlp.dense_4h_to_h"), h, i)?,
                 },
                 deepnorm_alpha: config.deepnorm_alpha(),
             });
@@ -326,8 +335,7 @@ impl<B: Backend> GlmModel<B> {
                 ("mlp.dense_4h_to_h", &layer.mlp.dense_4h_to_h),
             ];
             for (name, lin) in linears {
-                out.insert(format!("{p}{name}.weight"), lin.weight.val().into_data());
-                out.insert(format!("{p}{name}.bias"), lin.bias.val().into_data());
+                lin.export(&format!("{p}{name}"), &mut out);
             }
         }
         out
