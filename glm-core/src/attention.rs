@@ -10,6 +10,7 @@ use burn::module::Module;
 use burn::tensor::{activation, backend::Backend, Bool, DType, Int, Tensor};
 
 use crate::cache::KvCache;
+use crate::dropout::Dropout;
 use crate::linear::GlmLinear;
 use crate::rotary::Rotary;
 
@@ -43,6 +44,23 @@ impl<B: Backend> SelfAttention<B> {
         mask: Tensor<B, 4, Bool>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        self.forward_with_dropout(a, rotary, position_ids, mask, cache, None)
+    }
+
+    /// [`forward`](Self::forward) in training mode: dropout on the attention probabilities and on
+    /// the output projection (`None` = inference).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward).
+    pub fn forward_with_dropout(
+        &self,
+        a: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Tensor<B, 3> {
         let [batch, seq, hidden] = a.dims();
         let heads = self.num_heads;
         let hn = hidden / heads;
@@ -69,11 +87,18 @@ impl<B: Backend> SelfAttention<B> {
         let scores = q.matmul(k.swap_dims(2, 3));
         let mask = mask.expand([batch, heads, seq, keys]);
         let scores = scores.mask_fill(mask, MASK_FILL).cast(DType::F32) * coeff;
-        let probs = activation::softmax(scores, 3).cast(dtype);
+        let mut probs = activation::softmax(scores, 3).cast(dtype);
+        if let Some(d) = dropout.as_deref_mut() {
+            probs = d.attention(probs);
+        }
         let context = probs
             .matmul(v)
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden]);
-        self.dense.forward(context)
+        let out = self.dense.forward(context);
+        match dropout {
+            Some(d) => d.hidden(out),
+            None => out,
+        }
     }
 }

@@ -237,7 +237,7 @@ impl GlmConfig {
                 });
             }
         }
-        if self.hidden_size % self.num_attention_heads != 0 {
+        if !self.hidden_size.is_multiple_of(self.num_attention_heads) {
             return Err(Error::InvalidConfig {
                 field: "num_attention_heads",
                 reason: format!(
@@ -246,7 +246,7 @@ impl GlmConfig {
                 ),
             });
         }
-        if self.head_dim() % 2 != 0 {
+        if !self.head_dim().is_multiple_of(2) {
             return Err(Error::InvalidConfig {
                 field: "num_attention_heads",
                 reason: format!("rotary needs an even head size, got {}", self.head_dim()),

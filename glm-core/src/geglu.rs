@@ -7,6 +7,7 @@
 use burn::module::Module;
 use burn::tensor::{activation, backend::Backend, Tensor};
 
+use crate::dropout::Dropout;
 use crate::linear::GlmLinear;
 
 /// GeGLU MLP: `dense_h_to_4h` (h → 2·inner), gate, `dense_4h_to_h` (inner → h).
@@ -22,10 +23,22 @@ impl<B: Backend> GeGlu<B> {
     /// # Shapes
     /// - `m`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
     pub fn forward(&self, m: Tensor<B, 3>) -> Tensor<B, 3> {
+        self.forward_with_dropout(m, None)
+    }
+
+    /// [`forward`](Self::forward) with dropout on the output in training mode (`None` = inference).
+    ///
+    /// # Shapes
+    /// - `m`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn forward_with_dropout(&self, m: Tensor<B, 3>, dropout: Option<&mut Dropout>) -> Tensor<B, 3> {
         let u = self.dense_h_to_4h.forward(m);
         let inner = u.dims()[2] / 2;
         let u1 = u.clone().narrow(2, 0, inner);
         let u2 = u.narrow(2, inner, inner);
-        self.dense_4h_to_h.forward(u1 * activation::gelu(u2))
+        let out = self.dense_4h_to_h.forward(u1 * activation::gelu(u2));
+        match dropout {
+            Some(d) => d.hidden(out),
+            None => out,
+        }
     }
 }

@@ -10,6 +10,7 @@ use burn::tensor::{backend::Backend, Bool, Int, Tensor};
 
 use crate::attention::SelfAttention;
 use crate::cache::KvCache;
+use crate::dropout::Dropout;
 use crate::geglu::GeGlu;
 use crate::layernorm::LayerNorm;
 use crate::rotary::Rotary;
@@ -41,14 +42,36 @@ impl<B: Backend> GlmLayer<B> {
         mask: Tensor<B, 4, Bool>,
         cache: Option<&mut KvCache<B>>,
     ) -> Tensor<B, 3> {
+        self.forward_with_dropout(x, rotary, position_ids, mask, cache, None)
+    }
+
+    /// [`forward`](Self::forward) in training mode: dropout on the attention probabilities, the
+    /// attention output and the MLP output, before each residual sum (`None` = inference).
+    ///
+    /// # Shapes
+    /// As [`forward`](Self::forward).
+    pub fn forward_with_dropout(
+        &self,
+        x: Tensor<B, 3>,
+        rotary: &Rotary<B>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+        mut dropout: Option<&mut Dropout>,
+    ) -> Tensor<B, 3> {
         let alpha = self.deepnorm_alpha;
         let a = self.input_layernorm.forward(x);
-        let attn = self
-            .attention
-            .forward(a.clone(), rotary, position_ids, mask, cache);
+        let attn = self.attention.forward_with_dropout(
+            a.clone(),
+            rotary,
+            position_ids,
+            mask,
+            cache,
+            dropout.as_deref_mut(),
+        );
         let h = a * alpha + attn;
         let m = self.post_attention_layernorm.forward(h);
-        let f = self.mlp.forward(m.clone());
+        let f = self.mlp.forward_with_dropout(m.clone(), dropout);
         m * alpha + f
     }
 }

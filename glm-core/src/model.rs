@@ -11,6 +11,7 @@ use burn::tensor::{backend::Backend, Bool, DType, Distribution, Int, Tensor, Ten
 use crate::attention::SelfAttention;
 use crate::cache::KvCache;
 use crate::config::GlmConfig;
+use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::geglu::GeGlu;
 use crate::layer::GlmLayer;
@@ -18,6 +19,9 @@ use crate::layernorm::LayerNorm;
 use crate::linear::GlmLinear;
 use crate::rotary::{Rotary, RotaryPrecision, RotaryTables};
 use crate::weights::{check_source, load_float, param_specs, WeightSource};
+
+/// Builds one linear layer from its name prefix and `(out, in)` shape (see [`GlmModel::build`]).
+pub type LinearLoader<'a, B> = dyn FnMut(&str, usize, usize) -> Result<GlmLinear<B>> + 'a;
 
 /// How to build a model: float dtype of parameters/activations and rotary table precision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -147,6 +151,46 @@ impl<B: Backend> GlmModel<B> {
         }
     }
 
+    /// The training forward pass: embedding lookup with the embedding-gradient shrink, dropout
+    /// where the original has it (embedding output, attention probabilities, attention and MLP
+    /// outputs), the layers and the final LayerNorm. Returns the normalised hidden states; apply
+    /// [`logits`](Self::logits) to the rows that carry a loss (saves the vocab GEMM elsewhere).
+    ///
+    /// `shrink_alpha` is the embedding gradient shrink α (spec §8, 0.1 for GLM-130B, 1 = off): the
+    /// forward value is unchanged, the gradient reaching the embedding through the LOOKUP is
+    /// scaled by α (`h·α + h.detach()·(1−α)`); the tied output projection is not shrunk.
+    /// With `Dropout::disabled()` and α = 1 this equals the inference forward.
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, seq]`
+    /// - `mask`: `[batch | 1, 1, seq, seq]`, `true` = blocked
+    /// - output: `[batch, seq, hidden]` (after the final LayerNorm)
+    pub fn forward_train(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        shrink_alpha: f64,
+        dropout: &mut Dropout,
+    ) -> Tensor<B, 3> {
+        let mut x = self.embed(tokens);
+        if shrink_alpha != 1.0 {
+            x = x.clone() * shrink_alpha + x.detach() * (1.0 - shrink_alpha);
+        }
+        x = dropout.hidden(x);
+        for layer in &self.layers {
+            x = layer.forward_with_dropout(
+                x,
+                &self.rotary,
+                position_ids.clone(),
+                mask.clone(),
+                None,
+                Some(&mut *dropout),
+            );
+        }
+        self.final_layernorm.forward(x)
+    }
+
     /// Word-embedding lookup (no scaling, no position embedding).
     ///
     /// # Shapes
@@ -253,7 +297,7 @@ impl<B: Backend> GlmModel<B> {
         device: &B::Device,
         options: ModelOptions,
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
-        linear: &mut dyn FnMut(&str, usize, usize) -> Result<GlmLinear<B>>,
+        linear: &mut LinearLoader<'_, B>,
     ) -> Result<Self> {
         let h = config.hidden_size;
         let i = config.inner_size();

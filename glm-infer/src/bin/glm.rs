@@ -1,0 +1,313 @@
+//! `glm`: GLM-130B from the command line (mirrors GLM-130B's generate.py flags).
+//!
+//! ```text
+//! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
+//! glm init-random --out DIR [--preset tiny|small|base] [--vocab-size N] [--seed S]
+//! ```
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use burn::tensor::backend::Backend;
+use clap::{Parser, Subcommand};
+use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision, SpecialTokens};
+use glm_infer::cli::{load_codec, load_config, load_model, parse_dtype, Codec, DeviceKind};
+use glm_infer::{
+    build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result, SamplingConfig, Strategy,
+    TextCodec, TokenStream,
+};
+
+#[derive(Parser)]
+#[command(name = "glm", version, about = "GLM-130B in Rust: blank filling and generation")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Fill [MASK] / [sMASK] / [gMASK] blanks (generate.py).
+    Generate(GenerateArgs),
+    /// Write a randomly initialised model folder (config.json + model.safetensors).
+    InitRandom(InitArgs),
+}
+
+#[derive(clap::Args, Clone)]
+struct GenerateArgs {
+    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// config.json to use with a SAT checkpoint folder that has none.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SentencePiece model (ice_text.model). Without it prompts are whitespace-separated token ids.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
+    #[arg(long, default_value = "icetk")]
+    tokenizer_mode: String,
+    /// `interactive` or a file with one prompt per line.
+    #[arg(long, default_value = "interactive")]
+    input_source: String,
+    /// Folder for the answers (one file per prompt).
+    #[arg(long, default_value = "samples")]
+    output_path: PathBuf,
+    /// Maximum total length (context + generated) of each blank.
+    #[arg(long, default_value_t = 256)]
+    out_seq_length: usize,
+    /// Beam search: end tokens are banned until this many tokens.
+    #[arg(long, default_value_t = 0)]
+    min_gen_length: usize,
+    /// BaseStrategy (sampling, greedy with --top-k 1) or BeamSearchStrategy.
+    #[arg(long, default_value = "BaseStrategy")]
+    sampling_strategy: String,
+    #[arg(long, default_value_t = 4)]
+    num_beams: usize,
+    #[arg(long, default_value_t = 1.0)]
+    length_penalty: f32,
+    #[arg(long, default_value_t = 3)]
+    no_repeat_ngram_size: usize,
+    /// Print every beam, not only the best.
+    #[arg(long)]
+    print_all_beams: bool,
+    /// Beam search: take the top candidates instead of sampling them (the evaluation behaviour).
+    #[arg(long)]
+    deterministic: bool,
+    #[arg(long = "top-k", alias = "top_k", default_value_t = 0)]
+    top_k: usize,
+    #[arg(long = "top-p", alias = "top_p", default_value_t = 0.7)]
+    top_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    temperature: f32,
+    #[arg(long, default_value_t = 1234)]
+    seed: u64,
+    /// Input lines are `id<TAB>text`; answers go to `<id>.txt`.
+    #[arg(long)]
+    with_id: bool,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Exact fp32 rotary tables instead of the original's fp16 ones.
+    #[arg(long)]
+    rotary_fp32: bool,
+}
+
+#[derive(clap::Args)]
+struct InitArgs {
+    /// Output folder.
+    #[arg(long)]
+    out: PathBuf,
+    /// tiny, small or base.
+    #[arg(long, default_value = "tiny")]
+    preset: String,
+    /// Override the vocabulary size (e.g. 150528 to match an icetk tokenizer).
+    #[arg(long)]
+    vocab_size: Option<usize>,
+    /// Use GLM-130B's special ids (150000.., eos 20002).
+    #[arg(long)]
+    glm130b_specials: bool,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Generate(args) => generate(args),
+        Command::InitRandom(args) => init_random(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_random(args: InitArgs) -> Result<()> {
+    let mut config = match args.preset.as_str() {
+        "tiny" => GlmConfig::tiny(),
+        "small" => GlmConfig::small(),
+        "base" => GlmConfig::base(),
+        other => return Err(Error::Usage(format!("unknown preset `{other}` (tiny, small, base)"))),
+    };
+    if let Some(v) = args.vocab_size {
+        config.vocab_size = v;
+    }
+    if args.glm130b_specials {
+        config.special_tokens = SpecialTokens::glm_130b();
+    }
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io { path: args.out.clone(), source: e })?;
+    let model = GlmModel::<burn::backend::Flex>::random(&config, &Default::default(), ModelOptions::default(), args.seed)?;
+    config.save(args.out.join("config.json"))?;
+    model.save_safetensors(args.out.join("model.safetensors"), burn::tensor::DType::F32)?;
+    println!("wrote {} ({} parameters)", args.out.display(), config.num_parameters());
+    Ok(())
+}
+
+fn generate(args: GenerateArgs) -> Result<()> {
+    let device: DeviceKind = args.device.parse()?;
+    match device {
+        DeviceKind::Cpu => run::<burn::backend::Flex>(&args, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => run::<burn::backend::Wgpu>(&args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            glm_infer::cli::cuda_preflight()?;
+            run::<burn::backend::Cuda>(&args, &Default::default())
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Usage(format!(
+            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
+}
+
+fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn Strategy>> {
+    match args.sampling_strategy.as_str() {
+        "BaseStrategy" => Ok(Box::new(BaseStrategy::new(SamplingConfig {
+            temperature: args.temperature,
+            top_k: args.top_k,
+            top_p: args.top_p,
+            invalid_tokens: vec![],
+            end_tokens,
+            seed: args.seed,
+        })?)),
+        "BeamSearchStrategy" => Ok(Box::new(BeamSearchStrategy::new(BeamConfig {
+            num_beams: args.num_beams,
+            length_penalty: args.length_penalty,
+            consider_end: true,
+            end_tokens,
+            invalid_tokens: vec![],
+            no_repeat_ngram_size: args.no_repeat_ngram_size,
+            min_gen_length: args.min_gen_length,
+            deterministic: args.deterministic,
+            seed: args.seed,
+        })?)),
+        other => Err(Error::Usage(format!("unknown strategy {other} (BaseStrategy, BeamSearchStrategy)"))),
+    }
+}
+
+fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+    let config = load_config(&args.model, args.config.as_deref())?;
+    let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
+    let options = ModelOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        rotary: if args.rotary_fp32 { RotaryPrecision::Fp32 } else { RotaryPrecision::Fp16Sat },
+    };
+    let spinner = indicatif::ProgressBar::new_spinner();
+    spinner.set_message(format!("loading {} ({} parameters)", args.model.display(), config.num_parameters()));
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let model = load_model::<B>(&args.model, &config, device, options);
+    spinner.finish_and_clear();
+    let model = model?;
+    let mut strategy = make_strategy(args, config.special_tokens.end_tokens().to_vec())?;
+    std::fs::create_dir_all(&args.output_path).map_err(|e| Error::Io { path: args.output_path.clone(), source: e })?;
+
+    if args.input_source == "interactive" {
+        let stdin = std::io::stdin();
+        let mut lines = stdin.lock().lines();
+        let mut n = 0;
+        loop {
+            print!("Please Input Query (stop to exit) >>> ");
+            let _ = std::io::stdout().flush();
+            let Some(line) = lines.next() else { println!(); break };
+            let line = line.map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+            let line = line.trim_end_matches(['\r', '\n']);
+            if line == "stop" {
+                break;
+            }
+            if line.trim().is_empty() {
+                continue;
+            }
+            if let Err(e) = process(args, &model, &codec, strategy.as_mut(), line, n, true) {
+                eprintln!("error: {e}");
+            }
+            n += 1;
+        }
+    } else {
+        let path = PathBuf::from(&args.input_source);
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
+        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            process(args, &model, &codec, strategy.as_mut(), line, n, false)?;
+        }
+    }
+    Ok(())
+}
+
+fn process<B: Backend>(
+    args: &GenerateArgs,
+    model: &GlmModel<B>,
+    codec: &Codec,
+    strategy: &mut dyn Strategy,
+    line: &str,
+    n: usize,
+    stream: bool,
+) -> Result<()> {
+    let (id, raw) = if args.with_id {
+        let (id, raw) = line
+            .split_once('\t')
+            .ok_or_else(|| Error::Usage(format!("--with-id: line {} has no TAB: {line:?}", n + 1)))?;
+        (Some(id.to_string()), raw)
+    } else {
+        (None, line)
+    };
+    let config = model.config();
+    let prompt = build_prompt(raw, codec, &config.special_tokens, config.max_sequence_length)?;
+    println!("\nInput: {}", prompt.raw_text);
+    let end_tokens = strategy.end_tokens().to_vec();
+    let streaming = stream && args.sampling_strategy == "BaseStrategy";
+    let result = match (streaming, codec) {
+        (true, Codec::Ice(tok)) => {
+            // Stream the blank being filled as its tokens arrive.
+            let mut streamer: Option<(usize, TokenStream)> = None;
+            let mut out = std::io::stdout();
+            let r = fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |rows| {
+                let ctx = rows[0].iter().take_while(|&&t| t != config.special_tokens.sop as i64).count() + 1;
+                let s = match &mut streamer {
+                    Some((c, s)) if *c == ctx => s,
+                    _ => {
+                        print!("\n[blank] ");
+                        &mut streamer.insert((ctx, TokenStream::new(tok, ctx, end_tokens.clone()))).1
+                    }
+                };
+                print!("{}", s.push_rows(rows));
+                let _ = out.flush();
+            });
+            if let Some((_, mut s)) = streamer {
+                println!("{}", s.finish());
+            }
+            r?
+        }
+        _ => fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |_| {})?,
+    };
+    let answers: Vec<String> = result.sequences.iter().map(|s| codec.detokenize(s)).collect();
+    if args.print_all_beams && answers.len() > 1 {
+        for (i, a) in answers.iter().enumerate() {
+            println!("Output beam {i}: {a}");
+        }
+    } else if let Some(a) = answers.first() {
+        println!("Output: {a}");
+    }
+    let name = match id {
+        Some(id) => format!("{}.txt", sanitize(&id)),
+        None => format!("{:04}-{}.txt", n, sanitize(&raw.chars().take(20).collect::<String>())),
+    };
+    let mut body = answers.join("\n");
+    body.push('\n');
+    write_atomic(&args.output_path.join(name), body.as_bytes())
+}
+
+fn sanitize(s: &str) -> String {
+    s.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    glm_core::weights::write_atomic(path, bytes).map_err(Error::from)
+}

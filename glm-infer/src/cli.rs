@@ -1,0 +1,150 @@
+//! Shared pieces of the `glm` command line: model / tokenizer loading, device selection.
+
+use std::path::{Path, PathBuf};
+
+use burn::tensor::backend::Backend;
+use burn::tensor::DType;
+use glm_core::weights::{SafetensorsFile, SatCheckpoint};
+use glm_core::{GlmConfig, GlmModel, ModelOptions};
+use glm_tokenizer::{Tokenizer, TokenizerOptions};
+
+use crate::error::{Error, Result};
+use crate::prompt::{IdCodec, TextCodec};
+
+/// Devices the CLI can run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    /// The CPU backend (Flex).
+    Cpu,
+    /// wgpu (Vulkan / Metal / DX12).
+    Wgpu,
+    /// CUDA.
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceKind {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "wgpu" => Ok(Self::Wgpu),
+            "cuda" => Ok(Self::Cuda),
+            other => Err(Error::Usage(format!("unknown device `{other}` (expected cpu, wgpu or cuda)"))),
+        }
+    }
+}
+
+/// Parses `--dtype`.
+pub fn parse_dtype(s: &str) -> Result<DType> {
+    match s {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(Error::Usage(format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
+    }
+}
+
+/// Reads the config of a model folder: `config.json` in the folder (or `explicit`).
+pub fn load_config(model_dir: &Path, explicit: Option<&Path>) -> Result<GlmConfig> {
+    let path = explicit.map(PathBuf::from).unwrap_or_else(|| model_dir.join("config.json"));
+    if !path.is_file() {
+        return Err(Error::Usage(format!(
+            "no model config at {} (a model folder holds config.json + model.safetensors, or an original SAT checkpoint with --config)",
+            path.display()
+        )));
+    }
+    Ok(GlmConfig::from_file(&path)?)
+}
+
+/// Loads a model folder: `config.json` + `model.safetensors`, or an original SAT checkpoint
+/// folder (`latest` + `<iter>/mp_rank_XX_model_states.pt`).
+pub fn load_model<B: Backend>(
+    model_dir: &Path,
+    config: &GlmConfig,
+    device: &B::Device,
+    options: ModelOptions,
+) -> Result<GlmModel<B>> {
+    if !model_dir.is_dir() {
+        return Err(Error::Usage(format!("model folder {} does not exist", model_dir.display())));
+    }
+    if model_dir.join("latest").is_file() {
+        let sat = SatCheckpoint::open(model_dir)?;
+        return Ok(GlmModel::from_source(config, &sat, device, options)?);
+    }
+    let file = model_dir.join("model.safetensors");
+    if !file.is_file() {
+        return Err(Error::Usage(format!(
+            "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
+            model_dir.display()
+        )));
+    }
+    let st = SafetensorsFile::open(&file)?;
+    Ok(GlmModel::from_source(config, &st, device, options)?)
+}
+
+/// A prompt codec chosen on the command line.
+pub enum Codec {
+    /// A SentencePiece (icetk) tokenizer.
+    Ice(Box<Tokenizer>),
+    /// Whitespace-separated ids.
+    Ids(IdCodec),
+}
+
+impl TextCodec for Codec {
+    fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Codec::Ice(t) => t.tokenize(text),
+            Codec::Ids(c) => c.tokenize(text),
+        }
+    }
+    fn detokenize(&self, ids: &[u32]) -> String {
+        match self {
+            Codec::Ice(t) => t.detokenize(ids),
+            Codec::Ids(c) => c.detokenize(ids),
+        }
+    }
+}
+
+/// Loads `--tokenizer` in `mode` (icetk = the GLM-130B release path, glm130b, chatglm6b) and checks
+/// its special ids against the model's config; `None` = integer ids.
+pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
+    let Some(path) = path else { return Ok(Codec::Ids(IdCodec)) };
+    let options = match mode {
+        "icetk" => TokenizerOptions::icetk(),
+        "glm130b" => TokenizerOptions::glm130b(),
+        "chatglm6b" => TokenizerOptions::chatglm6b(),
+        other => return Err(Error::Usage(format!("unknown tokenizer mode `{other}` (icetk, glm130b, chatglm6b)"))),
+    };
+    let tok = Tokenizer::from_file(path, options)?;
+    let s = &config.special_tokens;
+    let pairs = [("[MASK]", tok.mask_id(), s.mask), ("[gMASK]", tok.gmask_id(), s.gmask), ("<sop>", tok.sop_id(), s.sop), ("eos", tok.eos_id(), s.eos)];
+    for (name, from_tok, from_cfg) in pairs {
+        if from_tok != from_cfg {
+            return Err(Error::Usage(format!(
+                "tokenizer {} does not fit the model: {name} is {from_tok} in the tokenizer but {from_cfg} in the model config",
+                path.display()
+            )));
+        }
+    }
+    if tok.vocab_size() > config.vocab_size {
+        return Err(Error::Usage(format!(
+            "tokenizer {} has {} ids, more than the model's vocab_size {}",
+            path.display(),
+            tok.vocab_size(),
+            config.vocab_size
+        )));
+    }
+    Ok(Codec::Ice(Box::new(tok)))
+}
+
+/// Fails with a clear error when no CUDA driver / device is present (using burn's CUDA backend
+/// without a driver panics in a background thread).
+#[cfg(feature = "cuda")]
+pub fn cuda_preflight() -> Result<()> {
+    let present = std::path::Path::new("/dev/nvidiactl").exists()
+        || std::env::var_os("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.is_empty());
+    if !present {
+        return Err(Error::Usage("--device cuda: no NVIDIA driver/device found on this machine".into()));
+    }
+    Ok(())
+}

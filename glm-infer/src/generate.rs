@@ -1,0 +1,176 @@
+//! The decoding loop of the original (GLM-130B `evaluation/model.py: batch_filling_sequence`,
+//! spec §4.1): one forward over the whole (padded) context, the logits of each sample's last
+//! context row pick the first token, then one token per step through the KV cache until the
+//! strategy is done or the padded length is reached. Beam search reorders the cache rows.
+
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use glm_core::{ForwardOptions, GlmModel};
+
+use crate::error::{Error, Result};
+use crate::strategy::{Hypothesis, Strategy, DONE};
+
+/// One sample of a generation batch: the context and the full-length layout.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GenerationSample {
+    /// Context tokens (incl. `<sop>`), possibly right-padded to the batch width.
+    pub tokens: Vec<u32>,
+    /// Real context length (the row whose logits give the first token is `context_length − 1`).
+    pub context_length: usize,
+    /// Position ids of every index up to the total length (context width + generation budget).
+    pub position_ids: Vec<u32>,
+    /// `[total, total]` attention mask, `true` = blocked.
+    pub mask: Vec<bool>,
+}
+
+impl GenerationSample {
+    /// The generate.py layout of a blank-filling input with `max_gen_length` new tokens.
+    pub fn from_blank(blank: &glm_core::blank::BlankInput, max_gen_length: usize) -> Self {
+        let total = blank.context_length() + max_gen_length;
+        Self {
+            tokens: blank.tokens.clone(),
+            context_length: blank.context_length(),
+            position_ids: blank.position_ids(total),
+            mask: blank.attention_mask(total),
+        }
+    }
+
+    /// The evaluation layout (`ModelForEvaluation.generate_text`): a context right-padded to the
+    /// batch width `W` with its `[W, W]` mask, then one generated row per target position, each
+    /// seeing the `<sop>` row's context mask and the generated rows causally.
+    pub fn evaluation(
+        tokens: Vec<u32>,
+        context_length: usize,
+        context_positions: Vec<u32>,
+        context_mask: &[bool],
+        target_position_ids: &[u32],
+    ) -> Self {
+        let w = tokens.len();
+        let g = target_position_ids.len();
+        let total = w + g;
+        let mut mask = vec![true; total * total];
+        for i in 0..w {
+            mask[i * total..i * total + w].copy_from_slice(&context_mask[i * w..(i + 1) * w]);
+        }
+        let sop_row = &context_mask[(context_length - 1) * w..context_length * w];
+        for i in 0..g {
+            let row = (w + i) * total;
+            mask[row..row + w].copy_from_slice(sop_row);
+            for j in 0..g {
+                mask[row + w + j] = j > i;
+            }
+        }
+        let mut position_ids = context_positions;
+        position_ids.extend_from_slice(target_position_ids);
+        Self { tokens, context_length, position_ids, mask }
+    }
+
+    fn total(&self) -> usize {
+        self.position_ids.len()
+    }
+}
+
+/// Called after every step with the rows' token sequences (context + generated, −1 when done).
+pub type StepCallback<'a> = dyn FnMut(&[Vec<i64>]) + 'a;
+
+/// Runs the original decoding loop on `samples` (all of the same context width and total length).
+/// Returns per sample the strategy's hypotheses (best first).
+pub fn batch_filling_sequence<B: Backend>(
+    model: &GlmModel<B>,
+    samples: &[GenerationSample],
+    strategy: &mut dyn Strategy,
+    on_step: &mut StepCallback<'_>,
+) -> Result<Vec<Vec<Hypothesis>>> {
+    let first = samples.first().ok_or_else(|| Error::Prompt("empty batch".into()))?;
+    let width = first.tokens.len();
+    let total = first.total();
+    for s in samples {
+        if s.tokens.len() != width || s.total() != total || s.mask.len() != total * total {
+            return Err(Error::Prompt("samples of a batch must share context width and total length".into()));
+        }
+        if s.context_length == 0 || s.context_length > width {
+            return Err(Error::Prompt(format!("context length {} outside 1..={width}", s.context_length)));
+        }
+        model.check_input(&s.tokens, &s.position_ids)?;
+    }
+    if total <= width {
+        return Err(Error::Prompt(format!(
+            "no generation budget: total length {total} ≤ context length {width}"
+        )));
+    }
+    let device = model.word_embeddings.val().device();
+    let vocab = model.config().vocab_size;
+    let mut tokens: Vec<Vec<i64>> = samples.iter().map(|s| s.tokens.iter().map(|&t| t as i64).collect()).collect();
+    // Which sample's positions/mask each row uses (beams share their sample's layout).
+    let mut row_sample: Vec<usize> = (0..samples.len()).collect();
+    let mut cache = model.new_cache();
+    let mut counter = width - 1;
+    let mut index = 0;
+    while counter < total - 1 {
+        let rows = tokens.len();
+        let n = counter + 1 - index;
+        let mut tok = Vec::with_capacity(rows * n);
+        let mut pos = Vec::with_capacity(rows * n);
+        let mut mask = Vec::with_capacity(rows * n * (counter + 1));
+        for (r, row) in tokens.iter().enumerate() {
+            let s = &samples[row_sample[r]];
+            // Finished rows carry −1; the original's vocab-parallel embedding maps it to zeros,
+            // any id works since those rows are never read again.
+            tok.extend(row[index..=counter].iter().map(|&t| if t == DONE { 0 } else { t }));
+            pos.extend(s.position_ids[index..=counter].iter().map(|&p| p as i64));
+            for i in index..=counter {
+                mask.extend_from_slice(&s.mask[i * total..i * total + counter + 1]);
+            }
+        }
+        let tok = Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [rows, n]), &device);
+        let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [rows, n]), &device);
+        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, n, counter + 1]), &device);
+        let first_step = counter == width - 1;
+        let ragged = first_step && samples.iter().any(|s| s.context_length != width);
+        let logits = if ragged {
+            // Each sample's first token comes from its own last context row.
+            let out = model.forward_with(tok, pos, mask, Some(&mut cache), ForwardOptions { hidden_states: true, last_only: true });
+            let hidden = out.hidden_states.last().cloned().ok_or_else(|| Error::Prompt("model has no layers".into()))?;
+            let rows_idx: Vec<i64> = samples.iter().map(|s| (s.context_length - 1) as i64).collect();
+            let hdim = hidden.dims()[2];
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows_idx, [rows]), &device)
+                .reshape([rows, 1, 1])
+                .expand([rows, 1, hdim]);
+            let picked = hidden.gather(1, idx);
+            model.logits(model.final_layernorm.forward(picked))
+        } else {
+            model
+                .forward_with(tok, pos, mask, Some(&mut cache), ForwardOptions { hidden_states: false, last_only: true })
+                .logits
+        };
+        let host: Vec<f32> = logits
+            .cast(DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Prompt(format!("reading logits: {e:?}")))?;
+        debug_assert_eq!(host.len(), rows * vocab);
+        counter += 1;
+        index = counter;
+        if let Some(parents) = strategy.step(&host, vocab, &mut tokens) {
+            let idx: Vec<i64> = parents.iter().map(|&p| p as i64).collect();
+            let len = idx.len();
+            cache.select_batch(Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [len]), &device));
+            row_sample = parents.iter().map(|&p| row_sample[p]).collect();
+        }
+        on_step(&tokens);
+        if strategy.is_done() {
+            break;
+        }
+    }
+    Ok(strategy.finalize(tokens))
+}
+
+/// The generated part of a hypothesis as the original extracts it: tokens after `context_width`
+/// up to the first −1, minus one trailing end token.
+pub fn generated_tokens(h: &Hypothesis, context_width: usize, end_tokens: &[u32]) -> Vec<u32> {
+    let line = &h.tokens;
+    let mut unfinished = line.iter().position(|&t| t == DONE).unwrap_or(line.len());
+    if unfinished > 0 && end_tokens.contains(&(line[unfinished - 1] as u32)) {
+        unfinished -= 1;
+    }
+    line[context_width.min(unfinished)..unfinished].iter().map(|&t| t as u32).collect()
+}
