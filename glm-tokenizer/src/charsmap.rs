@@ -31,42 +31,91 @@ impl CharsMap {
         }
         let trie_size = u32::from_le_bytes([blob[0], blob[1], blob[2], blob[3]]) as usize;
         let rest = &blob[4..];
-        if trie_size > rest.len() {
+        if trie_size >= rest.len() {
             return Err(invalid("trie size exceeds the blob"));
         }
-        if trie_size % 4 != 0 || trie_size == 0 {
-            return Err(invalid("trie size is not a positive multiple of 4"));
+        // Darts units are 4 bytes and the array is a whole number of 256-unit blocks.
+        if trie_size < 1024 || !trie_size.is_multiple_of(1024) {
+            return Err(invalid("trie size is not a positive multiple of 1024"));
         }
-        let units = rest[..trie_size]
+        let units: Vec<u32> = rest[..trie_size]
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        Ok(Self { units, normalized: rest[trie_size..].to_vec() })
+        let normalized = rest[trie_size..].to_vec();
+        if !validate(&units, normalized.len()) {
+            return Err(invalid("double array fails validation"));
+        }
+        Ok(Self { units, normalized })
     }
 
     /// Longest rule matching a prefix of `input`: `(bytes consumed, replacement)`.
     #[inline]
     pub fn longest_match(&self, input: &[u8]) -> Option<(usize, &[u8])> {
         let mut best: Option<(usize, u32)> = None;
+        let mut found = 0;
         let mut node_pos = offset(*self.units.first()?) as usize;
         for (i, &byte) in input.iter().enumerate() {
             node_pos ^= byte as usize;
-            let Some(&unit) = self.units.get(node_pos) else { break };
+            let Some(&unit) = self.units.get(node_pos) else {
+                break;
+            };
             if label(unit) != u32::from(byte) {
                 break;
             }
             node_pos ^= offset(unit) as usize;
             if has_leaf(unit) {
-                let Some(&leaf) = self.units.get(node_pos) else { break };
-                best = Some((i + 1, value(leaf)));
+                let Some(&leaf) = self.units.get(node_pos) else {
+                    break;
+                };
+                // The C++ keeps the first MAX_RESULTS matches and takes the longest of those.
+                if found < MAX_RESULTS {
+                    best = Some((i + 1, value(leaf)));
+                }
+                found += 1;
             }
         }
         let (len, value) = best?;
-        let start = (value as usize).min(self.normalized.len());
-        let tail = &self.normalized[start..];
+        let tail = self
+            .normalized
+            .get(value as usize..)
+            .filter(|t| !t.is_empty())?;
         let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
         Some((len, &tail[..end]))
     }
+}
+
+/// `Normalizer::kMaxTrieResultsSize`.
+const MAX_RESULTS: usize = 32;
+
+/// Darts-clone `DoubleArray::validate(max_value)`: every transition stays inside the array,
+/// every value points inside the replacement blob.
+fn validate(units: &[u32], max_value: usize) -> bool {
+    let size = units.len();
+    let Some(&root) = units.first() else {
+        return false;
+    };
+    if label(root) != 0
+        || has_leaf(root)
+        || offset(root) == 0
+        || (offset(root) as usize | 0xff) >= size
+    {
+        return false;
+    }
+    for (i, &unit) in units.iter().enumerate().skip(1) {
+        if label(unit) <= 0xff {
+            let child = i ^ offset(unit) as usize;
+            if (child | 0xff) >= size {
+                return false;
+            }
+            if has_leaf(unit) && units.get(child).is_none_or(|&leaf| label(leaf) <= 0xff) {
+                return false;
+            }
+        } else if value(unit) as usize >= max_value {
+            return false;
+        }
+    }
+    true
 }
 
 // Darts-clone unit encoding.
@@ -96,16 +145,27 @@ mod tests {
         assert!(CharsMap::parse(&[1, 0, 0], "t").is_err());
         assert!(CharsMap::parse(&[100, 0, 0, 0, 1, 2], "t").is_err());
         assert!(CharsMap::parse(&[3, 0, 0, 0, 1, 2, 3], "t").is_err());
+        let mut garbage = vec![0, 4, 0, 0];
+        garbage.extend_from_slice(&[0xff; 1024]);
+        garbage.extend_from_slice(b"x\0");
+        assert!(CharsMap::parse(&garbage, "t").is_err());
     }
 
     #[test]
-    fn garbage_trie_never_panics() {
-        let mut blob = vec![8, 0, 0, 0];
-        blob.extend_from_slice(&[0xff; 8]);
-        blob.extend_from_slice(b"x");
-        let map = CharsMap::parse(&blob, "t").expect("well-formed header");
-        for input in [&b"abc"[..], b"\0", b"\xff\xff\xff", b""] {
-            let _ = map.longest_match(input);
-        }
+    fn hand_built_trie_maps_a_to_b() {
+        // Root at 0 with offset 1 (children at 1 ^ label); "a" (0x61) lives at 0x60 with a
+        // leaf; its leaf unit (value 0 -> "b") at 0x60 ^ offset.
+        let mut units = vec![0u32; 256];
+        units[0] = 1 << 10; // offset 1, label 0
+        let a = 1 ^ 0x61;
+        units[a] = (1 << 10) | (1 << 8) | 0x61; // offset 1, has_leaf, label 'a'
+        units[a ^ 1] = 1 << 31; // a value unit holding 0
+        let mut blob = 1024u32.to_le_bytes().to_vec();
+        blob.extend(units.iter().flat_map(|u| u.to_le_bytes()));
+        blob.extend_from_slice(b"b\0");
+        let map = CharsMap::parse(&blob, "t").expect("valid");
+        assert_eq!(map.longest_match(b"ax"), Some((1, &b"b"[..])));
+        assert_eq!(map.longest_match(b"x"), None);
+        assert_eq!(map.longest_match(b"\0"), None);
     }
 }

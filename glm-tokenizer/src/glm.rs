@@ -2,7 +2,8 @@
 //! [`Tokenizer`] that glm-infer uses.
 //!
 //! Every GLM tokenizer is icetk's SentencePiece text model plus a few rules, so one type with
-//! options covers them all (see [`Mode`] for the eight combinations in the golden data):
+//! options ([`crate::options`]) covers them all (see [`crate::Mode`] for the eight
+//! combinations in the golden data):
 //! - **ids are shifted** by `num_image_tokens` (20000: image tokens come first; 0 for
 //!   ChatGLM-6B v1.1, whose file already holds the extra pieces);
 //! - **pieces are appended** after the 130000 text pieces (SAT `GLM130BTokenizer`):
@@ -15,10 +16,12 @@
 //! Special ids are looked up in the final vocabulary, never hard-coded, so the same code gives
 //! `[gMASK]` = 150001 for GLM-130B and 130001 for ChatGLM-6B.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use crate::error::{Error, Result};
 use crate::model::{byte_piece, piece, SentencePieceModel};
+use crate::options::{EncodeFlags, TokenizerOptions, VocabLayout};
 use crate::proto::{ModelProto, PieceType};
 use crate::stream::StreamDecoder;
 use crate::whitespace::{blank_token, WhitespaceTokens, NEWLINE_TOKEN, TAB_TOKEN};
@@ -72,174 +75,6 @@ impl GlmSpecial {
     }
 }
 
-/// Where GLM's extra pieces come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum VocabLayout {
-    /// GLM-130B 2023 code path (SAT `GLM130BTokenizer`): specials, `<|tab|>`, blanks and 256
-    /// byte pieces are appended to the file's pieces; byte fallback is on.
-    Glm130b,
-    /// icetk / the GLM-130B 2022 release path: the text model as it is; the eight specials sit
-    /// right after it (CONTROL, decoding to ""). No tab, blank or byte pieces: unknown
-    /// characters give `<unk>`, and only `<n>` is rewritten.
-    Icetk,
-    /// ChatGLM-6B v1.1: the file already contains the extra pieces (`<eod>` is `<unused_0>`).
-    ChatGlm6b,
-}
-
-/// Per-call encoding switches (the keyword arguments of `GLM130BTokenizer.encode`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EncodeFlags {
-    /// `\n` → `<n>` (otherwise the normalizer turns it into a space).
-    pub linebreak: bool,
-    /// `\t` → `<|tab|>`, runs of spaces → `<|blank_N|>` (layouts that have those pieces).
-    pub whitespaces: bool,
-    /// Keep SentencePiece's leading `▁`. When false, GLM encodes `"<n>" + text` and drops the
-    /// first two ids, which keeps leading spaces that the normalizer would otherwise eat.
-    pub add_dummy_prefix: bool,
-}
-
-/// How to build a [`Tokenizer`] from a SentencePiece file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TokenizerOptions {
-    /// Vocabulary layout.
-    pub layout: VocabLayout,
-    /// Added to every SentencePiece id (20000 for icetk / GLM-130B, 0 for ChatGLM-6B).
-    pub num_image_tokens: u32,
-    /// Make the GLM specials USER_DEFINED, so literal `[MASK]`, `<sop>`... in text become their
-    /// ids and decode back to their text.
-    pub special_tokens: bool,
-    /// Longest `<|blank_N|>` token.
-    pub max_blank_length: usize,
-    /// Default encoding switches used by [`Tokenizer::encode`].
-    pub encode: EncodeFlags,
-}
-
-impl TokenizerOptions {
-    /// GLM-130B 2023 defaults (`GLM130BTokenizer.encode(text)`).
-    pub fn glm130b() -> Self {
-        Self {
-            layout: VocabLayout::Glm130b,
-            num_image_tokens: 20000,
-            special_tokens: false,
-            max_blank_length: 80,
-            encode: EncodeFlags { linebreak: true, whitespaces: true, add_dummy_prefix: true },
-        }
-    }
-
-    /// icetk as the GLM-130B release calls it (`ignore_linebreak=True`).
-    pub fn icetk() -> Self {
-        Self {
-            layout: VocabLayout::Icetk,
-            encode: EncodeFlags { linebreak: false, whitespaces: false, add_dummy_prefix: true },
-            ..Self::glm130b()
-        }
-    }
-
-    /// ChatGLM-6B v1.1 (`ice_text.model` with the extra pieces inside, no id shift).
-    pub fn chatglm6b() -> Self {
-        Self { layout: VocabLayout::ChatGlm6b, num_image_tokens: 0, ..Self::glm130b() }
-    }
-
-    /// Sets [`Self::special_tokens`].
-    pub fn with_special_tokens(mut self, on: bool) -> Self {
-        self.special_tokens = on;
-        self
-    }
-
-    /// Sets [`EncodeFlags::linebreak`].
-    pub fn with_linebreak(mut self, on: bool) -> Self {
-        self.encode.linebreak = on;
-        self
-    }
-
-    /// Sets [`EncodeFlags::whitespaces`].
-    pub fn with_whitespaces(mut self, on: bool) -> Self {
-        self.encode.whitespaces = on;
-        self
-    }
-
-    /// Sets [`EncodeFlags::add_dummy_prefix`].
-    pub fn with_dummy_prefix(mut self, on: bool) -> Self {
-        self.encode.add_dummy_prefix = on;
-        self
-    }
-}
-
-impl Default for TokenizerOptions {
-    fn default() -> Self {
-        Self::glm130b()
-    }
-}
-
-/// The tokenizer configurations of the reference implementations (the modes of
-/// `golden.jsonl`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// `GLM130BTokenizer.encode(text)`.
-    Glm130b,
-    /// `encode(text, add_dummy_prefix=False)`.
-    Glm130bNoDummyPrefix,
-    /// `encode(text, special_tokens=True)`.
-    Glm130bSpecialTokens,
-    /// `encode(text, linebreak=False, whitespaces=False)`.
-    Glm130bRaw,
-    /// [`Mode::Glm130b`] on a model whose `remove_extra_whitespaces` is false (the flag comes
-    /// from the file; the options are those of `Glm130b`).
-    Glm130bKeepExtraWhitespace,
-    /// `IceTokenizer.encode(text=text)` (GLM-130B release path).
-    Icetk,
-    /// `IceTokenizer.encode(text=text, ignore_linebreak=False)`.
-    IcetkKeepLinebreak,
-    /// ChatGLM-6B v1.1 `SPTokenizer.encode(text)`.
-    ChatGlm6b,
-}
-
-impl Mode {
-    /// All modes.
-    pub const ALL: [Mode; 8] = [
-        Self::Glm130b,
-        Self::Glm130bNoDummyPrefix,
-        Self::Glm130bSpecialTokens,
-        Self::Glm130bRaw,
-        Self::Glm130bKeepExtraWhitespace,
-        Self::Icetk,
-        Self::IcetkKeepLinebreak,
-        Self::ChatGlm6b,
-    ];
-
-    /// Name used in the golden files.
-    pub fn name(self) -> &'static str {
-        match self {
-            Self::Glm130b => "glm130b",
-            Self::Glm130bNoDummyPrefix => "glm130b_no_dummy_prefix",
-            Self::Glm130bSpecialTokens => "glm130b_special_tokens",
-            Self::Glm130bRaw => "glm130b_raw",
-            Self::Glm130bKeepExtraWhitespace => "glm130b_keep_extra_whitespace",
-            Self::Icetk => "icetk",
-            Self::IcetkKeepLinebreak => "icetk_keep_linebreak",
-            Self::ChatGlm6b => "chatglm6b",
-        }
-    }
-
-    /// Mode with this golden-file name.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|m| m.name() == name)
-    }
-
-    /// Options that reproduce this mode.
-    pub fn options(self) -> TokenizerOptions {
-        match self {
-            Self::Glm130b | Self::Glm130bKeepExtraWhitespace => TokenizerOptions::glm130b(),
-            Self::Glm130bNoDummyPrefix => TokenizerOptions::glm130b().with_dummy_prefix(false),
-            Self::Glm130bSpecialTokens => TokenizerOptions::glm130b().with_special_tokens(true),
-            Self::Glm130bRaw => TokenizerOptions::glm130b().with_linebreak(false).with_whitespaces(false),
-            Self::Icetk => TokenizerOptions::icetk(),
-            Self::IcetkKeepLinebreak => TokenizerOptions::icetk().with_linebreak(true),
-            Self::ChatGlm6b => TokenizerOptions::chatglm6b(),
-        }
-    }
-}
-
 /// A GLM tokenizer: SentencePiece model + GLM layout. Cheap to share between threads.
 #[derive(Debug, Clone)]
 pub struct Tokenizer {
@@ -255,14 +90,21 @@ impl Tokenizer {
     /// Loads `path` (an `ice_text.model`) with the given options.
     pub fn from_file(path: impl AsRef<Path>, options: TokenizerOptions) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(&bytes, &path.display().to_string(), options)
     }
 
     /// Builds a tokenizer from model bytes; `source_name` labels errors.
     pub fn from_bytes(bytes: &[u8], source_name: &str, options: TokenizerOptions) -> Result<Self> {
         let mut proto = ModelProto::decode(bytes, source_name)?;
-        let special_kind = if options.special_tokens { PieceType::UserDefined } else { PieceType::Control };
+        let special_kind = if options.special_tokens {
+            PieceType::UserDefined
+        } else {
+            PieceType::Control
+        };
         match options.layout {
             VocabLayout::Glm130b | VocabLayout::Icetk => {
                 for s in GlmSpecial::ALL {
@@ -280,7 +122,9 @@ impl Tokenizer {
         if options.layout == VocabLayout::Glm130b {
             proto.pieces.push(piece(TAB_TOKEN, PieceType::UserDefined));
             for n in 2..=options.max_blank_length {
-                proto.pieces.push(piece(blank_token(n), PieceType::UserDefined));
+                proto
+                    .pieces
+                    .push(piece(blank_token(n), PieceType::UserDefined));
             }
             proto.trainer_spec.byte_fallback = true;
             for b in 0..=255u8 {
@@ -309,13 +153,21 @@ impl Tokenizer {
             *slot = id.ok_or_else(|| missing(s.piece()))? + options.num_image_tokens;
         }
         let declared_eos = u32::try_from(model.proto().trainer_spec.eos_id).ok();
-        let eos = declared_eos.filter(|&id| (id as usize) < model.len()).or_else(|| model.piece_to_id("</s>"));
+        let eos = declared_eos
+            .filter(|&id| (id as usize) < model.len())
+            .or_else(|| model.piece_to_id("</s>"));
         let eos_id = eos.ok_or_else(|| missing("</s>"))? + options.num_image_tokens;
         let whitespace = WhitespaceTokens {
             tab_and_blanks: options.layout != VocabLayout::Icetk,
             max_blank_length: options.max_blank_length,
         };
-        Ok(Self { model, options, whitespace, specials, eos_id })
+        Ok(Self {
+            model,
+            options,
+            whitespace,
+            specials,
+            eos_id,
+        })
     }
 
     /// GLM-130B tokenizer with the default options ([`TokenizerOptions::glm130b`]).
@@ -350,9 +202,11 @@ impl Tokenizer {
 
     /// Encodes `text` with explicit flags.
     pub fn encode_with(&self, text: &str, flags: EncodeFlags) -> Vec<u32> {
-        let mut text = self.whitespace.preprocess(text, flags.linebreak, flags.whitespaces);
+        let mut text = self
+            .whitespace
+            .preprocess(text, flags.linebreak, flags.whitespaces);
         if !flags.add_dummy_prefix {
-            text.insert_str(0, NEWLINE_TOKEN);
+            text = Cow::Owned(format!("{NEWLINE_TOKEN}{text}"));
         }
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         self.model.encode_into(&text, &mut ids);
@@ -370,7 +224,9 @@ impl Tokenizer {
     /// Encodes many texts, in parallel over the available cores for large batches.
     pub fn encode_batch<S: AsRef<str> + Sync>(&self, texts: &[S]) -> Vec<Vec<u32>> {
         let total: usize = texts.iter().map(|t| t.as_ref().len()).sum();
-        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(texts.len());
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(texts.len());
         if threads <= 1 || total < 64 * 1024 {
             return texts.iter().map(|t| self.encode(t.as_ref())).collect();
         }
@@ -378,7 +234,13 @@ impl Tokenizer {
         std::thread::scope(|scope| {
             let handles: Vec<_> = texts
                 .chunks(chunk)
-                .map(|part| scope.spawn(move || part.iter().map(|t| self.encode(t.as_ref())).collect::<Vec<_>>()))
+                .map(|part| {
+                    scope.spawn(move || {
+                        part.iter()
+                            .map(|t| self.encode(t.as_ref()))
+                            .collect::<Vec<_>>()
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
@@ -408,7 +270,8 @@ impl Tokenizer {
 
     /// SentencePiece id of a global id, if it is a text piece of this vocabulary.
     pub(crate) fn to_piece_id(&self, id: u32) -> Option<u32> {
-        id.checked_sub(self.options.num_image_tokens).filter(|&p| (p as usize) < self.model.len())
+        id.checked_sub(self.options.num_image_tokens)
+            .filter(|&p| (p as usize) < self.model.len())
     }
 
     pub(crate) fn whitespace(&self) -> &WhitespaceTokens {
@@ -456,13 +319,17 @@ impl Tokenizer {
     }
 
     /// `<unk>` (20000 for GLM-130B).
-    pub fn unk_id(&self) -> u32 {
-        self.model.unk_id() + self.options.num_image_tokens
+    pub fn unk_id(&self) -> Option<u32> {
+        self.model
+            .unk_id()
+            .map(|id| id + self.options.num_image_tokens)
     }
 
     /// Global id of `piece`, if it is in the vocabulary.
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.model.piece_to_id(piece).map(|id| id + self.options.num_image_tokens)
+        self.model
+            .piece_to_id(piece)
+            .map(|id| id + self.options.num_image_tokens)
     }
 
     /// Piece text of a global id; `None` for image tokens and ids past the vocabulary.

@@ -10,13 +10,15 @@
 //! (`GLM130BTokenizer`, `IceTokenizer`, ChatGLM-6B `SPTokenizer`) on every golden string.
 //!
 //! Layout of the crate, one concept per file:
-//! - [`proto`]: protobuf wire reader → [`ModelProto`];
-//! - `charsmap`, `trie`, [`normalizer`], `unigram`: SentencePiece's normalizer and segmenter;
-//! - [`model`]: [`SentencePieceModel`], SentencePiece `EncodeAsIds` / `DecodeIds`;
-//! - [`whitespace`]: GLM's `<n>` / `<|tab|>` / `<|blank_N|>` rewrites;
-//! - [`glm`]: [`Tokenizer`], [`TokenizerOptions`], [`Mode`], special ids;
-//! - [`stream`]: [`StreamDecoder`];
-//! - [`error`]: [`Error`].
+//! - [`proto`] is the protobuf wire reader that yields a [`ModelProto`];
+//! - `charsmap`, `trie`, [`normalizer`] and `unigram` are SentencePiece's normalizer and
+//!   segmenter;
+//! - [`model`] holds [`SentencePieceModel`] with SentencePiece's `EncodeAsIds` / `DecodeIds`;
+//! - [`whitespace`] holds GLM's `<n>` / `<|tab|>` / `<|blank_N|>` rewrites;
+//! - [`options`] holds [`TokenizerOptions`], [`EncodeFlags`], [`VocabLayout`] and [`Mode`];
+//! - [`glm`] holds [`Tokenizer`] and the special ids ([`GlmSpecial`]);
+//! - [`stream`] holds [`StreamDecoder`];
+//! - [`error`] holds [`Error`].
 //!
 //! Reference code: SwissArmyTransformer `sat/tokenization/icetk_glm_130B/ice_tokenizer.py`,
 //! icetk `ice_tokenizer.py`, google/sentencepiece `normalizer.cc`, `unigram_model.cc`,
@@ -56,11 +58,14 @@
 //! # }
 //! ```
 
+#![warn(missing_docs)]
+
 mod charsmap;
 pub mod error;
 pub mod glm;
 pub mod model;
 pub mod normalizer;
+pub mod options;
 pub mod proto;
 pub mod stream;
 mod trie;
@@ -68,7 +73,13 @@ mod unigram;
 pub mod whitespace;
 
 pub use error::{Error, Result};
-pub use glm::{EncodeFlags, GlmSpecial, Mode, Tokenizer, TokenizerOptions, VocabLayout};
+pub use glm::{GlmSpecial, Tokenizer};
 pub use model::SentencePieceModel;
+pub use options::{EncodeFlags, Mode, TokenizerOptions, VocabLayout};
 pub use proto::{ModelProto, PieceProto, PieceType};
 pub use stream::StreamDecoder;
+
+/// Runs the README's example as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;

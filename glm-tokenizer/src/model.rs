@@ -1,9 +1,11 @@
 //! A loaded SentencePiece model: vocabulary, normalizer and unigram segmenter, with
 //! SentencePiece's own encode (`EncodeAsIds`) and decode (`DecodeIds`) rules.
 //!
-//! Load-time checks follow `ModelInterface::InitializePieces`: pieces are non-empty and unique
-//! within their class (NORMAL/USER_DEFINED/UNUSED share one namespace, the reserved kinds
-//! another), exactly one `<unk>`, byte pieces only with `byte_fallback` and only as `<0xXX>`.
+//! Load-time checks follow sentencepiece 0.2.3 `ModelInterface::InitializePieces` and
+//! `unigram::Model`: pieces are non-empty, shorter than 8000 bytes, free of NUL, with finite
+//! scores, and unique within their class (NORMAL/USER_DEFINED/UNUSED share one namespace, the
+//! reserved kinds another); at most one `<unk>`, required unless `byte_fallback` is on; byte
+//! pieces only with `byte_fallback`, only as `<0xXX>`, and then all 256 of them.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -16,6 +18,8 @@ use crate::unigram::{Segment, Unigram};
 
 /// Marks "not a byte piece" in the per-id byte table.
 const NOT_BYTE: u16 = u16::MAX;
+/// Pieces this long or longer are rejected (`kMaxPieceSize`).
+const MAX_PIECE_BYTES: usize = 8000;
 
 /// A SentencePiece unigram model ready to encode and decode.
 #[derive(Debug, Clone)]
@@ -27,8 +31,9 @@ pub struct SentencePieceModel {
     normal_ids: HashMap<String, u32>,
     /// Byte value of each `<0xXX>` piece, `NOT_BYTE` elsewhere.
     byte_value: Vec<u16>,
-    /// Id of the `<0xXX>` piece for each byte (the `<unk>` id when missing, as PieceToId).
+    /// Id of the `<0xXX>` piece for each byte (all present whenever byte fallback is on).
     byte_id: [u32; 256],
+    /// Id of `<unk>`; `u32::MAX` marks unknown characters when the model has none.
     unk_id: u32,
     normalizer: Normalizer,
     unigram: Unigram,
@@ -38,7 +43,10 @@ impl SentencePieceModel {
     /// Reads and loads a `.model` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 
@@ -66,7 +74,11 @@ impl SentencePieceModel {
                 what: format!("{kind} model (only UNIGRAM is implemented)"),
             });
         }
-        if proto.denormalizer_spec.as_ref().is_some_and(|d| !d.precompiled_charsmap.is_empty()) {
+        if proto
+            .denormalizer_spec
+            .as_ref()
+            .is_some_and(|d| !d.precompiled_charsmap.is_empty())
+        {
             return Err(Error::Unsupported {
                 source_name: source_name.to_string(),
                 what: "denormalizer_spec with a charsmap".to_string(),
@@ -85,7 +97,25 @@ impl SentencePieceModel {
         for (i, p) in proto.pieces.iter().enumerate() {
             let field = || format!("pieces[{i}] {:?}", p.piece);
             if p.piece.is_empty() {
-                return Err(invalid(format!("pieces[{i}]"), "piece must not be empty".into()));
+                return Err(invalid(
+                    format!("pieces[{i}]"),
+                    "piece must not be empty".into(),
+                ));
+            }
+            if p.piece.len() >= MAX_PIECE_BYTES {
+                return Err(invalid(format!("pieces[{i}]"), "piece is too long".into()));
+            }
+            if !p.score.is_finite() {
+                return Err(invalid(field(), "score is NaN or Inf".into()));
+            }
+            if p.piece == "\0" && p.kind == PieceType::Unused {
+                continue; // the C++ loader skips this placeholder
+            }
+            if p.piece.contains('\0') {
+                return Err(invalid(
+                    field(),
+                    "piece must not include a NUL character".into(),
+                ));
             }
             let map = match p.kind {
                 PieceType::Normal | PieceType::UserDefined | PieceType::Unused => &mut normal_ids,
@@ -102,10 +132,16 @@ impl SentencePieceModel {
                 PieceType::Unknown => unk_id = Some(i as u32),
                 PieceType::Byte => {
                     if !proto.trainer_spec.byte_fallback {
-                        return Err(invalid(field(), "byte piece although trainer_spec.byte_fallback is false".into()));
+                        return Err(invalid(
+                            field(),
+                            "byte piece although trainer_spec.byte_fallback is false".into(),
+                        ));
                     }
                     let Some(b) = parse_byte_piece(&p.piece) else {
-                        return Err(invalid(field(), "BYTE piece is not of the form <0xXX>".into()));
+                        return Err(invalid(
+                            field(),
+                            "BYTE piece is not of the form <0xXX>".into(),
+                        ));
                     };
                     byte_value[i] = u16::from(b);
                     byte_id[b as usize] = i as u32;
@@ -113,14 +149,22 @@ impl SentencePieceModel {
                 _ => {}
             }
         }
-        let Some(unk_id) = unk_id else {
+        let byte_fallback = proto.trainer_spec.byte_fallback;
+        if unk_id.is_none() && !byte_fallback {
             return Err(invalid("pieces".into(), "no UNKNOWN (<unk>) piece".into()));
-        };
-        for slot in &mut byte_id {
-            if *slot == u32::MAX {
-                *slot = unk_id;
+        }
+        if byte_fallback {
+            if let Some(b) = byte_id.iter().position(|&id| id == u32::MAX) {
+                return Err(invalid(
+                    "pieces".into(),
+                    format!(
+                        "byte_fallback is on but {} is missing (all 256 byte pieces are required)",
+                        byte_piece(b as u8)
+                    ),
+                ));
             }
         }
+        let unk_id = unk_id.unwrap_or(u32::MAX);
         if normal_ids.is_empty() {
             return Err(invalid("pieces".into(), "no matchable piece".into()));
         }
@@ -131,8 +175,12 @@ impl SentencePieceModel {
         } else {
             Some(CharsMap::parse(&spec.precompiled_charsmap, source_name)?)
         };
-        let normalizer =
-            Normalizer::new(spec, charsmap, &user_defined, proto.trainer_spec.treat_whitespace_as_suffix);
+        let normalizer = Normalizer::new(
+            spec,
+            charsmap,
+            &user_defined,
+            proto.trainer_spec.treat_whitespace_as_suffix,
+        );
         let unigram = Unigram::new(&proto.pieces, unk_id);
         Ok(Self {
             source_name: source_name.to_string(),
@@ -180,12 +228,15 @@ impl SentencePieceModel {
     /// Id of a piece, as SentencePiece's `PieceToId` (reserved kinds first); `None` when the
     /// piece is not in the vocabulary (where the C++ library would answer the `<unk>` id).
     pub fn piece_to_id(&self, piece: &str) -> Option<u32> {
-        self.reserved_ids.get(piece).or_else(|| self.normal_ids.get(piece)).copied()
+        self.reserved_ids
+            .get(piece)
+            .or_else(|| self.normal_ids.get(piece))
+            .copied()
     }
 
-    /// Id of `<unk>`.
-    pub fn unk_id(&self) -> u32 {
-        self.unk_id
+    /// Id of `<unk>` (a byte-fallback model may have none).
+    pub fn unk_id(&self) -> Option<u32> {
+        (self.unk_id != u32::MAX).then_some(self.unk_id)
     }
 
     /// Normalized form of `text` (bytes; `▁` marks spaces when escaping is on).
@@ -203,7 +254,9 @@ impl SentencePieceModel {
         for seg in &segments {
             let is_unk = seg.id == self.unk_id;
             if is_unk && byte_fallback {
-                let bytes = &normalized[seg.start as usize..seg.end as usize];
+                let bytes = normalized
+                    .get(seg.start as usize..seg.end as usize)
+                    .unwrap_or_default();
                 out.extend(bytes.iter().map(|&b| self.byte_id[b as usize]));
             } else if !(is_unk && prev_unk) {
                 // A run of unknown characters collapses into one <unk>.
@@ -228,31 +281,44 @@ impl SentencePieceModel {
         }
     }
 
-    /// Appends the decoded surface of the non-byte piece `id` (SentencePiece's
-    /// `DecodeSentencePiece` plus the leading-`▁` bookkeeping around it). `text_is_empty` says
-    /// whether nothing has been decoded so far, flushed byte pieces included.
-    pub(crate) fn push_surface(&self, id: u32, state: &mut BosState, text_is_empty: bool, out: &mut String) {
-        if state.bos_ws_seen || !text_is_empty {
+    /// Appends the decoded surface of the non-byte piece `id` (the body of sentencepiece
+    /// 0.2.3 `DecodeOptimized`). `produced` says whether anything has been decoded so far,
+    /// flushed byte pieces included; it is updated.
+    pub(crate) fn push_surface(
+        &self,
+        id: u32,
+        state: &mut BosState,
+        produced: &mut bool,
+        out: &mut String,
+    ) {
+        if *produced {
             state.is_bos_ws = false;
         }
-        let Some(p) = self.proto.pieces.get(id as usize) else { return };
-        state.bos_ws_seen = false;
-        match p.kind {
-            PieceType::Control => {}
-            PieceType::Unknown => out.push_str(&self.proto.trainer_spec.unk_surface),
-            _ => {
-                let spec = &self.proto.normalizer_spec;
-                let mut piece = p.piece.as_bytes();
-                if state.is_bos_ws && (spec.add_dummy_prefix || spec.remove_extra_whitespaces) {
-                    if let Some(rest) = piece.strip_prefix(SPACE_SYMBOL) {
-                        piece = rest;
-                        // With remove_extra_whitespaces every leading ▁ goes, so the phase
-                        // does not end here.
-                        state.bos_ws_seen = !spec.remove_extra_whitespaces;
-                    }
-                }
-                push_unescaped(piece, out);
+        let Some(p) = self.proto.pieces.get(id as usize) else {
+            return;
+        };
+        if p.kind == PieceType::Control {
+            return;
+        }
+        let spec = &self.proto.normalizer_spec;
+        let mut piece = p.piece.as_bytes();
+        let mut has_bos_ws = false;
+        if state.is_bos_ws && (spec.add_dummy_prefix || spec.remove_extra_whitespaces) {
+            if let Some(rest) = piece.strip_prefix(SPACE_SYMBOL) {
+                piece = rest;
+                // With remove_extra_whitespaces every leading ▁ goes: the phase goes on.
+                has_bos_ws = !spec.remove_extra_whitespaces;
             }
+        }
+        let before = out.len();
+        if p.kind == PieceType::Unknown {
+            out.push_str(&self.proto.trainer_spec.unk_surface);
+        } else {
+            push_unescaped(piece, out);
+        }
+        *produced |= out.len() > before;
+        if has_bos_ws || *produced {
+            state.is_bos_ws = false;
         }
     }
 
@@ -271,7 +337,8 @@ impl SentencePieceModel {
             }
             push_byte_run(&bytes, &mut text);
             bytes.clear();
-            self.push_surface(id, &mut state, text.is_empty(), &mut text);
+            let mut produced = !text.is_empty();
+            self.push_surface(id, &mut state, &mut produced, &mut text);
         }
         push_byte_run(&bytes, &mut text);
         text
@@ -282,12 +349,11 @@ impl SentencePieceModel {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BosState {
     is_bos_ws: bool,
-    bos_ws_seen: bool,
 }
 
 impl Default for BosState {
     fn default() -> Self {
-        Self { is_bos_ws: true, bos_ws_seen: false }
+        Self { is_bos_ws: true }
     }
 }
 
@@ -339,7 +405,11 @@ pub(crate) fn push_byte_run(bytes: &[u8], out: &mut String) {
 /// `<0xXX>` (upper-case hex, as `ByteToPiece` writes it) → byte.
 fn parse_byte_piece(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 || !hex.bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b)) {
+    if hex.len() != 2
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    {
         return None;
     }
     u8::from_str_radix(hex, 16).ok()
@@ -352,7 +422,11 @@ pub(crate) fn byte_piece(b: u8) -> String {
 
 /// Builds a `PieceProto`.
 pub(crate) fn piece(text: impl Into<String>, kind: PieceType) -> PieceProto {
-    PieceProto { piece: text.into(), score: 0.0, kind }
+    PieceProto {
+        piece: text.into(),
+        score: 0.0,
+        kind,
+    }
 }
 
 #[cfg(test)]

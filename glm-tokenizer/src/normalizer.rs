@@ -90,7 +90,11 @@ impl Normalizer {
             return;
         }
         out.reserve(input.len() + input.len() / 2 + SPACE_SYMBOL.len());
-        let space: &[u8] = if self.escape_whitespaces { SPACE_SYMBOL } else { b" " };
+        let space: &[u8] = if self.escape_whitespaces {
+            SPACE_SYMBOL
+        } else {
+            b" "
+        };
         if !self.treat_whitespace_as_suffix && self.add_dummy_prefix {
             out.extend_from_slice(space);
         }
@@ -177,7 +181,12 @@ mod tests {
 
     #[test]
     fn user_defined_symbols_are_verbatim() {
-        let n = Normalizer::new(&spec(true, true, true), None, &["<n>", "<|blank_2|>"], false);
+        let n = Normalizer::new(
+            &spec(true, true, true),
+            None,
+            &["<n>", "<|blank_2|>"],
+            false,
+        );
         assert_eq!(run(&n, "a<n> b<|blank_2|>"), "▁a<n>▁b<|blank_2|>");
     }
 }

@@ -145,11 +145,18 @@ impl ModelProto {
                 }
                 3 => {
                     let body = reader.bytes_field(wire, at, "ModelProto.normalizer_spec")?;
-                    decode_normalizer(body, source_name, "normalizer_spec", &mut model.normalizer_spec)?;
+                    decode_normalizer(
+                        body,
+                        source_name,
+                        "normalizer_spec",
+                        &mut model.normalizer_spec,
+                    )?;
                 }
                 5 => {
                     let body = reader.bytes_field(wire, at, "ModelProto.denormalizer_spec")?;
-                    let spec = model.denormalizer_spec.get_or_insert_with(NormalizerSpec::default);
+                    let spec = model
+                        .denormalizer_spec
+                        .get_or_insert_with(NormalizerSpec::default);
                     decode_normalizer(body, source_name, "denormalizer_spec", spec)?;
                 }
                 _ => reader.skip(wire, at, "ModelProto")?,
@@ -160,7 +167,11 @@ impl ModelProto {
 }
 
 fn decode_piece(bytes: &[u8], source_name: &str, name: &str) -> Result<PieceProto> {
-    let mut piece = PieceProto { piece: String::new(), score: 0.0, kind: PieceType::Normal };
+    let mut piece = PieceProto {
+        piece: String::new(),
+        score: 0.0,
+        kind: PieceType::Normal,
+    };
     let mut reader = Reader::new(bytes, source_name);
     while let Some((field, wire, at)) = reader.tag(name)? {
         match field {
@@ -192,7 +203,10 @@ fn decode_trainer(bytes: &[u8], source_name: &str, spec: &mut TrainerSpec) -> Re
                 spec.treat_whitespace_as_suffix =
                     reader.varint_field(wire, at, "TrainerSpec.treat_whitespace_as_suffix")? != 0
             }
-            35 => spec.byte_fallback = reader.varint_field(wire, at, "TrainerSpec.byte_fallback")? != 0,
+            35 => {
+                spec.byte_fallback =
+                    reader.varint_field(wire, at, "TrainerSpec.byte_fallback")? != 0
+            }
             // int32 fields are sign-extended 64-bit varints on the wire.
             40 => spec.unk_id = reader.varint_field(wire, at, "TrainerSpec.unk_id")? as i32,
             41 => spec.bos_id = reader.varint_field(wire, at, "TrainerSpec.bos_id")? as i32,
@@ -205,23 +219,33 @@ fn decode_trainer(bytes: &[u8], source_name: &str, spec: &mut TrainerSpec) -> Re
     Ok(())
 }
 
-fn decode_normalizer(bytes: &[u8], source_name: &str, which: &str, spec: &mut NormalizerSpec) -> Result<()> {
+fn decode_normalizer(
+    bytes: &[u8],
+    source_name: &str,
+    which: &str,
+    spec: &mut NormalizerSpec,
+) -> Result<()> {
     let mut reader = Reader::new(bytes, source_name);
     let field_name = |f: &str| format!("{which}.{f}");
     while let Some((field, wire, at)) = reader.tag(which)? {
         match field {
             1 => spec.name = reader.string_field(wire, at, &field_name("name"))?,
             2 => {
-                spec.precompiled_charsmap =
-                    reader.bytes_field(wire, at, &field_name("precompiled_charsmap"))?.to_vec()
+                spec.precompiled_charsmap = reader
+                    .bytes_field(wire, at, &field_name("precompiled_charsmap"))?
+                    .to_vec()
             }
-            3 => spec.add_dummy_prefix = reader.varint_field(wire, at, &field_name("add_dummy_prefix"))? != 0,
+            3 => {
+                spec.add_dummy_prefix =
+                    reader.varint_field(wire, at, &field_name("add_dummy_prefix"))? != 0
+            }
             4 => {
                 spec.remove_extra_whitespaces =
                     reader.varint_field(wire, at, &field_name("remove_extra_whitespaces"))? != 0
             }
             5 => {
-                spec.escape_whitespaces = reader.varint_field(wire, at, &field_name("escape_whitespaces"))? != 0
+                spec.escape_whitespaces =
+                    reader.varint_field(wire, at, &field_name("escape_whitespaces"))? != 0
             }
             _ => reader.skip(wire, at, which)?,
         }
@@ -243,14 +267,28 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn new(buf: &'a [u8], source_name: &'a str) -> Self {
-        Self { buf, pos: 0, source_name }
+        Self {
+            buf,
+            pos: 0,
+            source_name,
+        }
     }
 
     fn truncated(&self, field: &str, offset: usize) -> Error {
-        Error::Truncated { source_name: self.source_name.to_string(), field: field.to_string(), offset }
+        Error::Truncated {
+            source_name: self.source_name.to_string(),
+            field: field.to_string(),
+            offset,
+        }
     }
 
-    fn wrong_wire(&self, field: &str, wire_type: u8, expected: &'static str, offset: usize) -> Error {
+    fn wrong_wire(
+        &self,
+        field: &str,
+        wire_type: u8,
+        expected: &'static str,
+        offset: usize,
+    ) -> Error {
         Error::WireType {
             source_name: self.source_name.to_string(),
             field: field.to_string(),
@@ -305,7 +343,10 @@ impl<'a> Reader<'a> {
     }
 
     fn take(&mut self, len: usize, field: &str, at: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(len).filter(|&end| end <= self.buf.len());
+        let end = self
+            .pos
+            .checked_add(len)
+            .filter(|&end| end <= self.buf.len());
         let Some(end) = end else {
             return Err(self.truncated(field, at));
         };
@@ -417,9 +458,21 @@ mod tests {
 
     #[test]
     fn errors_are_typed() {
-        assert!(matches!(ModelProto::decode(&[1 << 3 | 2, 5, 1], "t"), Err(Error::Truncated { .. })));
-        assert!(matches!(ModelProto::decode(&[1 << 3, 5], "t"), Err(Error::WireType { .. })));
-        assert!(matches!(ModelProto::decode(&[0, 0], "t"), Err(Error::Malformed { .. })));
-        assert!(matches!(ModelProto::decode(&[0x80; 12], "t"), Err(Error::Malformed { .. }) | Err(Error::Truncated { .. })));
+        assert!(matches!(
+            ModelProto::decode(&[1 << 3 | 2, 5, 1], "t"),
+            Err(Error::Truncated { .. })
+        ));
+        assert!(matches!(
+            ModelProto::decode(&[1 << 3, 5], "t"),
+            Err(Error::WireType { .. })
+        ));
+        assert!(matches!(
+            ModelProto::decode(&[0, 0], "t"),
+            Err(Error::Malformed { .. })
+        ));
+        assert!(matches!(
+            ModelProto::decode(&[0x80; 12], "t"),
+            Err(Error::Malformed { .. }) | Err(Error::Truncated { .. })
+        ));
     }
 }

@@ -29,7 +29,13 @@ pub struct StreamDecoder<'a> {
 impl<'a> StreamDecoder<'a> {
     /// A decoder at the start of a text.
     pub fn new(tokenizer: &'a Tokenizer) -> Self {
-        Self { tokenizer, bos: BosState::default(), produced: false, bytes: Vec::new(), held: String::new() }
+        Self {
+            tokenizer,
+            bos: BosState::default(),
+            produced: false,
+            bytes: Vec::new(),
+            held: String::new(),
+        }
     }
 
     /// Feeds one id; returns the text that became final, if any. Ids that are not text pieces
@@ -42,9 +48,7 @@ impl<'a> StreamDecoder<'a> {
             self.drain_bytes(false);
         } else {
             self.drain_bytes(true);
-            let before = self.held.len();
-            model.push_surface(piece_id, &mut self.bos, !self.produced, &mut self.held);
-            self.produced |= self.held.len() > before;
+            model.push_surface(piece_id, &mut self.bos, &mut self.produced, &mut self.held);
         }
         self.release(false)
     }
@@ -65,7 +69,8 @@ impl<'a> StreamDecoder<'a> {
         while at < self.bytes.len() {
             let rest = &self.bytes[at..];
             if let Some(n) = valid_char_len(rest) {
-                self.held.push_str(std::str::from_utf8(&rest[..n]).unwrap_or("\u{fffd}"));
+                self.held
+                    .push_str(std::str::from_utf8(&rest[..n]).unwrap_or("\u{fffd}"));
                 at += n;
             } else if !at_end && rest.len() < announced_len(rest[0]) {
                 break;
@@ -80,7 +85,11 @@ impl<'a> StreamDecoder<'a> {
 
     fn release(&mut self, all: bool) -> Option<String> {
         let ws = self.tokenizer.whitespace();
-        let upto = if all { self.held.len() } else { ws.stable_prefix_len(&self.held) };
+        let upto = if all {
+            self.held.len()
+        } else {
+            ws.stable_prefix_len(&self.held)
+        };
         if upto == 0 {
             return None;
         }

@@ -9,7 +9,7 @@
 /// Slot is free (no node lives there).
 const FREE: u32 = u32::MAX;
 /// No piece ends at this node.
-const NO_VALUE: u32 = u32::MAX;
+pub const NO_VALUE: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Copy)]
 struct Slot {
@@ -18,7 +18,11 @@ struct Slot {
     value: u32,
 }
 
-const EMPTY: Slot = Slot { base: 0, check: FREE, value: NO_VALUE };
+const EMPTY: Slot = Slot {
+    base: 0,
+    check: FREE,
+    value: NO_VALUE,
+};
 
 /// Immutable double-array trie mapping byte strings to `u32` values.
 #[derive(Debug, Clone)]
@@ -33,7 +37,7 @@ impl Trie {
         entries.retain(|(k, _)| !k.is_empty());
         entries.sort_by(|a, b| a.0.cmp(b.0));
         entries.dedup_by(|later, earlier| later.0 == earlier.0);
-        let mut builder = Builder { slots: vec![Slot { check: FREE - 1, ..EMPTY }], first_free: 1 };
+        let mut builder = Builder::new();
         if !entries.is_empty() {
             builder.place_all(&entries);
         }
@@ -59,6 +63,16 @@ impl Trie {
         let next = base.checked_add(u32::from(byte))?;
         let slot = self.slots.get(next as usize)?;
         (slot.check == node && base != 0).then_some(next)
+    }
+
+    /// Follows `byte` from `node`, also returning the value stored at the new node
+    /// (`u32::MAX` when no key ends there): one slot read per byte in the encoder's loop.
+    #[inline(always)]
+    pub fn step_with_value(&self, node: u32, byte: u8) -> Option<(u32, u32)> {
+        let base = self.slots.get(node as usize)?.base;
+        let next = base.checked_add(u32::from(byte))?;
+        let slot = self.slots.get(next as usize)?;
+        (slot.check == node && base != 0).then_some((next, slot.value))
     }
 
     /// Value of the key ending at `node`, if any.
@@ -95,24 +109,89 @@ impl Trie {
     }
 }
 
+/// Free slots further than this below the highest occupied slot are given up on, so a base search
+/// never scans more than a bounded window (Darts-clone closes old blocks the same way).
+const SEARCH_WINDOW: usize = 4096;
+const NIL: u32 = u32::MAX;
+
 struct Builder {
     slots: Vec<Slot>,
-    /// Every slot below this index is occupied.
-    first_free: usize,
+    /// Doubly linked list of the free slots still searched, in index order.
+    next: Vec<u32>,
+    prev: Vec<u32>,
+    listed: Vec<bool>,
+    head: u32,
+    tail: u32,
+    /// One past the highest occupied slot: the search window trails this, not the capacity.
+    frontier: usize,
 }
 
 impl Builder {
-    fn ensure(&mut self, len: usize) {
-        if self.slots.len() < len {
-            self.slots.resize(len.max(self.slots.len() * 2), EMPTY);
+    fn new() -> Self {
+        let mut b = Self {
+            slots: Vec::new(),
+            next: Vec::new(),
+            prev: Vec::new(),
+            listed: Vec::new(),
+            head: NIL,
+            tail: NIL,
+            frontier: 0,
+        };
+        b.grow(256);
+        b.occupy(0, FREE - 1); // the root; no transition ever lands on slot 0 (bases are >= 1)
+        b
+    }
+
+    /// Extends the array to `len` slots, appending the new ones to the free list.
+    fn grow(&mut self, len: usize) {
+        let old = self.slots.len();
+        if len <= old {
+            return;
+        }
+        let len = len.max(old + old / 4);
+        self.slots.resize(len, EMPTY);
+        self.next.resize(len, NIL);
+        self.prev.resize(len, NIL);
+        self.listed.resize(len, true);
+        for i in old..len {
+            let i32_ = i as u32;
+            self.prev[i] = self.tail;
+            match self.tail {
+                NIL => self.head = i32_,
+                t => self.next[t as usize] = i32_,
+            }
+            self.tail = i32_;
         }
     }
 
-    /// Places every node, breadth-agnostic, with an explicit stack (piece length comes from the
-    /// model file, so recursion depth must not depend on it).
+    fn unlink(&mut self, i: usize) {
+        if !self.listed[i] {
+            return;
+        }
+        self.listed[i] = false;
+        let (p, n) = (self.prev[i], self.next[i]);
+        match p {
+            NIL => self.head = n,
+            p => self.next[p as usize] = n,
+        }
+        match n {
+            NIL => self.tail = p,
+            n => self.prev[n as usize] = p,
+        }
+    }
+
+    fn occupy(&mut self, i: usize, parent: u32) {
+        self.slots[i].check = parent;
+        self.frontier = self.frontier.max(i + 1);
+        self.unlink(i);
+    }
+
+    /// Places every node with an explicit stack (piece length comes from the model file, so
+    /// recursion depth must not depend on it).
     fn place_all(&mut self, entries: &[(&[u8], u32)]) {
         let mut stack: Vec<(u32, usize, usize, usize)> = vec![(0, 0, entries.len(), 0)];
-        let mut children: Vec<(u8, usize, usize)> = Vec::new();
+        let mut labels: Vec<u8> = Vec::new();
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
         while let Some((node, mut lo, hi, depth)) = stack.pop() {
             if entries[lo].0.len() == depth {
                 self.slots[node as usize].value = entries[lo].1;
@@ -121,7 +200,8 @@ impl Builder {
             if lo == hi {
                 continue;
             }
-            children.clear();
+            labels.clear();
+            ranges.clear();
             let mut start = lo;
             while start < hi {
                 let label = entries[start].0[depth];
@@ -129,36 +209,48 @@ impl Builder {
                 while end < hi && entries[end].0[depth] == label {
                     end += 1;
                 }
-                children.push((label, start, end));
+                labels.push(label);
+                ranges.push((start, end));
                 start = end;
             }
-            let base = self.find_base(&children);
+            let base = self.find_base(&labels);
             self.slots[node as usize].base = base;
-            for &(label, _, _) in &children {
-                self.slots[(base + u32::from(label)) as usize].check = node;
-            }
-            while self.first_free < self.slots.len() && self.slots[self.first_free].check != FREE {
-                self.first_free += 1;
-            }
-            for &(label, s, e) in &children {
-                stack.push((base + u32::from(label), s, e, depth + 1));
+            for (&label, &(s, e)) in labels.iter().zip(&ranges) {
+                let child = base + u32::from(label);
+                self.occupy(child as usize, node);
+                stack.push((child, s, e, depth + 1));
             }
         }
     }
 
-    fn find_base(&mut self, children: &[(u8, usize, usize)]) -> u32 {
-        let first = children[0].0 as usize;
-        let last = children[children.len() - 1].0 as usize;
-        let mut pos = self.first_free.max(first + 1);
+    /// Smallest listed base (>= 1) whose slots for all `labels` are free.
+    fn find_base(&mut self, labels: &[u8]) -> u32 {
+        let first = labels[0] as usize;
+        let last = labels[labels.len() - 1] as usize;
+        let window_start = self.frontier.saturating_sub(SEARCH_WINDOW);
+        while self.head != NIL && (self.head as usize) < window_start {
+            let h = self.head as usize;
+            self.unlink(h);
+        }
+        let mut p = self.head;
         loop {
-            self.ensure(pos + (last - first) + 1);
-            if self.slots[pos].check == FREE {
+            if p == NIL {
+                let old = self.slots.len();
+                self.grow(old + 256);
+                p = old as u32;
+            }
+            let pos = p as usize;
+            if pos > first {
                 let base = pos - first;
-                if children.iter().all(|&(l, _, _)| self.slots[base + l as usize].check == FREE) {
+                self.grow(base + last + 1);
+                if labels
+                    .iter()
+                    .all(|&l| self.slots[base + l as usize].check == FREE)
+                {
                     return base as u32;
                 }
             }
-            pos += 1;
+            p = self.next[pos];
         }
     }
 }
@@ -169,8 +261,23 @@ mod tests {
 
     #[test]
     fn finds_all_keys_and_prefixes() {
-        let words: Vec<&[u8]> = vec![b"a", b"ab", b"abc", b"b", b"\xe2\x96\x81", b"\xe2\x96\x81a", b"zzzz", b"\0x"];
-        let trie = Trie::build(words.iter().enumerate().map(|(i, w)| (*w, i as u32)).collect());
+        let words: Vec<&[u8]> = vec![
+            b"a",
+            b"ab",
+            b"abc",
+            b"b",
+            b"\xe2\x96\x81",
+            b"\xe2\x96\x81a",
+            b"zzzz",
+            b"\0x",
+        ];
+        let trie = Trie::build(
+            words
+                .iter()
+                .enumerate()
+                .map(|(i, w)| (*w, i as u32))
+                .collect(),
+        );
         for (i, w) in words.iter().enumerate() {
             assert_eq!(trie.get(w), Some(i as u32), "{w:?}");
         }
@@ -189,8 +296,15 @@ mod tests {
 
     #[test]
     fn dense_alphabet() {
-        let keys: Vec<Vec<u8>> = (0..=255u8).flat_map(|a| [vec![a], vec![a, 255 - a]]).collect();
-        let trie = Trie::build(keys.iter().enumerate().map(|(i, k)| (k.as_slice(), i as u32)).collect());
+        let keys: Vec<Vec<u8>> = (0..=255u8)
+            .flat_map(|a| [vec![a], vec![a, 255 - a]])
+            .collect();
+        let trie = Trie::build(
+            keys.iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_slice(), i as u32))
+                .collect(),
+        );
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(trie.get(k), Some(i as u32));
         }

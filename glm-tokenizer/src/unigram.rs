@@ -1,36 +1,43 @@
 //! Unigram segmentation: the best-scoring split of a normalized string into pieces.
 //!
-//! This is SentencePiece 0.2.x `Model::EncodeOptimized`, step for step, because ties and
-//! rounding decide ids on real text:
+//! This is SentencePiece 0.2.3 `Model::EncodeOptimized`, step for step, because ties and
+//! float rounding decide ids on real text (0.2.0 and 0.1.x differ from it on long or
+//! repetitive strings; the golden data follows 0.2.3):
 //! - a forward DP over byte positions; start positions advance one UTF-8 character at a time,
 //!   and from each start the trie yields candidates in increasing length;
-//! - a candidate replaces the current best path ending at the same position only when its
-//!   score is *strictly* greater, so on equal scores the earlier candidate stays;
-//! - a piece's score is added in `f64` (the C++ `auto score` is a `double` because of the
-//!   user-defined branch) and compared with the stored `f32` best, which is then stored
-//!   rounded to `f32`;
-//! - USER_DEFINED pieces score `len_bytes * max_score - 0.1`, where `max_score` is the max
-//!   NORMAL score but never below `FLT_MIN` (so about `-0.1` for an all-negative vocabulary);
+//! - all scores are `f32`; a candidate replaces the best path ending at the same position
+//!   only when its score is *strictly* greater, so on equal scores the earlier one stays;
+//! - USER_DEFINED pieces score `f32(0.1 * (len_bytes - 1))`, above any log-probability, so
+//!   they always win and longer ones are preferred;
 //! - when no piece covers exactly the first character, an `<unk>` node spanning that character
-//!   scores `min_score - 10` (all in `f32`).
+//!   scores `min_score - 10` (min over NORMAL pieces);
+//! - when the running score at a start position leaves ±100000, every reached node from there
+//!   to the frontier is shifted by it (keeps precision on long inputs, and changes rounding
+//!   exactly as the C++ does).
 
 use std::cell::RefCell;
 
 use crate::normalizer::utf8_char_len;
 use crate::proto::{PieceProto, PieceType};
-use crate::trie::Trie;
+use crate::trie::{Trie, NO_VALUE};
 
 /// Penalty SentencePiece subtracts from the minimum score for an unknown character.
 const UNK_PENALTY: f32 = 10.0;
+/// Running scores beyond ±this are rebased to 0 (`kScoreResetThreshold`).
+const SCORE_RESET_THRESHOLD: f32 = 100_000.0;
 const NONE: u32 = u32::MAX;
+/// Longest normalized input segmented in one lattice (positions must fit in u32).
+const MAX_CHUNK: usize = (u32::MAX - 8) as usize;
+/// Stands in the score table for USER_DEFINED pieces (real scores are finite).
+const USER_DEFINED_MARK: f32 = f32::INFINITY;
 
 /// One piece of a segmentation: byte range in the normalized string and the piece id.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Segment {
     /// Start byte (inclusive).
-    pub start: u32,
+    pub start: u64,
     /// End byte (exclusive).
-    pub end: u32,
+    pub end: u64,
     /// Piece id (the `<unk>` id for unknown characters).
     pub id: u32,
 }
@@ -52,8 +59,10 @@ thread_local! {
 #[derive(Debug, Clone)]
 pub struct Unigram {
     trie: Trie,
-    /// Score of each trie entry, indexed by piece id (0 for pieces not in the trie).
-    scores: Vec<f64>,
+    /// Score of each NORMAL piece, indexed by piece id; `USER_DEFINED_MARK` for USER_DEFINED
+    /// pieces, which are scored by length instead.
+    scores: Vec<f32>,
+    /// Id given to unknown characters (`u32::MAX` when the model has no `<unk>`).
     unk_id: u32,
     unk_score: f32,
 }
@@ -63,70 +72,121 @@ impl Unigram {
     /// UNUSED pieces are skipped by the C++ loop, so they are simply left out of the trie.
     pub fn new(pieces: &[PieceProto], unk_id: u32) -> Self {
         let mut min_score = f32::MAX;
-        let mut max_score = f32::MIN_POSITIVE; // C++ FLT_MIN: the smallest *positive* float
         for p in pieces.iter().filter(|p| p.kind == PieceType::Normal) {
             min_score = min_score.min(p.score);
-            max_score = max_score.max(p.score);
         }
-        let mut scores = vec![0.0f64; pieces.len()];
+        let mut scores = vec![0.0f32; pieces.len()];
         let mut entries = Vec::with_capacity(pieces.len());
         for (id, p) in pieces.iter().enumerate() {
-            let score = match p.kind {
-                PieceType::Normal => f64::from(p.score),
-                PieceType::UserDefined => f64::from(p.piece.len() as f32 * max_score) - 0.1,
+            scores[id] = match p.kind {
+                PieceType::Normal => p.score,
+                PieceType::UserDefined => USER_DEFINED_MARK,
                 _ => continue,
             };
-            scores[id] = score;
             entries.push((p.piece.as_bytes(), id as u32));
         }
-        Self { trie: Trie::build(entries), scores, unk_id, unk_score: min_score - UNK_PENALTY }
+        Self {
+            trie: Trie::build(entries),
+            scores,
+            unk_id,
+            unk_score: min_score - UNK_PENALTY,
+        }
     }
 
     /// Segments `normalized`, appending the pieces in order to `out`.
     pub fn encode(&self, normalized: &[u8], out: &mut Vec<Segment>) {
-        if normalized.is_empty() {
-            return;
+        // Positions are stored as u32. SentencePiece refuses inputs of 4 GiB and more; here
+        // they are segmented in independent chunks cut at character boundaries.
+        let mut rest = normalized;
+        let mut offset = 0u64;
+        while !rest.is_empty() {
+            let mut cut = rest.len().min(MAX_CHUNK);
+            while cut > 1 && cut < rest.len() && (rest[cut] & 0xc0) == 0x80 {
+                cut -= 1;
+            }
+            let first = out.len();
+            LATTICE.with(|cell| match cell.try_borrow_mut() {
+                Ok(mut lattice) => self.viterbi(&rest[..cut], &mut lattice, out),
+                // Only reachable through re-entrancy, which this crate never does.
+                Err(_) => self.viterbi(&rest[..cut], &mut Vec::new(), out),
+            });
+            for seg in &mut out[first..] {
+                seg.start += offset;
+                seg.end += offset;
+            }
+            offset += cut as u64;
+            rest = &rest[cut..];
         }
-        LATTICE.with(|cell| match cell.try_borrow_mut() {
-            Ok(mut lattice) => self.viterbi(normalized, &mut lattice, out),
-            // Only reachable through re-entrancy, which this crate never does.
-            Err(_) => self.viterbi(normalized, &mut Vec::new(), out),
-        });
     }
 
     fn viterbi(&self, text: &[u8], lattice: &mut Vec<Node>, out: &mut Vec<Segment>) {
         let n = text.len();
         lattice.clear();
-        lattice.resize(n + 1, Node { score: 0.0, start: NONE, id: NONE });
+        lattice.resize(
+            n + 1,
+            Node {
+                score: 0.0,
+                start: NONE,
+                id: NONE,
+            },
+        );
         let trie = &self.trie;
+        let mut max_frontier = 0usize;
         let mut pos = 0usize;
         while pos < n {
-            let base_score = lattice[pos].score;
-            let base_score_f64 = f64::from(base_score);
+            let mut base_score = lattice[pos].score;
+            if !(-SCORE_RESET_THRESHOLD..=SCORE_RESET_THRESHOLD).contains(&base_score) {
+                let offset = base_score;
+                for (i, node) in lattice
+                    .iter_mut()
+                    .enumerate()
+                    .take(max_frontier.max(pos) + 1)
+                    .skip(pos)
+                {
+                    if i == pos || node.start != NONE {
+                        node.score -= offset;
+                    }
+                }
+                base_score = 0.0;
+            }
             let mblen = utf8_char_len(text[pos]).min(n - pos);
             let mut has_single_node = false;
             let mut node = trie.root();
             let mut end = pos;
-            while end < n {
-                match trie.step(node, text[end]) {
-                    Some(next) => node = next,
-                    None => break,
-                }
+            for &byte in &text[pos..] {
+                let Some((next, id)) = trie.step_with_value(node, byte) else {
+                    break;
+                };
+                node = next;
                 end += 1;
-                if let Some(id) = trie.value(node) {
-                    let candidate = self.scores[id as usize] + base_score_f64;
+                if id != NO_VALUE {
+                    max_frontier = max_frontier.max(end);
+                    let mut score = self.scores.get(id as usize).copied().unwrap_or(0.0);
+                    if score == USER_DEFINED_MARK {
+                        score = (0.1f64 * (end - pos - 1) as f64) as f32;
+                    }
+                    let candidate = score + base_score;
                     let target = &mut lattice[end];
-                    if target.start == NONE || candidate > f64::from(target.score) {
-                        *target = Node { score: candidate as f32, start: pos as u32, id };
+                    if target.start == NONE || candidate > target.score {
+                        *target = Node {
+                            score: candidate,
+                            start: pos as u32,
+                            id,
+                        };
                     }
                     has_single_node |= end - pos == mblen;
                 }
             }
             if !has_single_node {
+                max_frontier = max_frontier.max(pos + mblen);
                 let candidate = self.unk_score + base_score;
                 let target = &mut lattice[pos + mblen];
                 if target.start == NONE || candidate > target.score {
-                    *target = Node { score: candidate, start: pos as u32, id: self.unk_id };
+                    *target = Node {
+                        score: candidate,
+                        start: pos as u32,
+                        id: self.unk_id,
+                    };
                 }
             }
             pos += mblen;
@@ -138,7 +198,11 @@ impl Unigram {
             if node.start == NONE {
                 break; // unreachable: every character boundary has at least the <unk> path
             }
-            out.push(Segment { start: node.start, end: end as u32, id: node.id });
+            out.push(Segment {
+                start: u64::from(node.start),
+                end: end as u64,
+                id: node.id,
+            });
             end = node.start as usize;
         }
         out[first..].reverse();
@@ -150,7 +214,11 @@ mod tests {
     use super::*;
 
     fn piece(text: &str, score: f32, kind: PieceType) -> PieceProto {
-        PieceProto { piece: text.to_string(), score, kind }
+        PieceProto {
+            piece: text.to_string(),
+            score,
+            kind,
+        }
     }
 
     fn ids(model: &Unigram, text: &str) -> Vec<u32> {

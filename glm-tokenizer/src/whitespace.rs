@@ -12,6 +12,8 @@
 //! chain of `str.replace` calls, and a streaming decoder only has to hold back a tail that
 //! starts at the last `<` and could still grow into a pattern.
 
+use std::borrow::Cow;
+
 /// Which literal tokens a vocabulary layout rewrites.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WhitespaceTokens {
@@ -32,26 +34,49 @@ pub fn blank_token(n: usize) -> String {
 }
 
 impl WhitespaceTokens {
-    /// Rewrites `text` before SentencePiece sees it.
-    pub fn preprocess(&self, text: &str, linebreak: bool, whitespaces: bool) -> String {
+    /// Rewrites `text` before SentencePiece sees it (borrowed when nothing changes).
+    pub fn preprocess<'t>(
+        &self,
+        text: &'t str,
+        linebreak: bool,
+        whitespaces: bool,
+    ) -> Cow<'t, str> {
         let whitespaces = whitespaces && self.tab_and_blanks;
+        let special =
+            |b: u8| (linebreak && b == b'\n') || (whitespaces && (b == b'\t' || b == b' '));
+        let bytes = text.as_bytes();
+        let Some(first) = bytes.iter().position(|&b| special(b)) else {
+            return Cow::Borrowed(text);
+        };
+        // The three bytes are ASCII, so every cut below is a char boundary.
         let mut out = String::with_capacity(text.len() + text.len() / 4);
-        let mut chars = text.char_indices().peekable();
-        while let Some((at, c)) = chars.next() {
-            match c {
-                '\n' if linebreak => out.push_str(NEWLINE_TOKEN),
-                '\t' if whitespaces => out.push_str(TAB_TOKEN),
-                ' ' if whitespaces => {
-                    let mut run = 1;
-                    while chars.next_if(|&(_, c)| c == ' ').is_some() {
-                        run += 1;
-                    }
-                    self.push_blank_run(run, &mut out);
+        out.push_str(&text[..first]);
+        let mut at = first;
+        while at < bytes.len() {
+            let next = bytes[at..]
+                .iter()
+                .position(|&b| special(b))
+                .map_or(bytes.len(), |p| at + p);
+            out.push_str(&text[at..next]);
+            at = next;
+            match bytes.get(at) {
+                Some(b'\n') => {
+                    out.push_str(NEWLINE_TOKEN);
+                    at += 1;
                 }
-                _ => out.push_str(&text[at..at + c.len_utf8()]),
+                Some(b'\t') => {
+                    out.push_str(TAB_TOKEN);
+                    at += 1;
+                }
+                Some(b' ') => {
+                    let run = bytes[at..].iter().take_while(|&&b| b == b' ').count();
+                    self.push_blank_run(run, &mut out);
+                    at += run;
+                }
+                _ => {}
             }
         }
-        out
+        Cow::Owned(out)
     }
 
     fn push_blank_run(&self, run: usize, out: &mut String) {
@@ -87,7 +112,9 @@ impl WhitespaceTokens {
             return None;
         }
         let n: usize = rest[..digits].parse().ok()?;
-        (2..=self.max_blank_length).contains(&n).then_some(("<|blank_".len() + digits + 2, Replacement::Blank(n)))
+        (2..=self.max_blank_length)
+            .contains(&n)
+            .then_some(("<|blank_".len() + digits + 2, Replacement::Blank(n)))
     }
 
     /// Appends `s` to `out` with every pattern replaced by its whitespace.
@@ -132,7 +159,9 @@ impl WhitespaceTokens {
             return true;
         }
         // "<|blank_" + digits (+ "|"): can it still end as "<|blank_N|>" with N in range?
-        let Some(rest) = tail.strip_prefix("<|blank_") else { return false };
+        let Some(rest) = tail.strip_prefix("<|blank_") else {
+            return false;
+        };
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         let (num, after) = rest.split_at(digits);
         if digits == 0 || num.starts_with('0') || !(after.is_empty() || after == "|") {
@@ -168,8 +197,14 @@ impl Replacement {
 mod tests {
     use super::*;
 
-    const GLM: WhitespaceTokens = WhitespaceTokens { tab_and_blanks: true, max_blank_length: 80 };
-    const ICETK: WhitespaceTokens = WhitespaceTokens { tab_and_blanks: false, max_blank_length: 80 };
+    const GLM: WhitespaceTokens = WhitespaceTokens {
+        tab_and_blanks: true,
+        max_blank_length: 80,
+    };
+    const ICETK: WhitespaceTokens = WhitespaceTokens {
+        tab_and_blanks: false,
+        max_blank_length: 80,
+    };
 
     /// Python's chain of `str.replace` calls, written out literally.
     fn python_preprocess(text: &str) -> String {
@@ -190,8 +225,21 @@ mod tests {
 
     #[test]
     fn preprocess_matches_python_replace_chain() {
-        for text in ["a b", "a  b", "\t\tx\n", "   ", &" ".repeat(81), &" ".repeat(161), &" ".repeat(239), "x \n  y"] {
-            assert_eq!(GLM.preprocess(text, true, true), python_preprocess(text), "{text:?}");
+        for text in [
+            "a b",
+            "a  b",
+            "\t\tx\n",
+            "   ",
+            &" ".repeat(81),
+            &" ".repeat(161),
+            &" ".repeat(239),
+            "x \n  y",
+        ] {
+            assert_eq!(
+                GLM.preprocess(text, true, true),
+                python_preprocess(text),
+                "{text:?}"
+            );
         }
         assert_eq!(ICETK.preprocess("a  b\n", true, true), "a  b<n>");
         assert_eq!(GLM.preprocess("a  b\n", false, false), "a  b\n");
@@ -201,7 +249,10 @@ mod tests {
     fn replace_matches_python_replace_chain() {
         for text in [
             "<n><|tab|><|blank_2|><|blank_80|><|blank_81|><|blank_1|><|blank_02|>",
-            "<<n>>", "<|blank_<n>", "a<|tab|b", "<|blank_9|><|blank_10|>",
+            "<<n>>",
+            "<|blank_<n>",
+            "a<|tab|b",
+            "<|blank_9|><|blank_10|>",
         ] {
             let mut out = String::new();
             GLM.replace_into(text, &mut out);
@@ -212,8 +263,17 @@ mod tests {
     #[test]
     fn holds_back_only_growable_tails() {
         for (s, held) in [
-            ("ab<", 2), ("ab<n", 2), ("ab<n>", 5), ("<|blank_8", 0), ("<|blank_80", 0), ("<|blank_81", 10),
-            ("<|blank_0", 9), ("<|blank_1", 0), ("<|blank_1|", 10), ("<|blank_12|", 0), ("<x", 2),
+            ("ab<", 2),
+            ("ab<n", 2),
+            ("ab<n>", 5),
+            ("<|blank_8", 0),
+            ("<|blank_80", 0),
+            ("<|blank_81", 10),
+            ("<|blank_0", 9),
+            ("<|blank_1", 0),
+            ("<|blank_1|", 10),
+            ("<|blank_12|", 0),
+            ("<x", 2),
         ] {
             assert_eq!(GLM.stable_prefix_len(s), held, "{s:?}");
         }

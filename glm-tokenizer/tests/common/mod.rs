@@ -13,7 +13,12 @@ use glm_tokenizer::{Mode, Tokenizer};
 pub fn golden_dir() -> PathBuf {
     let dir = std::env::var_os("GLM_TOKENIZER_DIR")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/tokenizer")));
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/tokenizer"
+            ))
+        });
     assert!(
         dir.join("golden.jsonl").is_file(),
         "golden tokenizer folder {} is missing golden.jsonl (set GLM_TOKENIZER_DIR)",
@@ -35,21 +40,32 @@ pub fn model_file(mode: Mode) -> PathBuf {
 /// The tokenizer for `mode`, loaded once per test binary.
 pub fn tokenizer(mode: Mode) -> &'static Tokenizer {
     static CACHE: [OnceLock<Tokenizer>; 8] = [const { OnceLock::new() }; 8];
-    let slot = Mode::ALL.iter().position(|&m| m == mode).expect("mode is in Mode::ALL");
+    let slot = Mode::ALL
+        .iter()
+        .position(|&m| m == mode)
+        .expect("mode is in Mode::ALL");
     CACHE[slot].get_or_init(|| {
-        Tokenizer::from_file(model_file(mode), mode.options())
-            .unwrap_or_else(|e| panic!("loading {} for {}: {e}", model_file(mode).display(), mode.name()))
+        Tokenizer::from_file(model_file(mode), mode.options()).unwrap_or_else(|e| {
+            panic!(
+                "loading {} for {}: {e}",
+                model_file(mode).display(),
+                mode.name()
+            )
+        })
     })
 }
 
 /// Parsed lines of a JSONL file in the golden folder.
 pub fn read_jsonl(name: &str) -> Vec<serde_json::Value> {
     let path = golden_dir().join(name);
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
     text.lines()
         .filter(|l| !l.trim().is_empty())
         .enumerate()
-        .map(|(i, l)| serde_json::from_str(l).unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1)))
+        .map(|(i, l)| {
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("{name} line {}: {e}", i + 1))
+        })
         .collect()
 }
 
