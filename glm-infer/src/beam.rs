@@ -259,8 +259,8 @@ impl Strategy for BeamSearchStrategy {
         for b in 0..self.live.len() {
             let live = self.live[b];
             if self.config.consider_end && !self.done[b] {
-                for r in row0..row0 + live {
-                    self.add_finished(b, tokens[r].clone(), self.scores[r]);
+                for (row, score) in tokens[row0..row0 + live].iter().zip(self.scores[row0..row0 + live].to_vec()) {
+                    self.add_finished(b, row.clone(), score);
                 }
             }
             if self.config.consider_end {

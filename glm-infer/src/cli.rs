@@ -138,13 +138,16 @@ pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result
 }
 
 /// Fails with a clear error when no CUDA driver / device is present (using burn's CUDA backend
-/// without a driver panics in a background thread).
+/// without a driver panics in a background thread, which cannot be caught cleanly).
 #[cfg(feature = "cuda")]
 pub fn cuda_preflight() -> Result<()> {
-    let present = std::path::Path::new("/dev/nvidiactl").exists()
-        || std::env::var_os("CUDA_VISIBLE_DEVICES").is_some_and(|v| !v.is_empty());
-    if !present {
-        return Err(Error::Usage("--device cuda: no NVIDIA driver/device found on this machine".into()));
+    // SAFETY: only probes whether libcuda can be loaded.
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
+        return Err(Error::Usage("--device cuda: the CUDA driver library (libcuda) is not installed".into()));
     }
-    Ok(())
+    match cudarc::driver::CudaContext::device_count() {
+        Ok(n) if n > 0 => Ok(()),
+        Ok(_) => Err(Error::Usage("--device cuda: no CUDA device present".into())),
+        Err(e) => Err(Error::Usage(format!("--device cuda: CUDA driver error: {e:?}"))),
+    }
 }

@@ -22,6 +22,7 @@
 
 pub mod beam;
 pub mod cli;
+pub mod eval;
 pub mod error;
 pub mod fill;
 pub mod generate;

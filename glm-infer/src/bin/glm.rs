@@ -3,6 +3,7 @@
 //! ```text
 //! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
 //! glm init-random --out DIR [--preset tiny|small|base] [--vocab-size N] [--seed S]
+//! glm evaluate TASK.yaml|DIR ... --model DIR [--data-path ROOT] [--report FILE]
 //! ```
 
 use std::io::{BufRead, Write};
@@ -31,6 +32,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Write a randomly initialised model folder (config.json + model.safetensors).
     InitRandom(InitArgs),
+    /// Run GLM-130B evaluation tasks (task YAMLs / folders) against a model (evaluate.py).
+    Evaluate(glm_infer::eval::cli::EvaluateArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -119,6 +122,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::InitRandom(args) => init_random(args),
+        Command::Evaluate(args) => glm_infer::eval::cli::run(args).map_err(|e| Error::Usage(e.to_string())),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

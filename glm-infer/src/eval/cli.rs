@@ -1,0 +1,151 @@
+//! `glm evaluate TASK.yaml|DIR ... --model DIR`: the original `evaluate.py` from the command line,
+//! with a progress bar per task (stderr), the original summary on stdout and a JSON report.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use burn::tensor::backend::Backend;
+use glm_core::{ModelOptions, RotaryPrecision};
+
+use super::config::TaskConfig;
+use super::error::{EvalError, EvalResult};
+use super::runner::{evaluate_tasks, load_tasks, EvalOptions, Observer};
+use crate::cli::{load_codec, load_config, load_model, parse_dtype, DeviceKind};
+
+/// Arguments of `glm evaluate`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct EvaluateArgs {
+    /// Task YAML files, or folders searched recursively for `*.yaml`.
+    #[arg(required = true)]
+    pub tasks: Vec<PathBuf>,
+    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// config.json to use with a SAT checkpoint folder that has none.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Root of the task data (each task's `path` is relative to it), as evaluate.py's --data-path.
+    #[arg(long, default_value = ".")]
+    pub data_path: PathBuf,
+    /// SentencePiece model (ice_text.model) for `*_pretokenized` fields and text files. Without
+    /// it, text is whitespace-separated token ids.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
+    #[arg(long, default_value = "icetk")]
+    pub tokenizer_mode: String,
+    /// JSON report file.
+    #[arg(long, default_value = "evaluation.json")]
+    pub report: PathBuf,
+    /// Keep every scored token's loss of `lm` tasks in the report.
+    #[arg(long)]
+    pub token_losses: bool,
+    /// No progress bar.
+    #[arg(long)]
+    pub no_progress: bool,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Exact fp32 rotary tables instead of the original's fp16 ones.
+    #[arg(long)]
+    pub rotary_fp32: bool,
+}
+
+/// Prints report lines on stdout and draws one progress bar per task on stderr.
+struct Console {
+    bar: Option<indicatif::ProgressBar>,
+    progress: bool,
+}
+
+impl Observer for Console {
+    fn line(&mut self, text: &str) {
+        let print = || {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{text}");
+            let _ = out.flush();
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(print),
+            None => print(),
+        }
+    }
+
+    fn task_started(&mut self, config: &TaskConfig, total: usize) {
+        if !self.progress {
+            return;
+        }
+        let bar = indicatif::ProgressBar::new(total as u64);
+        if let Ok(style) = indicatif::ProgressStyle::with_template(
+            "{prefix} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+        ) {
+            bar.set_style(style.progress_chars("=> "));
+        }
+        bar.set_prefix(config.name.clone());
+        self.bar = Some(bar);
+    }
+
+    fn advance(&mut self, n: usize) {
+        if let Some(bar) = &self.bar {
+            bar.inc(n as u64);
+        }
+    }
+
+    fn task_finished(&mut self) {
+        if let Some(bar) = self.bar.take() {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Runs `glm evaluate`.
+pub fn run(args: EvaluateArgs) -> EvalResult<()> {
+    let device: DeviceKind = args.device.parse()?;
+    match device {
+        DeviceKind::Cpu => run_on::<burn::backend::Flex>(&args, &Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => run_on::<burn::backend::Wgpu>(&args, &Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            crate::cli::cuda_preflight()?;
+            run_on::<burn::backend::Cuda>(&args, &Default::default())
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(EvalError::Usage(format!(
+            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
+            format!("{other:?}").to_lowercase()
+        ))),
+    }
+}
+
+fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()> {
+    let mut console = Console {
+        bar: None,
+        progress: !args.no_progress,
+    };
+    // Task files first (as evaluate.py): a bad YAML fails before the model is loaded.
+    let tasks = load_tasks(&args.tasks, &mut console)?;
+    let config = load_config(&args.model, args.config.as_deref())?;
+    let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
+    let options = ModelOptions {
+        dtype: parse_dtype(&args.dtype)?,
+        rotary: if args.rotary_fp32 {
+            RotaryPrecision::Fp32
+        } else {
+            RotaryPrecision::Fp16Sat
+        },
+    };
+    let model = load_model::<B>(&args.model, &config, device, options)?;
+    let eval_options = EvalOptions {
+        data_root: args.data_path.clone(),
+        token_losses: args.token_losses,
+    };
+    let report = evaluate_tasks(&model, &codec, &tasks, &eval_options, &mut console)?;
+    let json = serde_json::to_vec_pretty(&report)
+        .map_err(|e| EvalError::Usage(format!("serializing the report: {e}")))?;
+    glm_core::weights::write_atomic(&args.report, &json)?;
+    eprintln!("report written to {}", args.report.display());
+    Ok(())
+}

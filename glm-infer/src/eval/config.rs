@@ -1,0 +1,908 @@
+//! Task definitions: the original GLM-130B task YAML (`evaluation/configs.py`, loaded there with
+//! dataclass-wizard), parsed field by field with the line of every key.
+//!
+//! Keys are accepted in kebab-case, snake_case or camelCase (`file-pattern`, `micro_batch_size`,
+//! even the mixed `max_seq-length` of the original MMLU file). Unknown keys, keys that belong to
+//! another task type, wrong types and duplicates are errors naming the file, the line and the key.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+
+use super::error::{EvalError, EvalResult};
+use super::yaml::{self, Node};
+
+/// `type:` of a task (`TaskType` of the original).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum TaskType {
+    /// `mul`: multiple choice scored by conditional log-probabilities.
+    #[serde(rename = "mul")]
+    MultiChoice,
+    /// `gen`: generation scored by EM / F1 (or a task's own metric).
+    #[serde(rename = "gen")]
+    Generation,
+    /// `lm`: language modelling (loss, perplexity, bits per byte).
+    #[serde(rename = "lm")]
+    LanguageModel,
+    /// `other`: a custom task; needs a `module` this port knows.
+    #[serde(rename = "other")]
+    Other,
+}
+
+impl TaskType {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "mul" => Some(Self::MultiChoice),
+            "gen" => Some(Self::Generation),
+            "lm" => Some(Self::LanguageModel),
+            "other" => Some(Self::Other),
+            _ => None,
+        }
+    }
+
+    /// The YAML spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::MultiChoice => "mul",
+            Self::Generation => "gen",
+            Self::LanguageModel => "lm",
+            Self::Other => "other",
+        }
+    }
+
+    fn python_enum(self) -> &'static str {
+        match self {
+            Self::MultiChoice => "MULTICHOICE",
+            Self::Generation => "GENERATION",
+            Self::LanguageModel => "LANGUAGE_MODEL",
+            Self::Other => "OTHER",
+        }
+    }
+}
+
+/// The task classes of the original this port implements (`module:` or the type's default).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum TaskHandler {
+    /// `evaluation.MultiChoiceTask`.
+    MultiChoice,
+    /// `tasks.mmlu.task.MMLU`: multiple choice plus an "Overall" line over every group.
+    Mmlu,
+    /// `evaluation.GenerationTask`.
+    Generation,
+    /// `tasks.lambada.task.LAMBADA`: beam search with banned punctuation, first-word answers,
+    /// exact-match accuracy.
+    Lambada,
+    /// `evaluation.LanguageModelTask`.
+    LanguageModel,
+    /// `tasks.language-modeling.pile.Pile`: tokenized JSONL documents, bits per byte per subset.
+    Pile,
+}
+
+impl TaskHandler {
+    fn from_module(module: &str) -> Option<Self> {
+        match module {
+            "evaluation.MultiChoiceTask" | "evaluation.tasks.MultiChoiceTask" => {
+                Some(Self::MultiChoice)
+            }
+            "evaluation.GenerationTask" | "evaluation.tasks.GenerationTask" => {
+                Some(Self::Generation)
+            }
+            "evaluation.LanguageModelTask" | "evaluation.tasks.LanguageModelTask" => {
+                Some(Self::LanguageModel)
+            }
+            "tasks.mmlu.task.MMLU" => Some(Self::Mmlu),
+            "tasks.lambada.task.LAMBADA" => Some(Self::Lambada),
+            "tasks.language-modeling.pile.Pile" => Some(Self::Pile),
+            _ => None,
+        }
+    }
+
+    fn default_for(t: TaskType) -> Option<Self> {
+        match t {
+            TaskType::MultiChoice => Some(Self::MultiChoice),
+            TaskType::Generation => Some(Self::Generation),
+            TaskType::LanguageModel => Some(Self::LanguageModel),
+            TaskType::Other => None,
+        }
+    }
+
+    /// The config class the original loads for this handler.
+    pub fn family(self) -> TaskType {
+        match self {
+            Self::MultiChoice | Self::Mmlu => TaskType::MultiChoice,
+            Self::Generation | Self::Lambada => TaskType::Generation,
+            Self::LanguageModel | Self::Pile => TaskType::LanguageModel,
+        }
+    }
+}
+
+/// A metric of the original `DEFAULT_METRICS` (plus the custom tasks' own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum Metric {
+    /// Percentage of correct predictions (`mul`; LAMBADA's exact-match accuracy).
+    Accuracy,
+    /// sklearn micro precision (= accuracy for single-label predictions).
+    Precision,
+    /// sklearn micro recall (= accuracy for single-label predictions).
+    Recall,
+    /// sklearn micro F1 (`F1_mul`, = accuracy for single-label predictions).
+    F1Mul,
+    /// SQuAD exact match, ×100.
+    #[serde(rename = "EM")]
+    Em,
+    /// SQuAD token F1, ×100.
+    F1,
+    /// Word-level perplexity `exp(min(20, Σloss / words))`.
+    #[serde(rename = "PPL")]
+    Ppl,
+    /// Bits per UTF-8 byte per Pile subset.
+    #[serde(rename = "BPB")]
+    Bpb,
+}
+
+impl Metric {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "Accuracy" => Some(Self::Accuracy),
+            "Precision" => Some(Self::Precision),
+            "Recall" => Some(Self::Recall),
+            "F1_mul" => Some(Self::F1Mul),
+            "EM" => Some(Self::Em),
+            "F1" => Some(Self::F1),
+            "PPL" => Some(Self::Ppl),
+            "BPB" => Some(Self::Bpb),
+            _ => None,
+        }
+    }
+
+    /// The name the original prints.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Accuracy => "Accuracy",
+            Self::Precision => "Precision",
+            Self::Recall => "Recall",
+            Self::F1Mul => "F1_mul",
+            Self::Em => "EM",
+            Self::F1 => "F1",
+            Self::Ppl => "PPL",
+            Self::Bpb => "BPB",
+        }
+    }
+
+    fn applies_to(self, family: TaskType) -> bool {
+        match self {
+            Self::Accuracy | Self::Precision | Self::Recall | Self::F1Mul => {
+                family == TaskType::MultiChoice
+            }
+            Self::Em | Self::F1 => family == TaskType::Generation,
+            Self::Ppl => family == TaskType::LanguageModel,
+            Self::Bpb => false,
+        }
+    }
+}
+
+/// `file-pattern`: one glob (group `all`) or `{group: glob}` in file order.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(untagged)]
+pub enum FilePattern {
+    /// A single pattern; the original names its group `all`.
+    Single(String),
+    /// Named groups.
+    Groups(Vec<(String, String)>),
+}
+
+impl FilePattern {
+    /// `(group, pattern)` pairs in order.
+    pub fn groups(&self) -> Vec<(String, String)> {
+        match self {
+            FilePattern::Single(p) => vec![("all".to_string(), p.clone())],
+            FilePattern::Groups(g) => g.clone(),
+        }
+    }
+}
+
+/// Decoding strategy of a `gen` task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub enum SamplingStrategyName {
+    /// Greedy (temperature 1, top-k 1), as `GenerationTask` builds it.
+    BaseStrategy,
+    /// Deterministic beam search.
+    BeamSearchStrategy,
+}
+
+/// Fields of `GenerationTaskConfig`.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct GenerationSettings {
+    /// `sampling_strategy` (BaseStrategy).
+    pub sampling_strategy: SamplingStrategyName,
+    /// `num_beams` (4).
+    pub num_beams: usize,
+    /// `length_penalty` (1.0).
+    pub length_penalty: f64,
+    /// `no_repeat_ngram_size` (3).
+    pub no_repeat_ngram_size: usize,
+    /// `min_gen_length` (0).
+    pub min_gen_length: usize,
+    /// `max_gen_length` (128).
+    pub max_gen_length: usize,
+}
+
+impl Default for GenerationSettings {
+    fn default() -> Self {
+        Self {
+            sampling_strategy: SamplingStrategyName::BaseStrategy,
+            num_beams: 4,
+            length_penalty: 1.0,
+            no_repeat_ngram_size: 3,
+            min_gen_length: 0,
+            max_gen_length: 128,
+        }
+    }
+}
+
+/// Fields of `LanguageModelTaskConfig`.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct LanguageModelSettings {
+    /// `generation_length` (256): tokens scored per window after the first = window stride.
+    pub generation_length: usize,
+}
+
+/// The type-specific part of a task.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub enum TaskKind {
+    /// `mul`.
+    MultiChoice,
+    /// `gen`.
+    Generation(GenerationSettings),
+    /// `lm`.
+    LanguageModel(LanguageModelSettings),
+}
+
+/// One parsed task file.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct TaskConfig {
+    /// The YAML file.
+    pub source: PathBuf,
+    /// `name`.
+    pub name: String,
+    /// `type`.
+    pub task_type: TaskType,
+    /// `path`, relative to the data root (as written).
+    pub path: String,
+    /// `module`, as written.
+    pub module: Option<String>,
+    /// The task class this port runs.
+    pub handler: TaskHandler,
+    /// `metrics` (the class default when absent; LAMBADA and Pile fix their own).
+    pub metrics: Vec<Metric>,
+    /// `use_task_mask`: `[gMASK]` instead of `[MASK]` (gen / lm).
+    pub use_task_mask: bool,
+    /// `use_multitask_encoding` (choice positions count up from the mask; `mul` only).
+    pub use_multitask_encoding: bool,
+    /// `unidirectional`: causal context (requires `use_task_mask`).
+    pub unidirectional: bool,
+    /// `max_seq_length` (2048).
+    pub max_seq_length: usize,
+    /// `file_pattern` (`**/*.json*`).
+    pub file_pattern: FilePattern,
+    /// `micro_batch_size` (1).
+    pub micro_batch_size: usize,
+    /// Type-specific settings.
+    pub kind: TaskKind,
+    /// Keys the original's task files carry that its config classes ignore (e.g. MMLU's
+    /// `no-tokenized`), accepted with a warning.
+    pub warnings: Vec<String>,
+}
+
+/// Keys that appear in the original task files but that no config class of the original reads
+/// (dataclass-wizard drops them silently). Accepted with a warning, never used.
+const IGNORED_KEYS: &[&str] = &["no_tokenized"];
+
+/// dataclass-wizard's key matching: kebab-case, camelCase and snake_case all map to snake_case.
+pub fn normalize_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len() + 4);
+    let mut prev_lower = false;
+    for c in key.trim().chars() {
+        if c == '-' || c == ' ' {
+            out.push('_');
+            prev_lower = false;
+        } else if c.is_uppercase() {
+            if prev_lower {
+                out.push('_');
+            }
+            out.extend(c.to_lowercase());
+            prev_lower = false;
+        } else {
+            out.push(c);
+            prev_lower = c.is_lowercase() || c.is_ascii_digit();
+        }
+    }
+    out
+}
+
+struct Fields<'a> {
+    path: &'a Path,
+    entries: Vec<(String, String, usize, Node)>,
+    /// `(normalized, as written)` of every key, for errors about already-consumed keys.
+    spellings: Vec<(String, String)>,
+}
+
+impl<'a> Fields<'a> {
+    fn new(path: &'a Path, doc: Node) -> EvalResult<Self> {
+        let Node::Map { entries, .. } = doc else {
+            return Err(EvalError::Task {
+                path: path.to_path_buf(),
+                line: doc.line(),
+                field: None,
+                message: format!(
+                    "a task file must be a mapping of fields, found {}",
+                    doc.kind()
+                ),
+            });
+        };
+        let mut out: Vec<(String, String, usize, Node)> = Vec::with_capacity(entries.len());
+        for (key, line, value) in entries {
+            let norm = normalize_key(&key);
+            if let Some((first, _, first_line, _)) = out.iter().find(|(_, n, _, _)| *n == norm) {
+                return Err(EvalError::task(
+                    path,
+                    line,
+                    key.clone(),
+                    format!("duplicate field (already given as `{first}` on line {first_line})"),
+                ));
+            }
+            out.push((key, norm, line, value));
+        }
+        let spellings = out
+            .iter()
+            .map(|(k, n, _, _)| (n.clone(), k.clone()))
+            .collect();
+        Ok(Self {
+            path,
+            entries: out,
+            spellings,
+        })
+    }
+
+    /// The key `name` as written in the file.
+    fn spelled(&self, name: &str) -> String {
+        self.spellings
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, k)| k.clone())
+            .unwrap_or_else(|| name.to_string())
+    }
+
+    fn take(&mut self, name: &str) -> Option<(String, usize, Node)> {
+        let i = self.entries.iter().position(|(_, n, _, _)| n == name)?;
+        let (key, _, line, node) = self.entries.remove(i);
+        Some((key, line, node))
+    }
+
+    fn err(&self, line: usize, key: &str, message: impl Into<String>) -> EvalError {
+        EvalError::task(self.path, line, key, message)
+    }
+
+    fn scalar(&self, key: &str, line: usize, node: &Node) -> EvalResult<String> {
+        match node {
+            Node::Scalar { value, .. } if !node.is_null() => Ok(value.clone()),
+            other => Err(self.err(
+                line,
+                key,
+                format!("expected a string, found {}", other.kind()),
+            )),
+        }
+    }
+
+    fn required(&mut self, name: &str) -> EvalResult<(String, usize, String)> {
+        match self.take(name) {
+            None => Err(EvalError::Task {
+                path: self.path.to_path_buf(),
+                line: 0,
+                field: Some(name.to_string()),
+                message: "missing required field".into(),
+            }),
+            Some((key, line, node)) => {
+                let v = self.scalar(&key, line, &node)?;
+                Ok((key, line, v))
+            }
+        }
+    }
+
+    fn boolean(&mut self, name: &str, default: bool) -> EvalResult<(bool, usize)> {
+        let Some((key, line, node)) = self.take(name) else {
+            return Ok((default, 0));
+        };
+        let value = match &node {
+            Node::Scalar { value, plain, .. } => match (value.as_str(), plain) {
+                (
+                    "true" | "True" | "TRUE" | "yes" | "Yes" | "YES" | "on" | "On" | "ON" | "y"
+                    | "Y",
+                    true,
+                ) => Some(true),
+                (
+                    "false" | "False" | "FALSE" | "no" | "No" | "NO" | "off" | "Off" | "OFF" | "n"
+                    | "N",
+                    true,
+                ) => Some(false),
+                // dataclass-wizard also converts quoted strings.
+                (v, false) if v.eq_ignore_ascii_case("true") => Some(true),
+                (v, false) if v.eq_ignore_ascii_case("false") => Some(false),
+                _ => None,
+            },
+            _ => None,
+        };
+        value.map(|v| (v, line)).ok_or_else(|| {
+            self.err(
+                line,
+                &key,
+                format!("expected true or false, found {}", describe(&node)),
+            )
+        })
+    }
+
+    fn integer(&mut self, name: &str, default: usize, min: usize) -> EvalResult<(usize, usize)> {
+        let Some((key, line, node)) = self.take(name) else {
+            return Ok((default, 0));
+        };
+        let parsed = match &node {
+            Node::Scalar { value, .. } if !node.is_null() => {
+                value.trim().replace('_', "").parse::<i64>().ok()
+            }
+            _ => None,
+        };
+        match parsed {
+            Some(v) if v >= min as i64 => Ok((v as usize, line)),
+            Some(v) => Err(self.err(line, &key, format!("must be at least {min}, found {v}"))),
+            None => Err(self.err(
+                line,
+                &key,
+                format!("expected an integer, found {}", describe(&node)),
+            )),
+        }
+    }
+
+    fn float(&mut self, name: &str, default: f64) -> EvalResult<f64> {
+        let Some((key, line, node)) = self.take(name) else {
+            return Ok(default);
+        };
+        match &node {
+            Node::Scalar { value, .. } if !node.is_null() => value
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|v| v.is_finite())
+                .ok_or_else(|| {
+                    self.err(
+                        line,
+                        &key,
+                        format!("expected a number, found {}", describe(&node)),
+                    )
+                }),
+            _ => Err(self.err(
+                line,
+                &key,
+                format!("expected a number, found {}", describe(&node)),
+            )),
+        }
+    }
+}
+
+fn describe(node: &Node) -> String {
+    match node {
+        Node::Scalar { value, .. } if !node.is_null() => format!("`{value}`"),
+        other => other.kind().to_string(),
+    }
+}
+
+impl TaskConfig {
+    /// Reads and parses a task file.
+    pub fn from_file(path: &Path) -> EvalResult<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
+        Self::from_yaml_str(&text, path)
+    }
+
+    /// Parses the YAML text of a task file (`path` is used for messages and recorded as source).
+    pub fn from_yaml_str(text: &str, path: &Path) -> EvalResult<Self> {
+        let doc = yaml::parse(text, path)?;
+        let mut f = Fields::new(path, doc)?;
+        let (_, _, name) = f.required("name")?;
+        let (type_key, type_line, type_str) = f.required("type")?;
+        let task_type = TaskType::parse(type_str.trim()).ok_or_else(|| {
+            f.err(
+                type_line,
+                &type_key,
+                format!("unknown task type `{type_str}` (mul, gen, lm, other)"),
+            )
+        })?;
+        let (_, _, data_path) = f.required("path")?;
+        let module_entry = f.take("module");
+        let (module, handler) = match module_entry {
+            Some((key, line, node)) if !node.is_null() => {
+                let m = f.scalar(&key, line, &node)?;
+                let handler = TaskHandler::from_module(m.trim()).ok_or_else(|| {
+                    f.err(
+                        line,
+                        &key,
+                        format!(
+                            "custom task module `{m}` is not implemented in this port (known: tasks.mmlu.task.MMLU, \
+                             tasks.lambada.task.LAMBADA, tasks.language-modeling.pile.Pile, evaluation.*Task)"
+                        ),
+                    )
+                })?;
+                if task_type != TaskType::Other && handler.family() != task_type {
+                    return Err(f.err(
+                        line,
+                        &key,
+                        format!(
+                            "module `{m}` is a `{}` task but `type` is `{}`",
+                            handler.family().as_str(),
+                            task_type.as_str()
+                        ),
+                    ));
+                }
+                (Some(m), handler)
+            }
+            _ => {
+                let handler = TaskHandler::default_for(task_type).ok_or_else(|| {
+                    f.err(
+                        type_line,
+                        &type_key,
+                        "type `other` needs a `module` naming the task class",
+                    )
+                })?;
+                (None, handler)
+            }
+        };
+        let family = handler.family();
+
+        let metrics_entry = f.take("metrics");
+        let mut metrics = match handler {
+            TaskHandler::Lambada => vec![Metric::Accuracy],
+            TaskHandler::Pile => vec![Metric::Bpb],
+            _ => match family {
+                TaskType::MultiChoice => vec![Metric::Accuracy],
+                TaskType::Generation => vec![Metric::Em, Metric::F1],
+                _ => vec![Metric::Ppl],
+            },
+        };
+        if let Some((key, line, node)) = metrics_entry {
+            let names: Vec<(String, usize)> = match &node {
+                Node::Seq { items, .. } => items
+                    .iter()
+                    .map(|n| f.scalar(&key, n.line(), n).map(|s| (s, n.line())))
+                    .collect::<EvalResult<_>>()?,
+                Node::Scalar { .. } if !node.is_null() => {
+                    vec![(f.scalar(&key, line, &node)?, line)]
+                }
+                other => {
+                    return Err(f.err(
+                        line,
+                        &key,
+                        format!("expected a list of metric names, found {}", other.kind()),
+                    ))
+                }
+            };
+            let mut parsed = Vec::new();
+            for (n, l) in names {
+                let m = Metric::parse(n.trim()).ok_or_else(|| {
+                    f.err(l, &key, format!("unknown metric `{n}` (Accuracy, Precision, Recall, F1_mul, EM, F1, PPL)"))
+                })?;
+                if !m.applies_to(family) {
+                    return Err(f.err(
+                        l,
+                        &key,
+                        format!(
+                            "metric `{n}` does not apply to a `{}` task",
+                            family.as_str()
+                        ),
+                    ));
+                }
+                parsed.push(m);
+            }
+            // LAMBADA and Pile define their metrics in code; the YAML list is overridden there.
+            if !matches!(handler, TaskHandler::Lambada | TaskHandler::Pile) {
+                metrics = parsed;
+            }
+        }
+        let (use_task_mask, _) = f.boolean("use_task_mask", false)?;
+        let (use_multitask_encoding, _) = f.boolean("use_multitask_encoding", false)?;
+        let (unidirectional, uni_line) = f.boolean("unidirectional", false)?;
+        if unidirectional && !use_task_mask {
+            return Err(f.err(
+                uni_line,
+                &f.spelled("unidirectional"),
+                "[MASK] doesn't support unidirectional attention: set use_task_mask: true",
+            ));
+        }
+        let (max_seq_length, msl_line) = f.integer("max_seq_length", 2048, 2)?;
+        let file_pattern = match f.take("file_pattern") {
+            None => FilePattern::Single("**/*.json*".into()),
+            Some((key, line, Node::Map { entries, .. })) => {
+                let mut groups = Vec::new();
+                for (group, gline, node) in entries {
+                    let pattern = f.scalar(&format!("{key}.{group}"), gline, &node)?;
+                    groups.push((group, pattern));
+                }
+                if groups.is_empty() {
+                    return Err(f.err(line, &key, "needs at least one `group: pattern`"));
+                }
+                FilePattern::Groups(groups)
+            }
+            Some((key, line, node)) => FilePattern::Single(f.scalar(&key, line, &node)?),
+        };
+        let (micro_batch_size, mbs_line) = f.integer("micro_batch_size", 1, 1)?;
+        let kind = match family {
+            TaskType::MultiChoice => TaskKind::MultiChoice,
+            TaskType::Generation => {
+                let d = GenerationSettings::default();
+                let sampling_strategy = match f.take("sampling_strategy") {
+                    None => d.sampling_strategy,
+                    Some((key, line, node)) => match f.scalar(&key, line, &node)?.trim() {
+                        "BaseStrategy" => SamplingStrategyName::BaseStrategy,
+                        "BeamSearchStrategy" => SamplingStrategyName::BeamSearchStrategy,
+                        other => {
+                            return Err(f.err(
+                                line,
+                                &key,
+                                format!(
+                                    "unknown strategy `{other}` (BaseStrategy, BeamSearchStrategy)"
+                                ),
+                            ))
+                        }
+                    },
+                };
+                let (num_beams, _) = f.integer("num_beams", d.num_beams, 1)?;
+                let length_penalty = f.float("length_penalty", d.length_penalty)?;
+                let (no_repeat_ngram_size, _) =
+                    f.integer("no_repeat_ngram_size", d.no_repeat_ngram_size, 0)?;
+                let (min_gen_length, _) = f.integer("min_gen_length", d.min_gen_length, 0)?;
+                let (max_gen_length, mgl_line) =
+                    f.integer("max_gen_length", d.max_gen_length, 1)?;
+                if micro_batch_size != 1 {
+                    return Err(f.err(mbs_line, &f.spelled("micro_batch_size"), "only micro batch size 1 is supported for generation tasks (as the original)"));
+                }
+                if max_gen_length + 2 >= max_seq_length {
+                    let (line, key) = if mgl_line > 0 {
+                        (mgl_line, "max_gen_length")
+                    } else {
+                        (msl_line, "max_seq_length")
+                    };
+                    return Err(f.err(
+                        line,
+                        &f.spelled(key),
+                        format!("max_gen_length {max_gen_length} + 2 leaves no room for the context in max_seq_length {max_seq_length}"),
+                    ));
+                }
+                TaskKind::Generation(GenerationSettings {
+                    sampling_strategy,
+                    num_beams,
+                    length_penalty,
+                    no_repeat_ngram_size,
+                    min_gen_length,
+                    max_gen_length,
+                })
+            }
+            _ => {
+                let (generation_length, gl_line) = f.integer("generation_length", 256, 1)?;
+                if generation_length > max_seq_length - 1 {
+                    let (line, key) = if gl_line > 0 {
+                        (gl_line, "generation_length")
+                    } else {
+                        (msl_line, "max_seq_length")
+                    };
+                    return Err(f.err(
+                        line,
+                        &f.spelled(key),
+                        format!("generation_length {generation_length} exceeds the window (max_seq_length − 1 = {})", max_seq_length - 1),
+                    ));
+                }
+                TaskKind::LanguageModel(LanguageModelSettings { generation_length })
+            }
+        };
+        let mut warnings = Vec::new();
+        for ignored in IGNORED_KEYS {
+            if let Some((key, line, _)) = f.take(ignored) {
+                warnings.push(format!(
+                    "{}:{line}: field `{key}` is not read by the original task classes; ignored",
+                    path.display()
+                ));
+            }
+        }
+        if let Some((key, norm, line, _)) = f.entries.first() {
+            let other_family = [
+                ("sampling_strategy", "gen"),
+                ("num_beams", "gen"),
+                ("length_penalty", "gen"),
+                ("no_repeat_ngram_size", "gen"),
+                ("min_gen_length", "gen"),
+                ("max_gen_length", "gen"),
+                ("generation_length", "lm"),
+            ]
+            .iter()
+            .find(|(k, _)| k == norm)
+            .map(|(_, t)| *t);
+            let message = match other_family {
+                Some(t) => format!(
+                    "only valid for `{t}` tasks, this task is `{}`",
+                    family.as_str()
+                ),
+                None => "unknown field".to_string(),
+            };
+            return Err(f.err(*line, key, message));
+        }
+        Ok(Self {
+            source: path.to_path_buf(),
+            name,
+            task_type,
+            path: data_path,
+            module,
+            handler,
+            metrics,
+            use_task_mask,
+            use_multitask_encoding,
+            unidirectional,
+            max_seq_length,
+            file_pattern,
+            micro_batch_size,
+            kind,
+            warnings,
+        })
+    }
+
+    /// The config as the original prints it (`print(config)` of the dataclass), with `path`
+    /// already joined to the data root.
+    pub fn python_repr(&self, resolved_path: &str) -> String {
+        let class = match self.kind {
+            TaskKind::MultiChoice => "MultiChoiceTaskConfig",
+            TaskKind::Generation(_) => "GenerationTaskConfig",
+            TaskKind::LanguageModel(_) => "LanguageModelTaskConfig",
+        };
+        let q = |s: &str| format!("'{}'", s.replace('\\', "\\\\").replace('\'', "\\'"));
+        let b = |v: bool| if v { "True" } else { "False" };
+        let mut s = format!(
+            "{class}(name={}, type=<TaskType.{}: {}>, path={}, module={}, metrics=[{}], use_task_mask={}, \
+             use_multitask_encoding={}, unidirectional={}, max_seq_length={}, file_pattern=",
+            q(&self.name),
+            self.task_type.python_enum(),
+            q(self.task_type.as_str()),
+            q(resolved_path),
+            self.module.as_deref().map(q).unwrap_or_else(|| "None".into()),
+            self.metrics.iter().map(|m| q(m.name())).collect::<Vec<_>>().join(", "),
+            b(self.use_task_mask),
+            b(self.use_multitask_encoding),
+            b(self.unidirectional),
+            self.max_seq_length,
+        );
+        match &self.file_pattern {
+            FilePattern::Single(p) => s.push_str(&q(p)),
+            FilePattern::Groups(g) => {
+                let items: Vec<String> = g
+                    .iter()
+                    .map(|(k, v)| format!("{}: {}", q(k), q(v)))
+                    .collect();
+                let _ = write!(s, "{{{}}}", items.join(", "));
+            }
+        }
+        let _ = write!(s, ", micro_batch_size={}", self.micro_batch_size);
+        match &self.kind {
+            TaskKind::MultiChoice => {}
+            TaskKind::Generation(g) => {
+                let _ = write!(
+                    s,
+                    ", sampling_strategy={}, num_beams={}, length_penalty={:?}, no_repeat_ngram_size={}, min_gen_length={}, max_gen_length={}",
+                    q(match g.sampling_strategy {
+                        SamplingStrategyName::BaseStrategy => "BaseStrategy",
+                        SamplingStrategyName::BeamSearchStrategy => "BeamSearchStrategy",
+                    }),
+                    g.num_beams,
+                    g.length_penalty,
+                    g.no_repeat_ngram_size,
+                    g.min_gen_length,
+                    g.max_gen_length
+                );
+            }
+            TaskKind::LanguageModel(l) => {
+                let _ = write!(s, ", generation_length={}", l.generation_length);
+            }
+        }
+        s.push(')');
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> EvalResult<TaskConfig> {
+        TaskConfig::from_yaml_str(text, Path::new("task.yaml"))
+    }
+
+    #[test]
+    fn key_spellings_are_normalised() {
+        assert_eq!(normalize_key("file-pattern"), "file_pattern");
+        assert_eq!(normalize_key("max_seq-length"), "max_seq_length");
+        assert_eq!(normalize_key("microBatchSize"), "micro_batch_size");
+        assert_eq!(normalize_key("use_task_mask"), "use_task_mask");
+    }
+
+    #[test]
+    fn defaults_follow_the_original_classes() {
+        let c = parse("name: CMRC2018\ntype: gen\npath: CLUE/cmrc2018\n").unwrap();
+        assert_eq!(c.metrics, vec![Metric::Em, Metric::F1]);
+        assert_eq!(c.file_pattern, FilePattern::Single("**/*.json*".into()));
+        assert_eq!(c.kind, TaskKind::Generation(GenerationSettings::default()));
+        assert_eq!(c.max_seq_length, 2048);
+        let lm = parse("name: w\ntype: lm\npath: w\ngeneration-length: 256\nuse_task_mask: true\n")
+            .unwrap();
+        assert_eq!(
+            lm.kind,
+            TaskKind::LanguageModel(LanguageModelSettings {
+                generation_length: 256
+            })
+        );
+    }
+
+    #[test]
+    fn the_original_mmlu_file_parses() {
+        let text = "name: \"MMLU\"\ntype: \"mul\"\nmodule: \"tasks.mmlu.task.MMLU\"\npath: \"MMLU\"\nfile-pattern:\n  stem: \"stem/*.json\"\n  social_sciences: \"social_sciences/*.json\"\nno-tokenized: true\nmicro-batch-size: 8\nmax_seq-length: 896";
+        let c = parse(text).unwrap();
+        assert_eq!(c.handler, TaskHandler::Mmlu);
+        assert_eq!((c.micro_batch_size, c.max_seq_length), (8, 896));
+        assert_eq!(
+            c.file_pattern.groups()[1],
+            ("social_sciences".into(), "social_sciences/*.json".into())
+        );
+        assert_eq!(c.warnings.len(), 1);
+    }
+
+    #[test]
+    fn errors_name_line_and_field() {
+        let err = parse("name: a\ntype: mul\npath: p\nmax-seq-lenght: 10\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "task.yaml:4: field `max-seq-lenght`: unknown field");
+        let err = parse("name: a\ntype: mul\npath: p\nmicro-batch-size: two\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("task.yaml:4: field `micro-batch-size`: expected an integer"),
+            "{err}"
+        );
+        let err = parse("name: a\ntype: mul\npath: p\ngeneration_length: 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(":4: field `generation_length`: only valid for `lm`"),
+            "{err}"
+        );
+        let err = parse("name: a\ntype: gen\npath: p\nunidirectional: true\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("task.yaml:4: field `unidirectional`"),
+            "{err}"
+        );
+        let err = parse("name: a\ntype: mul\npath: p\nmetrics: [PPL]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("task.yaml:4: field `metrics`"), "{err}");
+        let err = parse("name: a\ntype: xyz\npath: p\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("task.yaml:2: field `type`"), "{err}");
+        let err = parse("name: a\npath: p\n").unwrap_err().to_string();
+        assert_eq!(err, "task.yaml: field `type`: missing required field");
+        let err = parse("name: a\ntype: mul\npath: p\nfile_pattern: x\nfile-pattern: y\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with("task.yaml:5: field `file-pattern`: duplicate"),
+            "{err}"
+        );
+        let err = parse("name: a\ntype: mul\nmodule: my.Task\npath: p\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.starts_with("task.yaml:3: field `module`"), "{err}");
+    }
+}

@@ -1,0 +1,268 @@
+//! Multiple-choice scoring exactly as `MultiChoiceTaskDataset` + `ModelForEvaluation.cond_log_prob`
+//! (spec §9.2): context + `[MASK]` (appended unless the text holds one), then per choice a block
+//! `<sop> choice[:-1]`, causal inside, seeing the whole context but not the other blocks; every
+//! choice token at the mask's position. Score = SUM of the choice tokens' log-probabilities.
+//! When every item of a FILE has only single-token choices, one `<sop>` is appended and every
+//! choice is read from the log-softmax at that row (the MMLU "Answer: (" layout).
+
+use burn::tensor::backend::Backend;
+use glm_core::blank::GlmInput;
+use glm_core::{GlmModel, SpecialTokens};
+
+use super::data::ChoiceItem;
+use super::error::{EvalError, EvalResult};
+use super::score::{token_log_probs, SoftmaxDtype};
+
+/// The model input of one multiple-choice item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChoiceSample {
+    /// Line of the item in its file.
+    pub line: usize,
+    /// Context after left truncation (before `[MASK]` is appended).
+    pub text: Vec<u32>,
+    /// The choices.
+    pub choices: Vec<Vec<u32>>,
+    /// Correct choice.
+    pub label: i64,
+    /// Tokens: context (+ `[MASK]`), then the choice blocks.
+    pub tokens: Vec<u32>,
+    /// Position ids.
+    pub position_ids: Vec<u32>,
+    /// `[n, n]` row-major, `true` = blocked.
+    pub mask: Vec<bool>,
+    /// Rows whose logits predict each choice's tokens (single-token layout: one row, shared).
+    pub choice_target_ids: Vec<Vec<usize>>,
+    /// Whether this sample uses the single-token layout.
+    pub is_single_token: bool,
+}
+
+impl ChoiceSample {
+    /// `(row, token)` pairs whose log-probabilities make up the choice scores.
+    pub fn pairs(&self) -> Vec<(usize, u32)> {
+        if self.is_single_token {
+            let row = self.choice_target_ids[0][0];
+            self.choices.iter().map(|c| (row, c[0])).collect()
+        } else {
+            self.choice_target_ids
+                .iter()
+                .zip(&self.choices)
+                .flat_map(|(rows, c)| rows.iter().copied().zip(c.iter().copied()))
+                .collect()
+        }
+    }
+
+    /// Folds the values of [`pairs`](Self::pairs) into one score per choice (sums in f32).
+    pub fn scores(&self, values: &[f32]) -> Vec<f32> {
+        if self.is_single_token {
+            return values.to_vec();
+        }
+        let mut out = Vec::with_capacity(self.choices.len());
+        let mut at = 0;
+        for c in &self.choices {
+            out.push(values[at..at + c.len()].iter().sum());
+            at += c.len();
+        }
+        out
+    }
+
+    /// As a batch-of-one model input.
+    pub fn to_input(&self) -> GlmInput {
+        GlmInput {
+            batch: 1,
+            seq: self.tokens.len(),
+            tokens: self.tokens.clone(),
+            position_ids: self.position_ids.clone(),
+            mask: self.mask.clone(),
+        }
+    }
+}
+
+/// `build_multiple_choice_sample`: the layout of one item (text already truncated).
+pub fn build_choice_sample(
+    text: &[u32],
+    choices: &[Vec<u32>],
+    is_single_token: bool,
+    use_multitask_encoding: bool,
+    specials: &SpecialTokens,
+) -> (Vec<u32>, Vec<u32>, Vec<bool>, Vec<Vec<usize>>) {
+    let mut tokens = text.to_vec();
+    let mut positions: Vec<u32> = (0..text.len() as u32).collect();
+    let blank_filling = text.contains(&specials.mask);
+    let mask_position = match text.iter().position(|&t| t == specials.mask) {
+        Some(p) => p,
+        None => {
+            let p = tokens.len();
+            tokens.push(specials.mask);
+            positions.push(p as u32);
+            p
+        }
+    };
+    let division = tokens.len();
+    let mut blocks = Vec::new();
+    let mut targets = Vec::new();
+    for choice in choices {
+        let n = choice.len();
+        if blank_filling || !use_multitask_encoding {
+            positions.extend(std::iter::repeat_n(mask_position as u32, n));
+        } else {
+            positions.extend((mask_position..mask_position + n).map(|p| p as u32));
+        }
+        targets.push((tokens.len()..tokens.len() + n).collect::<Vec<_>>());
+        blocks.push((tokens.len(), n));
+        tokens.push(specials.sop);
+        tokens.extend_from_slice(&choice[..n - 1]);
+        if is_single_token {
+            break;
+        }
+    }
+    let len = tokens.len();
+    let mut mask = vec![true; len * len];
+    for i in 0..len {
+        for j in 0..division {
+            mask[i * len + j] = false;
+        }
+    }
+    for &(start, n) in &blocks {
+        for i in start..start + n {
+            for j in start..=i {
+                mask[i * len + j] = false;
+            }
+        }
+    }
+    (tokens, positions, mask, targets)
+}
+
+/// `MultiChoiceTaskDataset`: truncation, the per-file single-token flag, and every sample's layout.
+pub fn prepare_file(
+    items: &[ChoiceItem],
+    max_seq_length: usize,
+    use_multitask_encoding: bool,
+    specials: &SpecialTokens,
+    path: &std::path::Path,
+) -> EvalResult<Vec<ChoiceSample>> {
+    let mut truncated = Vec::with_capacity(items.len());
+    let mut is_single_token = true;
+    for item in items {
+        let total: usize = item.choices.iter().map(Vec::len).sum();
+        let tgt = if total == item.choices.len() {
+            1
+        } else {
+            total
+        };
+        if tgt >= max_seq_length {
+            return Err(EvalError::data(
+                path,
+                item.line,
+                "choices",
+                format!("the choices take {tgt} tokens, max_seq_length is {max_seq_length}"),
+            ));
+        }
+        let mut text = item.text.as_slice();
+        if text.len() + tgt + 2 > max_seq_length {
+            let keep = (max_seq_length as i64 - tgt as i64 - 2).max(0) as usize;
+            text = &text[text.len() - keep.min(text.len())..];
+        }
+        if use_multitask_encoding && text.contains(&specials.mask) {
+            return Err(EvalError::data(
+                path,
+                item.line,
+                "inputs",
+                "unified multitask encoding doesn't support blank filling",
+            ));
+        }
+        if tgt != 1 {
+            is_single_token = false;
+        }
+        truncated.push(text.to_vec());
+    }
+    Ok(items
+        .iter()
+        .zip(truncated)
+        .map(|(item, text)| {
+            let (tokens, position_ids, mask, choice_target_ids) = build_choice_sample(
+                &text,
+                &item.choices,
+                is_single_token,
+                use_multitask_encoding,
+                specials,
+            );
+            ChoiceSample {
+                line: item.line,
+                text,
+                choices: item.choices.clone(),
+                label: item.label,
+                tokens,
+                position_ids,
+                mask,
+                choice_target_ids,
+                is_single_token,
+            }
+        })
+        .collect())
+}
+
+/// Scores a micro-batch: padded to a multiple of 32 (token 0, position 0, pads blocked), one
+/// forward, log-softmax in the model dtype. Returns each sample's choice scores.
+pub fn score_batch<B: Backend>(
+    model: &GlmModel<B>,
+    samples: &[ChoiceSample],
+) -> EvalResult<Vec<Vec<f32>>> {
+    let inputs: Vec<GlmInput> = samples.iter().map(ChoiceSample::to_input).collect();
+    let pad = model.config().special_tokens.pad;
+    let batch = GlmInput::pad_batch(&inputs, 32, pad)?;
+    let pairs: Vec<Vec<(usize, u32)>> = samples.iter().map(ChoiceSample::pairs).collect();
+    let values = token_log_probs(model, &batch, &pairs, SoftmaxDtype::Model)?;
+    Ok(samples
+        .iter()
+        .zip(values)
+        .map(|(s, v)| s.scores(&v))
+        .collect())
+}
+
+/// `np.argmax`: the first index of the largest score.
+pub fn argmax(scores: &[f32]) -> usize {
+    let mut best = 0;
+    for (i, &s) in scores.iter().enumerate() {
+        if s > scores[best] {
+            best = i;
+        }
+    }
+    best
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn blocks_see_the_context_but_not_each_other() {
+        let s = SpecialTokens::with_base(1000, 2);
+        let (tokens, pos, mask, targets) =
+            build_choice_sample(&[5, 6], &[vec![7, 8], vec![9]], false, false, &s);
+        assert_eq!(tokens, vec![5, 6, 1000, 1004, 7, 1004]);
+        assert_eq!(pos, vec![0, 1, 2, 2, 2, 2]);
+        assert_eq!(targets, vec![vec![3, 4], vec![5]]);
+        let n = tokens.len();
+        let sees = |i: usize, j: usize| !mask[i * n + j];
+        assert!(
+            sees(0, 2) && !sees(0, 3),
+            "context is bidirectional and blind to choices"
+        );
+        assert!(sees(4, 3) && !sees(3, 4), "causal inside a block");
+        assert!(
+            !sees(5, 3) && !sees(5, 4) && sees(5, 2),
+            "blocks do not see each other"
+        );
+    }
+
+    #[test]
+    fn single_token_layout_has_one_sop() {
+        let s = SpecialTokens::with_base(1000, 2);
+        let (tokens, pos, _, targets) =
+            build_choice_sample(&[5, 1000, 6], &[vec![7], vec![9]], true, false, &s);
+        assert_eq!(tokens, vec![5, 1000, 6, 1004]);
+        assert_eq!(pos, vec![0, 1, 2, 1]);
+        assert_eq!(targets, vec![vec![3]]);
+        assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+}
