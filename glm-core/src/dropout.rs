@@ -79,7 +79,11 @@ impl Dropout {
         let batch = dims[0].max(1);
         let numel: usize = dims.iter().product();
         let per_row = numel / batch;
-        let scale = if p >= 1.0 { 0.0 } else { (1.0 / (1.0 - p)) as f32 };
+        let scale = if p >= 1.0 {
+            0.0
+        } else {
+            (1.0 / (1.0 - p)) as f32
+        };
         // Compare the top 53 bits of the hash with p.
         let threshold = (p.clamp(0.0, 1.0) * (1u64 << 53) as f64) as u64;
         let mut values = Vec::with_capacity(numel);
@@ -96,7 +100,8 @@ impl Dropout {
             }
         }
         let device = x.device();
-        let mask = Tensor::<B, D>::from_data(TensorData::new(values, dims), &device).cast(x.dtype());
+        let mask =
+            Tensor::<B, D>::from_data(TensorData::new(values, dims), &device).cast(x.dtype());
         x * mask
     }
 }
@@ -125,11 +130,19 @@ mod tests {
         assert!(y.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.9).abs() < 1e-6));
         // Row 1 alone with seed 8 gets the same mask as row 1 of the pair.
         let mut single = Dropout::new(0.1, 0.0, vec![8]);
-        let y1: Vec<f32> = single.hidden(x.narrow(0, 1, 1)).into_data().to_vec().unwrap();
+        let y1: Vec<f32> = single
+            .hidden(x.narrow(0, 1, 1))
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(&y[10_000..], &y1[..]);
         // No dropout is the identity.
         let mut off = Dropout::disabled();
-        let z: Vec<f32> = off.hidden(Tensor::<Flex, 1>::ones([4], &device)).into_data().to_vec().unwrap();
+        let z: Vec<f32> = off
+            .hidden(Tensor::<Flex, 1>::ones([4], &device))
+            .into_data()
+            .to_vec()
+            .unwrap();
         assert_eq!(z, vec![1.0; 4]);
     }
 }

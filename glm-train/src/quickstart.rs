@@ -1,0 +1,43 @@
+//! The laptop quickstart: train a small GLM on the bundled bilingual corpus with the synthetic
+//! tokenizer, on the CPU, in minutes, and hand back the model and tokenizer (glm-infer fills
+//! `[MASK]` / `[gMASK]` prompts with them).
+
+use std::path::Path;
+
+use glm_core::GlmModel;
+use glm_tokenizer::Tokenizer;
+
+use crate::config::TrainConfig;
+use crate::error::{Error, Result};
+use crate::trainer::{load_tokenizer, MetricsLine, Trainer};
+
+/// What [`quickstart`] returns.
+#[cfg(feature = "flex")]
+pub struct Quickstart {
+    /// The trained model (f32, CPU backend).
+    pub model: GlmModel<burn::backend::Flex>,
+    /// The tokenizer the corpus was encoded with.
+    pub tokenizer: Tokenizer,
+    /// Metrics of the steps run by this call (empty if the run in `out` was already complete).
+    pub metrics: Vec<MetricsLine>,
+}
+
+/// Trains (or finishes / reloads a finished run in `out`) with the config at `config`
+/// (`examples/configs/quickstart.json`) on the CPU and returns the model.
+#[cfg(feature = "flex")]
+pub fn quickstart(config: &Path, out: &Path, progress: bool) -> Result<Quickstart> {
+    type B = burn::backend::Autodiff<burn::backend::Flex>;
+    let config = TrainConfig::from_file(config)?;
+    let tokenizer = load_tokenizer(&config)?
+        .ok_or_else(|| Error::config("data.tokenizer", "the quickstart needs a tokenizer"))?;
+    let device = Default::default();
+    let resume = out.join("metrics.jsonl").exists() || out.join("checkpoints").exists();
+    let mut trainer = Trainer::<B>::new(config, out, &device, resume)?;
+    trainer.progress = progress;
+    let metrics = trainer.run()?;
+    Ok(Quickstart {
+        model: trainer.state.master_model(),
+        tokenizer,
+        metrics,
+    })
+}

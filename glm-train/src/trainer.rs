@@ -1,0 +1,389 @@
+//! The training loop behind the `glm-train` CLI: data preparation, the step loop with metrics,
+//! validation, checkpoints and resume.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::AutodiffModule;
+use burn::tensor::backend::AutodiffBackend;
+use glm_core::GlmModel;
+use glm_tokenizer::{Tokenizer, TokenizerOptions};
+use serde::{Deserialize, Serialize};
+
+use crate::batch::Batch;
+use crate::checkpoint::{self, CheckpointMeta};
+use crate::config::{Precision, TrainConfig};
+use crate::data::{
+    prepare_corpus, read_instructions, split_documents, DataStream, StreamConfig, TokenStore,
+};
+use crate::error::{Error, Result};
+use crate::init::deepnorm_model;
+use crate::schedule::LossScaler;
+use crate::step::{eval_loss, ForwardConfig, StepReport, TrainState};
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MetricsLine {
+    /// 1-based step.
+    pub step: u64,
+    /// Mean training loss over the step's target tokens.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Global gradient norm before clipping (`null` on overflow).
+    pub grad_norm: Option<f64>,
+    /// Loss scale the step ran with.
+    pub loss_scale: f64,
+    /// Whether the update was skipped (gradient overflow).
+    pub skipped: bool,
+    /// Steps skipped so far.
+    pub skipped_total: u64,
+    /// Non-padding tokens per second.
+    pub tokens_per_s: f64,
+    /// Target tokens of the step.
+    pub targets: usize,
+    /// Validation loss, on validation steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_loss: Option<f64>,
+    /// Validation perplexity `exp(val_loss)`, on validation steps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub val_ppl: Option<f64>,
+}
+
+/// Reads `metrics.jsonl` (complete, parseable lines only).
+pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    Ok(complete_lines(&text)
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}
+
+fn complete_lines(text: &str) -> impl Iterator<Item = &str> {
+    // A last line without '\n' was torn by a kill.
+    let end = text.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    text[..end].lines()
+}
+
+/// Loads the tokenizer of a config (GLM-130B layout), if one is named.
+pub fn load_tokenizer(config: &TrainConfig) -> Result<Option<Tokenizer>> {
+    match &config.data.tokenizer {
+        Some(p) => Ok(Some(Tokenizer::from_file(p, TokenizerOptions::glm130b())?)),
+        None => Ok(None),
+    }
+}
+
+/// A training run.
+pub struct Trainer<B: AutodiffBackend> {
+    /// The configuration.
+    pub config: TrainConfig,
+    /// Output folder.
+    pub out: PathBuf,
+    /// Model + optimizer + loss scaler.
+    pub state: TrainState<B>,
+    /// Training data.
+    pub stream: DataStream,
+    /// Fixed validation batches.
+    pub validation: Vec<Batch>,
+    /// Steps completed.
+    pub step: u64,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+impl<B: AutodiffBackend> Trainer<B> {
+    /// Prepares data and model; with `resume`, continues from the newest valid checkpoint in
+    /// `out/checkpoints` (or starts fresh if there is none). Without `resume` an `out` that already
+    /// holds a run is an error.
+    pub fn new(config: TrainConfig, out: &Path, device: &B::Device, resume: bool) -> Result<Self> {
+        config.validate()?;
+        std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
+        let metrics = out.join("metrics.jsonl");
+        let ckpt_root = out.join("checkpoints");
+        if !resume && (metrics.exists() || ckpt_root.exists()) {
+            return Err(Error::config(
+                "--out",
+                format!(
+                    "{} already holds a run: pass --resume or choose another folder",
+                    out.display()
+                ),
+            ));
+        }
+        let tokenizer = load_tokenizer(&config)?;
+        let tokenize = tokenizer
+            .as_ref()
+            .map(|t| move |s: &str| -> Result<Vec<u32>> { Ok(t.encode(s)) });
+        let tokenize_ref: Option<crate::data::TokenizeFn<'_>> = tokenize
+            .as_ref()
+            .map(|f| f as &(dyn Fn(&str) -> Result<Vec<u32>> + Sync));
+        let tag = match (&config.data.tokenizer, &tokenizer) {
+            (Some(p), Some(t)) => format!("{}:{}", p.display(), t.vocab_size()),
+            _ => "pre-tokenized".to_string(),
+        };
+        let cache = config
+            .data
+            .cache_dir
+            .clone()
+            .unwrap_or_else(|| out.join("cache"));
+        let store = Arc::new(prepare_corpus(
+            &config.data.train,
+            tokenize_ref,
+            &tag,
+            &cache,
+        )?);
+        check_vocab(&store, config.model.vocab_size)?;
+        let mip = match &config.data.mip {
+            Some(p) => read_instructions(p, tokenize_ref)?,
+            None => Vec::new(),
+        };
+        if let Some(bad) = mip
+            .iter()
+            .flat_map(|i| i.prompt.iter().chain(&i.target))
+            .find(|&&t| t as usize >= config.model.vocab_size)
+        {
+            return Err(Error::Data(format!(
+                "MIP token id {bad} is outside the vocabulary"
+            )));
+        }
+        let (train_docs, val_docs) =
+            split_documents(store.len(), config.data.validation_fraction, config.seed);
+        let stream_config = |seed| StreamConfig {
+            seq_len: config.seq_len,
+            objective: config.objective.clone(),
+            specials: config.model.special_tokens,
+            seed,
+            min_segment: 8,
+        };
+        let stream = DataStream::new(
+            store.clone(),
+            train_docs,
+            Arc::new(mip),
+            stream_config(config.seed),
+        )?;
+        let validation = if val_docs.is_empty() || config.validate_every == 0 {
+            Vec::new()
+        } else {
+            let mut v = DataStream::new(
+                store,
+                val_docs,
+                Arc::new(Vec::new()),
+                stream_config(config.seed ^ 0x7A11),
+            )?;
+            (0..config.validation_batches.max(1))
+                .map(|_| v.next_batch(config.batch_size))
+                .collect()
+        };
+        let model = deepnorm_model::<B>(
+            &config.model,
+            &config.init,
+            config.seed,
+            config.precision.dtype(),
+            device,
+        )?;
+        let scaler = match config.precision {
+            Precision::F32 => LossScaler::fixed(),
+            _ => LossScaler::dynamic(config.loss_scale.clone()),
+        };
+        let state = TrainState::new(
+            model,
+            config.precision.dtype(),
+            config.optimizer.clone(),
+            scaler,
+        );
+        let mut trainer = Self {
+            config,
+            out: out.to_path_buf(),
+            state,
+            stream,
+            validation,
+            step: 0,
+            progress: false,
+        };
+        if resume {
+            trainer.resume()?;
+        } else {
+            std::fs::File::create(&metrics).map_err(|e| Error::io(&metrics, e))?;
+        }
+        Ok(trainer)
+    }
+
+    fn resume(&mut self) -> Result<()> {
+        let root = self.out.join("checkpoints");
+        let metrics = self.out.join("metrics.jsonl");
+        let step = match checkpoint::load_latest(&root) {
+            Some(ckpt) => {
+                if ckpt.meta.fingerprint != self.config.fingerprint() {
+                    return Err(Error::Checkpoint {
+                        path: ckpt.path.clone(),
+                        reason: "written by a run with a different configuration".into(),
+                    });
+                }
+                let inner = match self.state.optim.master.first() {
+                    Some(t) => t.device(),
+                    None => return Err(Error::Data("the model has no parameters".into())),
+                };
+                ckpt.restore_optim(&mut self.state.optim, &inner)?;
+                self.state.sync_model();
+                self.state.scaler = ckpt.meta.scaler.clone();
+                self.stream.restore(ckpt.meta.data.clone());
+                ckpt.meta.step
+            }
+            None => 0,
+        };
+        self.step = step;
+        // Drop metrics of steps after the checkpoint (they will be recomputed) and torn lines.
+        let kept: Vec<String> = match std::fs::read_to_string(&metrics) {
+            Ok(text) => complete_lines(&text)
+                .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
+                .map(|l| format!("{l}\n"))
+                .collect(),
+            Err(_) => Vec::new(),
+        };
+        crate::data::write_atomic(&metrics, kept.concat().as_bytes())
+    }
+
+    /// The forward settings of training steps.
+    pub fn forward_config(&self) -> ForwardConfig {
+        ForwardConfig {
+            shrink_alpha: self.config.embedding_shrink,
+            hidden_dropout: self.config.dropout.hidden,
+            attention_dropout: self.config.dropout.attention,
+        }
+    }
+
+    /// Runs one optimizer step (does not write metrics or checkpoints).
+    pub fn train_step(&mut self) -> (StepReport, usize) {
+        let micro = self.config.grad_accumulation * self.config.data_parallel;
+        let batches: Vec<Batch> = (0..micro)
+            .map(|_| self.stream.next_batch(self.config.batch_size))
+            .collect();
+        let tokens: usize = batches.iter().map(|b| b.num_tokens(true)).sum();
+        let lr = self
+            .config
+            .schedule
+            .lr(self.state.optim.updates, self.config.steps);
+        let grads = self
+            .state
+            .grads(&batches, &self.forward_config(), self.config.data_parallel);
+        (self.state.apply(grads, lr), tokens)
+    }
+
+    /// Validation loss of the current model (`None` without validation data).
+    pub fn validation_loss(&self) -> Option<f64> {
+        if self.validation.is_empty() {
+            return None;
+        }
+        eval_loss(&self.state.model.valid(), &self.validation)
+    }
+
+    /// Trains until `config.steps`, appending to `metrics.jsonl` and checkpointing.
+    pub fn run(&mut self) -> Result<Vec<MetricsLine>> {
+        let metrics_path = self.out.join("metrics.jsonl");
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .create(true)
+            .open(&metrics_path)
+            .map_err(|e| Error::io(&metrics_path, e))?;
+        let total = self.config.steps;
+        let bar = if self.progress {
+            let b = indicatif::ProgressBar::new(total);
+            b.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}] {msg}",
+                )
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_position(self.step);
+            Some(b)
+        } else {
+            None
+        };
+        let mut lines = Vec::new();
+        while self.step < total {
+            let start = Instant::now();
+            let (report, tokens) = self.train_step();
+            self.step += 1;
+            let secs = start.elapsed().as_secs_f64().max(1e-9);
+            let validate = self.config.validate_every > 0
+                && (self.step.is_multiple_of(self.config.validate_every) || self.step == total);
+            let val_loss = if validate {
+                self.validation_loss()
+            } else {
+                None
+            };
+            let line = MetricsLine {
+                step: self.step,
+                loss: report.loss,
+                lr: report.lr,
+                grad_norm: report.grad_norm.is_finite().then_some(report.grad_norm),
+                loss_scale: report.loss_scale,
+                skipped: report.skipped,
+                skipped_total: self.state.scaler.skipped,
+                tokens_per_s: tokens as f64 / secs,
+                targets: report.targets,
+                val_loss,
+                val_ppl: val_loss.map(f64::exp),
+            };
+            let json = serde_json::to_string(&line).map_err(|e| Error::Data(e.to_string()))?;
+            file.write_all(format!("{json}\n").as_bytes())
+                .map_err(|e| Error::io(&metrics_path, e))?;
+            if let Some(b) = &bar {
+                let val = val_loss.map(|v| format!(" val {v:.3}")).unwrap_or_default();
+                b.set_message(format!(
+                    "loss {:.4}{val} {:.0} tok/s",
+                    report.loss, line.tokens_per_s
+                ));
+                b.inc(1);
+            }
+            let every = self.config.checkpoint_every;
+            if (every > 0 && self.step.is_multiple_of(every)) || self.step == total {
+                self.save_checkpoint()?;
+            }
+            lines.push(line);
+        }
+        if let Some(b) = bar {
+            b.finish();
+        }
+        self.export()?;
+        Ok(lines)
+    }
+
+    /// Writes a checkpoint of the current state.
+    pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let meta = CheckpointMeta {
+            step: self.step,
+            updates: self.state.optim.updates,
+            scaler: self.state.scaler.clone(),
+            data: self.stream.state().clone(),
+            fingerprint: self.config.fingerprint(),
+            checksum: String::new(),
+            params: Vec::new(),
+        };
+        checkpoint::save(
+            &self.out.join("checkpoints"),
+            meta,
+            &self.state.optim,
+            self.config.keep_checkpoints,
+        )
+    }
+
+    /// Writes `OUT/model.safetensors` (f32, original names) and `OUT/config.json`.
+    pub fn export(&self) -> Result<()> {
+        let model: GlmModel<B::InnerBackend> = self.state.master_model();
+        model.save_safetensors(self.out.join("model.safetensors"), burn::tensor::DType::F32)?;
+        self.config.model.save(self.out.join("config.json"))?;
+        Ok(())
+    }
+}
+
+fn check_vocab(store: &TokenStore, vocab: usize) -> Result<()> {
+    for d in 0..store.len() {
+        if let Some(&t) = store.doc(d).iter().find(|&&t| t as usize >= vocab) {
+            return Err(Error::Data(format!(
+                "token id {t} of document {d} is outside the model's vocabulary ({vocab})"
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,207 @@
+//! Golden test against `train_step.json` (fixtures README §8.5): one fp32 training step of the
+//! fixture model — loss on the generated rows, gradients with the embedding shrink, the pre-clip
+//! global norm and the parameters after one clipped AdamW step.
+
+use burn::backend::{Autodiff, Flex};
+use burn::tensor::{DType, TensorData};
+use glm_core::blank::GlmInput;
+use glm_core::weights::{SafetensorsFile, WeightSource};
+use glm_core::{GlmConfig, GlmModel, ModelOptions};
+use glm_train::batch::Batch;
+use glm_train::optim::AdamWConfig;
+use glm_train::schedule::LossScaler;
+use glm_train::step::{ForwardConfig, TrainState};
+use serde_json::Value;
+
+type B = Autodiff<Flex>;
+
+fn fixtures() -> std::path::PathBuf {
+    glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").expect("fixture folder")
+}
+
+fn ints(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("int") as u32)
+        .collect()
+}
+
+fn flat2(v: &Value) -> Vec<u32> {
+    v.as_array().expect("array").iter().flat_map(ints).collect()
+}
+
+fn host(t: burn::tensor::Tensor<Flex, 1>) -> Vec<f32> {
+    t.into_data().convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+fn golden(file: &SafetensorsFile, key: &str) -> Vec<f32> {
+    let d: TensorData = file.load(key).unwrap_or_else(|e| panic!("{e}"));
+    d.convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+fn state(json: &Value) -> (TrainState<B>, Batch) {
+    let dir = fixtures();
+    let config = GlmConfig::from_file(dir.join("config.json")).expect("config.json");
+    let source = SafetensorsFile::open(dir.join("model.safetensors")).expect("model.safetensors");
+    let device = Default::default();
+    let model = GlmModel::<B>::from_source(&config, &source, &device, ModelOptions::default())
+        .expect("model");
+    let opt = &json["optimizer"];
+    let betas = opt["betas"].as_array().expect("betas");
+    let adam = AdamWConfig {
+        beta1: betas[0].as_f64().expect("b1"),
+        beta2: betas[1].as_f64().expect("b2"),
+        eps: opt["eps"].as_f64().expect("eps"),
+        weight_decay: opt["weight_decay"].as_f64().expect("wd"),
+        no_decay_bias_and_norm: false,
+        clip_grad: json["clipping"]["max_norm"].as_f64().expect("max_norm"),
+    };
+    let b = &json["batch"];
+    let tokens = flat2(&b["tokens"]);
+    let batch_size = b["tokens"].as_array().expect("tokens").len();
+    let seq = tokens.len() / batch_size;
+    let mut mask = Vec::new();
+    for sample in b["attention_mask"].as_array().expect("mask") {
+        for row in sample[0].as_array().expect("rows") {
+            mask.extend(ints(row).into_iter().map(|x| x != 0));
+        }
+    }
+    let batch = Batch {
+        input: GlmInput {
+            batch: batch_size,
+            seq,
+            tokens,
+            position_ids: flat2(&b["position_ids"]),
+            mask,
+        },
+        targets: flat2(&b["targets"]),
+        loss_mask: flat2(&b["loss_mask"]).into_iter().map(|x| x != 0).collect(),
+        dropout_seeds: vec![0; batch_size],
+    };
+    (
+        TrainState::new(model, DType::F32, adam, LossScaler::fixed()),
+        batch,
+    )
+}
+
+#[test]
+fn one_training_step_matches_the_original() {
+    let dir = fixtures();
+    let json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("train_step.json")).expect("json"))
+            .expect("json");
+    let tensors =
+        SafetensorsFile::open(dir.join("train_step.safetensors")).expect("train_step.safetensors");
+    let (mut st, batch) = state(&json);
+    let alpha = json["embedding_gradient_shrink"]["alpha"]
+        .as_f64()
+        .expect("alpha");
+    let forward = ForwardConfig {
+        shrink_alpha: alpha,
+        hidden_dropout: 0.0,
+        attention_dropout: 0.0,
+    };
+    let g = st.grads(std::slice::from_ref(&batch), &forward, 1);
+
+    // Loss: mean over the target tokens.
+    let want_loss = json["loss"]["value"].as_f64().expect("loss");
+    assert_eq!(
+        g.targets,
+        json["loss"]["num_target_tokens"].as_u64().expect("n") as usize
+    );
+    assert!(
+        (g.loss - want_loss).abs() <= 1e-5,
+        "loss {} vs {want_loss}",
+        g.loss
+    );
+
+    // Gradients (pre-clip) with the embedding shrink.
+    let names: Vec<String> = st.optim.infos.iter().map(|i| i.name.clone()).collect();
+    let index = |name: &str| {
+        names
+            .iter()
+            .position(|n| n == name)
+            .unwrap_or_else(|| panic!("no param {name}"))
+    };
+    for key in [
+        "transformer.word_embeddings.weight",
+        "transformer.layers.0.attention.query_key_value.weight",
+    ] {
+        let got = host(g.grads[index(key)].clone());
+        let want = golden(&tensors, &format!("grad.{key}"));
+        let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let diff = got
+            .iter()
+            .zip(&want)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            diff <= 1e-4 * max,
+            "grad {key}: max diff {diff} > 1e-4 * {max}"
+        );
+    }
+    // Every parameter's gradient norm.
+    for (name, want) in json["grad_norms_per_parameter"].as_object().expect("norms") {
+        let want = want.as_f64().expect("norm");
+        let got: f64 = host(g.grads[index(name)].clone())
+            .iter()
+            .map(|&x| (x as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            (got - want).abs() <= 1e-4 * want.max(1e-3),
+            "grad norm {name}: {got} vs {want}"
+        );
+    }
+
+    // Without the shrink the embedding gradient is the other golden tensor.
+    let plain = st.grads(std::slice::from_ref(&batch), &ForwardConfig::eval(), 1);
+    let key = "transformer.word_embeddings.weight";
+    let got = host(plain.grads[index(key)].clone());
+    let want = golden(&tensors, &format!("grad_no_shrink.{key}"));
+    let max = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let diff = got
+        .iter()
+        .zip(&want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(diff <= 1e-4 * max, "grad_no_shrink: {diff}");
+
+    // Clipping + one AdamW step.
+    let pre_clip: Vec<Vec<f32>> = g.grads.iter().map(|t| host(t.clone())).collect();
+    let lr = json["optimizer"]["lr"].as_f64().expect("lr");
+    let report = st.apply(g, lr);
+    let want_norm = json["clipping"]["global_grad_norm_pre_clip"]
+        .as_f64()
+        .expect("norm");
+    assert!(
+        ((report.grad_norm - want_norm) / want_norm).abs() <= 1e-5,
+        "norm {} vs {want_norm}",
+        report.grad_norm
+    );
+    let want_coef = json["clipping"]["clip_coef"].as_f64().expect("coef");
+    assert!(((report.clip_coef - want_coef) / want_coef).abs() <= 1e-5);
+    assert!(!report.skipped);
+    for (i, name) in names.iter().enumerate() {
+        let got = host(st.optim.master[i].clone());
+        let want = golden(&tensors, &format!("param_after.{name}"));
+        assert_eq!(got.len(), want.len(), "{name}");
+        for (j, (a, b)) in got.iter().zip(&want).enumerate() {
+            let clipped = (pre_clip[i][j] as f64 * report.clip_coef).abs();
+            let tol = if clipped >= 1e-6 { 1e-6 } else { 2.0 * lr };
+            assert!(
+                ((a - b).abs() as f64) <= tol,
+                "{name}[{j}]: {a} vs {b} (|g_c| = {clipped:e})"
+            );
+        }
+    }
+    // The model now holds the updated weights.
+    let emb = st
+        .model
+        .word_embeddings
+        .val()
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32");
+    assert_eq!(emb, host(st.optim.master[index(key)].clone()));
+}

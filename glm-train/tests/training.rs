@@ -1,0 +1,183 @@
+//! Training runs on tiny configs: the loss falls, data parallelism and gradient accumulation
+//! match one big batch, f16 with loss scaling trains and skips overflowing steps, torn
+//! checkpoints are never loaded.
+
+use std::path::{Path, PathBuf};
+
+use burn::backend::{Autodiff, Flex};
+use glm_train::checkpoint;
+use glm_train::config::{Precision, TrainConfig};
+use glm_train::Trainer;
+use serde_json::json;
+
+type B = Autodiff<Flex>;
+
+fn tmpdir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("glm-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).expect("tmp");
+    d
+}
+
+/// A pre-tokenized corpus with learnable structure: runs of consecutive ids.
+fn write_corpus(dir: &Path) -> PathBuf {
+    let path = dir.join("corpus.jsonl");
+    let mut lines = String::new();
+    for d in 0..60u32 {
+        let start = 10 + (d * 37) % 800;
+        let len = 20 + (d * 13) % 60;
+        let ids: Vec<u32> = (0..len).map(|i| start + (i % 40)).collect();
+        lines.push_str(&json!({ "ids": ids }).to_string());
+        lines.push('\n');
+    }
+    std::fs::write(&path, lines).expect("corpus");
+    path
+}
+
+fn tiny_config(corpus: &Path) -> TrainConfig {
+    let v = json!({
+        "model": {
+            "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "inner_hidden_size": 128,
+            "vocab_size": 1024, "max_sequence_length": 64,
+            "special_tokens": {"[MASK]": 1000, "[gMASK]": 1001, "[sMASK]": 1002, "eod": 1003,
+                "sop": 1004, "eop": 1005, "ENC": 1006, "dBLOCK": 1007, "eos": 2, "[pad]": 0}
+        },
+        "data": { "train": [corpus], "validation_fraction": 0.1 },
+        "schedule": { "peak_lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 5 },
+        "dropout": { "hidden": 0.0, "attention": 0.0 },
+        "seq_len": 32, "batch_size": 4, "steps": 150, "seed": 1,
+        "validate_every": 50, "validation_batches": 1
+    });
+    serde_json::from_value(v).expect("config")
+}
+
+#[test]
+fn a_short_run_learns() {
+    let dir = tmpdir("learn");
+    let config = tiny_config(&write_corpus(&dir));
+    let mut t =
+        Trainer::<B>::new(config, &dir.join("out"), &Default::default(), false).expect("trainer");
+    let lines = t.run().expect("run");
+    assert_eq!(lines.len(), 150);
+    let first = lines[0].loss;
+    let last: f64 = lines[140..].iter().map(|l| l.loss).sum::<f64>() / 10.0;
+    eprintln!("loss {first} -> {last}");
+    assert!(first > 6.0, "starts near ln(1024): {first}");
+    assert!(last < 0.6 * first, "loss {first} -> {last}");
+    let val: Vec<f64> = lines.iter().filter_map(|l| l.val_loss).collect();
+    assert_eq!(val.len(), 3);
+    assert!(val[2] < val[0], "validation loss falls: {val:?}");
+    assert!(
+        dir.join("out/model.safetensors").is_file() && dir.join("out/checkpoints/latest").is_file()
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+fn losses(config: TrainConfig, dir: &Path) -> Vec<f64> {
+    let mut t = Trainer::<B>::new(config, dir, &Default::default(), false).expect("trainer");
+    t.run().expect("run").iter().map(|l| l.loss).collect()
+}
+
+#[test]
+fn data_parallel_and_accumulation_match_one_big_batch() {
+    let dir = tmpdir("dp");
+    let corpus = write_corpus(&dir);
+    let mut base = tiny_config(&corpus);
+    base.steps = 4;
+    base.validate_every = 0;
+    base.dropout.hidden = 0.1;
+    base.dropout.attention = 0.1;
+    let mut big = base.clone();
+    big.batch_size = 4;
+    let mut dp = base.clone();
+    dp.batch_size = 2;
+    dp.data_parallel = 2;
+    let mut acc = base.clone();
+    acc.batch_size = 1;
+    acc.grad_accumulation = 4;
+    let a = losses(big, &dir.join("big"));
+    let b = losses(dp, &dir.join("dp"));
+    let c = losses(acc, &dir.join("acc"));
+    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
+        assert!((x - y).abs() < 1e-4 * x.abs(), "dp {y} vs {x}");
+        assert!((x - z).abs() < 1e-4 * x.abs(), "accumulation {z} vs {x}");
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn f16_with_loss_scaling_trains_and_skips_overflows() {
+    let dir = tmpdir("f16");
+    let mut config = tiny_config(&write_corpus(&dir));
+    config.precision = Precision::F16;
+    config.steps = 16;
+    config.validate_every = 0;
+    // A scale far too high: the first steps overflow in f16, are skipped and lower the scale.
+    config.loss_scale.initial_scale = 2f64.powi(24);
+    config.loss_scale.hysteresis = 1;
+    config.loss_scale.window = 4;
+    let mut t =
+        Trainer::<B>::new(config, &dir.join("out"), &Default::default(), false).expect("trainer");
+    let lines = t.run().expect("run");
+    assert!(lines[0].skipped && lines[0].grad_norm.is_none());
+    assert!(lines[1].loss_scale < lines[0].loss_scale);
+    let applied: Vec<_> = lines.iter().filter(|l| !l.skipped).collect();
+    assert!(
+        applied.len() >= 3,
+        "some steps are applied once the scale is low enough"
+    );
+    assert!(applied
+        .iter()
+        .all(|l| l.loss.is_finite() && l.grad_norm.is_some_and(f64::is_finite)));
+    assert_eq!(
+        lines.last().map(|l| l.skipped_total),
+        Some(lines.iter().filter(|l| l.skipped).count() as u64)
+    );
+    // After a window of good steps the scale goes up again.
+    let raised = lines
+        .windows(2)
+        .any(|w| !w[0].skipped && w[1].loss_scale > w[0].loss_scale);
+    assert!(raised, "scale raised after a window");
+    assert!(t.state.model.word_embeddings.val().dtype() == burn::tensor::DType::F16);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn torn_checkpoints_are_never_loaded() {
+    let dir = tmpdir("torn");
+    let mut config = tiny_config(&write_corpus(&dir));
+    config.steps = 4;
+    config.checkpoint_every = 2;
+    config.validate_every = 0;
+    let out = dir.join("out");
+    Trainer::<B>::new(config, &out, &Default::default(), false)
+        .expect("trainer")
+        .run()
+        .expect("run");
+    let root = out.join("checkpoints");
+    assert_eq!(
+        checkpoint::load_latest(&root)
+            .expect("checkpoint")
+            .meta
+            .step,
+        4
+    );
+    // A newer checkpoint whose state was torn, and a half-written temporary folder.
+    let src = root.join("step-00000004");
+    let torn = root.join("step-00000006");
+    std::fs::create_dir_all(&torn).expect("dir");
+    std::fs::copy(src.join("meta.json"), torn.join("meta.json")).expect("copy");
+    let bytes = std::fs::read(src.join("state.safetensors")).expect("state");
+    std::fs::write(torn.join("state.safetensors"), &bytes[..bytes.len() / 2]).expect("write");
+    std::fs::create_dir_all(root.join(".tmp-step-00000008-1")).expect("tmp");
+    std::fs::write(root.join("latest"), "step-00000006").expect("latest");
+    let c = checkpoint::load_latest(&root).expect("falls back");
+    assert_eq!(c.meta.step, 4);
+    // A flipped byte is caught by the checksum too.
+    let mut flipped = bytes.clone();
+    let last = flipped.len() - 1;
+    flipped[last] ^= 1;
+    std::fs::write(src.join("state.safetensors"), flipped).expect("write");
+    assert!(checkpoint::load_dir(&src).is_err());
+    let _ = std::fs::remove_dir_all(dir);
+}
