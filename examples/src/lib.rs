@@ -3,6 +3,7 @@
 //! - `blank_filling`: load the golden fixture model, fill `[MASK]` / `[gMASK]` prompts greedily and
 //!   with beam search, print every beam with its score:
 //!   `cargo run -p glm-examples --bin blank_filling [-- FIXTURE_DIR]`.
+//! - `quickstart`: train a small GLM on the bundled corpus, then fill `[MASK]` / `[gMASK]` prompts.
 
 /// Folder of the fixture model: the first CLI argument, else `GLM_FIXTURES`, else `../shared/fixtures`.
 pub fn fixture_dir() -> Result<std::path::PathBuf, glm_core::Error> {
