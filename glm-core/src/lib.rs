@@ -39,6 +39,7 @@ pub mod layer;
 pub mod layernorm;
 pub mod linear;
 pub mod model;
+pub mod quantized;
 pub mod rotary;
 pub mod weights;
 

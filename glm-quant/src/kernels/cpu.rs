@@ -1,0 +1,100 @@
+//! The fused CPU path on burn's `Flex` backend: the packed weight, scales and activations are read
+//! in place from the `Flex` tensors (no copy of the weight), the fused kernel of
+//! [`host`](super::host) runs on them, and the result is wrapped back into a burn tensor.
+//!
+//! Dispatch is by type: the path is taken only when the backend *is* `Flex` (so `Autodiff<Flex>`
+//! and every other backend fall back to the reference).
+
+use std::any::{Any, TypeId};
+
+use burn::backend::Flex;
+use burn::module::Param;
+use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
+use burn_flex::FlexTensor;
+
+use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
+use crate::weight::QuantLayout;
+
+fn downcast<T: 'static>(value: impl Any) -> Option<T> {
+    (Box::new(value) as Box<dyn Any>)
+        .downcast::<T>()
+        .ok()
+        .map(|b| *b)
+}
+
+fn flex_float<B: Backend>(t: Tensor<B, 2>) -> Option<FlexTensor> {
+    match t.cast(DType::F32).into_primitive() {
+        TensorPrimitive::Float(p) => downcast::<FlexTensor>(p),
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+fn flex_int<B: Backend>(t: Tensor<B, 2, Int>) -> Option<FlexTensor> {
+    downcast::<FlexTensor>(t.into_primitive())
+}
+
+fn contiguous(t: FlexTensor) -> FlexTensor {
+    if t.is_contiguous() && t.layout().start_offset() == 0 {
+        t
+    } else {
+        t.to_contiguous()
+    }
+}
+
+fn to_backend<B: Backend>(data: TensorData) -> Option<Tensor<B, 2>> {
+    let prim = downcast::<B::FloatTensorPrimitive>(FlexTensor::from_data(data))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+}
+
+/// Runs the fused kernel when `B` is `Flex`; gives `x` back otherwise.
+pub(crate) fn try_forward<B: Backend>(
+    packed: &Param<Tensor<B, 2, Int>>,
+    scales: &Param<Tensor<B, 2>>,
+    layout: QuantLayout,
+    x: Tensor<B, 2>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err(x);
+    }
+    let [m, k] = x.dims();
+    if k != layout.in_features {
+        return Err(x);
+    }
+    let dtype = x.dtype();
+    match run::<B>(packed, scales, layout, x.clone(), m) {
+        Some(y) if y.dtype() == dtype => Ok(y),
+        Some(y) => Ok(y.cast(dtype)),
+        None => Err(x),
+    }
+}
+
+fn run<B: Backend>(
+    packed: &Param<Tensor<B, 2, Int>>,
+    scales: &Param<Tensor<B, 2>>,
+    layout: QuantLayout,
+    x: Tensor<B, 2>,
+    m: usize,
+) -> Option<Tensor<B, 2>> {
+    let words = contiguous(flex_int::<B>(packed.val())?);
+    let scale_t = contiguous(flex_float::<B>(scales.val())?);
+    let words: &[i32] = words.as_slice::<i32>()?;
+    let matrix = HostMatrix {
+        layout,
+        bytes: bytemuck::cast_slice(words),
+        row_stride: 4 * layout.words_per_row(),
+        scales: scale_t.as_slice::<f32>()?,
+    };
+    let out = layout.out_features;
+    if m <= FUSED_MAX_ROWS {
+        let xt = contiguous(flex_float::<B>(x)?);
+        let mut y = vec![0f32; m * out];
+        host_gemv(&matrix, xt.as_slice::<f32>()?, m, &mut y).ok()?;
+        to_backend::<B>(TensorData::new(y, [m, out]))
+    } else {
+        // Prefill: dequantize once (fast, exact), then the backend's blocked GEMM.
+        let mut w = vec![0f32; out * layout.in_features];
+        host_dequantize(&matrix, &mut w).ok()?;
+        let w = to_backend::<B>(TensorData::new(w, [out, layout.in_features]))?;
+        Some(x.cast(DType::F32).matmul(w.transpose()))
+    }
+}

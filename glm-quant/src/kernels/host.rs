@@ -1,0 +1,642 @@
+//! Fused dequantize-GEMV on host memory.
+//!
+//! The weight is read once, each value dequantized in registers to exactly `f16(q · scale)`
+//! (`vcvtps2ph`/`vcvtph2ps` round trip on x86 with F16C, `half` elsewhere) and multiplied into up to
+//! four activation rows at a time. Rows of the weight are split across rayon's thread pool.
+//!
+//! The layout is the device layout of [`QuantizedWeight`](crate::QuantizedWeight): row `r` starts at
+//! byte `r · row_stride` and holds the checkpoint bytes of that row (int8 values, or int4 pairs with
+//! the even column in the high nibble).
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::error::{QuantError, Result};
+use crate::pack::unpack_pair;
+use crate::scheme::QuantScheme;
+use crate::weight::QuantLayout;
+
+/// Above this many activation rows the CPU path dequantizes the matrix once and calls the
+/// backend's GEMM instead of the fused GEMV (re-reading a row from L1 per activation row stops
+/// paying off; a blocked GEMM wins for prefill).
+pub const FUSED_MAX_ROWS: usize = 16;
+
+/// Host view of a quantized matrix in the device layout.
+#[derive(Debug, Clone, Copy)]
+pub struct HostMatrix<'a> {
+    /// Scheme and sizes.
+    pub layout: QuantLayout,
+    /// Row-major bytes, `out_features * row_stride` (at least).
+    pub bytes: &'a [u8],
+    /// Bytes from one row to the next (≥ `layout.row_bytes()`).
+    pub row_stride: usize,
+    /// Scales as f32 (fp16 values), `[shards, out]`.
+    pub scales: &'a [f32],
+}
+
+impl HostMatrix<'_> {
+    /// Checks that the slices are large enough for the layout.
+    pub fn validate(&self) -> Result<()> {
+        let l = self.layout;
+        let bad = |what: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
+            tensor: what.to_string(),
+            expected,
+            found: vec![found],
+        };
+        if self.row_stride < l.row_bytes() || self.bytes.len() < l.out_features * self.row_stride {
+            return Err(bad(
+                "packed weight",
+                vec![l.out_features, self.row_stride],
+                self.bytes.len(),
+            ));
+        }
+        if self.scales.len() != l.shards * l.out_features {
+            return Err(bad(
+                "scales",
+                vec![l.shards, l.out_features],
+                self.scales.len(),
+            ));
+        }
+        if l.shards == 0 || !l.in_features.is_multiple_of(l.shards) {
+            return Err(QuantError::BadShards {
+                tensor: "packed weight".into(),
+                in_features: l.in_features,
+                shards: l.shards,
+                extra: String::new(),
+            });
+        }
+        if l.scheme == QuantScheme::Int4 && l.shards > 1 && !l.cols_per_shard().is_multiple_of(2) {
+            return Err(QuantError::BadShards {
+                tensor: "packed weight".into(),
+                in_features: l.in_features,
+                shards: l.shards,
+                extra: " (int4 needs an even number of columns per shard)".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Isa {
+    Scalar,
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+}
+
+fn isa() -> Isa {
+    static ISA: OnceLock<Isa> = OnceLock::new();
+    *ISA.get_or_init(|| {
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("GLM_QUANT_NO_SIMD").is_none()
+            && std::env::var_os("GLM_QUANT_NO_AVX512").is_none()
+            && is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vl")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return Isa::Avx512;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if std::env::var_os("GLM_QUANT_NO_SIMD").is_none()
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
+            return Isa::Avx2;
+        }
+        Isa::Scalar
+    })
+}
+
+/// The instruction set the fused kernel uses on this machine (`"avx512"`, `"avx2+fma+f16c"` or
+/// `"scalar"`; set `GLM_QUANT_NO_AVX512` to stop at AVX2, `GLM_QUANT_NO_SIMD` to force the scalar
+/// code).
+pub fn simd_level() -> &'static str {
+    match isa() {
+        Isa::Scalar => "scalar",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => "avx2+fma+f16c",
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => "avx512",
+    }
+}
+
+/// `f16(q · scale)` as f32 (scale holds an fp16 value).
+#[inline]
+fn deq(q: i8, scale: f32) -> f32 {
+    half::f16::from_f32(q as f32 * scale).to_f32()
+}
+
+/// Value of column `j` of a row.
+#[inline]
+fn value_at(row: &[u8], j: usize, int4: bool) -> i8 {
+    if int4 {
+        let (even, odd) = unpack_pair(row[j / 2]);
+        if j.is_multiple_of(2) {
+            even
+        } else {
+            odd
+        }
+    } else {
+        row[j] as i8
+    }
+}
+
+/// Scalar dot of columns `[c0, c0+n)` of `row` with `mb` activation rows (`x[m·x_stride + c]`),
+/// accumulated into `acc[..mb]`.
+#[allow(clippy::too_many_arguments)]
+fn dot_scalar(
+    row: &[u8],
+    c0: usize,
+    n: usize,
+    scale: f32,
+    int4: bool,
+    x: &[f32],
+    x_stride: usize,
+    acc: &mut [f32],
+) {
+    for (m, a) in acc.iter_mut().enumerate() {
+        let xr = &x[m * x_stride + c0..m * x_stride + c0 + n];
+        let mut s = 0f32;
+        for (j, &xv) in xr.iter().enumerate() {
+            s += deq(value_at(row, c0 + j, int4), scale) * xv;
+        }
+        *a += s;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    /// Dequantizes 8 int8 values starting at byte `at`: exact `f16(q · scale)`.
+    ///
+    /// # Safety
+    /// `at + 8 <= row.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8_i8(row: &[u8], at: usize, scale: __m256) -> __m256 {
+        debug_assert!(at + 8 <= row.len());
+        // SAFETY: the caller guarantees 8 readable bytes at `at`; loadl is unaligned.
+        let b = unsafe { _mm_loadl_epi64(row.as_ptr().add(at) as *const __m128i) };
+        let f = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(b));
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(
+            f, scale,
+        )))
+    }
+
+    /// Dequantizes 8 int4 values (4 bytes from byte `at`, even column high nibble).
+    ///
+    /// # Safety
+    /// `at + 4 <= row.len()`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8_i4(row: &[u8], at: usize, scale: __m256) -> __m256 {
+        debug_assert!(at + 4 <= row.len());
+        // SAFETY: the caller guarantees 4 readable bytes at `at`; read_unaligned has no alignment need.
+        let w = unsafe { (row.as_ptr().add(at) as *const i32).read_unaligned() };
+        // Lane k takes nibble k: even k = high nibble of byte k/2, odd k = low nibble.
+        let shifts = _mm256_setr_epi32(24, 28, 16, 20, 8, 12, 0, 4);
+        let v = _mm256_srai_epi32::<28>(_mm256_sllv_epi32(_mm256_set1_epi32(w), shifts));
+        let f = _mm256_cvtepi32_ps(v);
+        _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm256_mul_ps(
+            f, scale,
+        )))
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn load8<const INT4: bool>(row: &[u8], col: usize, scale: __m256) -> __m256 {
+        // SAFETY: forwarded precondition (8 columns from `col` lie inside the row).
+        unsafe {
+            if INT4 {
+                load8_i4(row, col / 2, scale)
+            } else {
+                load8_i8(row, col, scale)
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+
+    /// Fused dot of columns `[c0, c0 + n)` with `MB` activation rows; returns the index of the
+    /// first column NOT processed (a multiple of 8 past `c0`); the caller does the tail.
+    ///
+    /// # Safety
+    /// `row` holds at least the bytes of columns `< c0 + n`; `x` holds `(MB-1)·x_stride + c0 + n`
+    /// values; for int4, `c0` is even.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot<const MB: usize, const INT4: bool>(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        x: &[f32],
+        x_stride: usize,
+        acc: &mut [f32],
+    ) -> usize {
+        let sv = _mm256_set1_ps(scale);
+        let mut a0 = [_mm256_setzero_ps(); MB];
+        let mut a1 = [_mm256_setzero_ps(); MB];
+        let xp = x.as_ptr();
+        let mut j = 0;
+        // SAFETY (whole block): every load stays below column c0 + n of the row and of each x row.
+        unsafe {
+            while j + 16 <= n {
+                let w0 = load8::<INT4>(row, c0 + j, sv);
+                let w1 = load8::<INT4>(row, c0 + j + 8, sv);
+                for m in 0..MB {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    a0[m] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), a0[m]);
+                    a1[m] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(p.add(8)), a1[m]);
+                }
+                j += 16;
+            }
+            if j + 8 <= n {
+                let w0 = load8::<INT4>(row, c0 + j, sv);
+                for (m, a) in a0.iter_mut().enumerate() {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    *a = _mm256_fmadd_ps(w0, _mm256_loadu_ps(p), *a);
+                }
+                j += 8;
+            }
+        }
+        for m in 0..MB {
+            acc[m] += hsum(_mm256_add_ps(a0[m], a1[m]));
+        }
+        j
+    }
+
+    /// Dequantizes columns `[0, n)` of a row into `dst` (8 at a time); returns the first column
+    /// not written.
+    ///
+    /// # Safety
+    /// `row` holds the bytes of columns `< n`, `dst.len() >= n`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn dequant_row<const INT4: bool>(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        dst: &mut [f32],
+    ) -> usize {
+        let sv = _mm256_set1_ps(scale);
+        let mut j = 0;
+        while j + 8 <= n {
+            // SAFETY: columns c0+j .. c0+j+8 are inside the row and dst.
+            unsafe {
+                let w = load8::<INT4>(row, c0 + j, sv);
+                _mm256_storeu_ps(dst.as_mut_ptr().add(c0 + j), w);
+            }
+            j += 8;
+        }
+        j
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    const ROUND: i32 = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+
+    /// The 16 exact dequantized int4 values of a row, indexed by the UNSIGNED nibble
+    /// (`u < 8 → u`, else `u - 16`): `f16(v · scale)` as f32.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    fn int4_lut(scale: __m512) -> __m512 {
+        let v = _mm512_setr_ps(
+            0., 1., 2., 3., 4., 5., 6., 7., -8., -7., -6., -5., -4., -3., -2., -1.,
+        );
+        _mm512_cvtph_ps(_mm512_cvtps_ph::<ROUND>(_mm512_mul_ps(v, scale)))
+    }
+
+    /// 16 dequantized values from column `col`.
+    ///
+    /// # Safety
+    /// The 16 columns from `col` lie inside `row` (int8: 16 bytes; int4: 8 bytes from `col/2`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16<const INT4: bool>(
+        row: &[u8],
+        col: usize,
+        scale: __m512,
+        lut: __m512,
+    ) -> __m512 {
+        if INT4 {
+            debug_assert!(col / 2 + 8 <= row.len());
+            // SAFETY: 8 readable bytes at col/2 (caller); loadl is unaligned.
+            let b = unsafe { _mm_loadl_epi64(row.as_ptr().add(col / 2) as *const __m128i) };
+            // [b0 b0 b1 b1 ...]: lane 2i takes the high nibble of byte i, lane 2i+1 the low one.
+            let dup = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+            let shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+            // vpermps reads only the low 4 bits of each index: the nibble.
+            _mm512_permutexvar_ps(_mm512_srlv_epi32(dup, shifts), lut)
+        } else {
+            debug_assert!(col + 16 <= row.len());
+            // SAFETY: 16 readable bytes at col (caller); loadu is unaligned.
+            let b = unsafe { _mm_loadu_si128(row.as_ptr().add(col) as *const __m128i) };
+            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<ROUND>(_mm512_mul_ps(f, scale)))
+        }
+    }
+
+    /// As [`super::avx2::dot`] with 16-wide vectors (int4 dequantized by a 16-entry table lookup).
+    ///
+    /// # Safety
+    /// As [`super::avx2::dot`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn dot<const MB: usize, const INT4: bool>(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        x: &[f32],
+        x_stride: usize,
+        acc: &mut [f32],
+    ) -> usize {
+        let sv = _mm512_set1_ps(scale);
+        let lut = int4_lut(sv);
+        let mut a0 = [_mm512_setzero_ps(); MB];
+        let mut a1 = [_mm512_setzero_ps(); MB];
+        let xp = x.as_ptr();
+        let mut j = 0;
+        // SAFETY (whole block): every load stays below column c0 + n of the row and of each x row.
+        unsafe {
+            while j + 32 <= n {
+                let w0 = load16::<INT4>(row, c0 + j, sv, lut);
+                let w1 = load16::<INT4>(row, c0 + j + 16, sv, lut);
+                for m in 0..MB {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    a0[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), a0[m]);
+                    a1[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), a1[m]);
+                }
+                j += 32;
+            }
+            if j + 16 <= n {
+                let w0 = load16::<INT4>(row, c0 + j, sv, lut);
+                for (m, a) in a0.iter_mut().enumerate() {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    *a = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), *a);
+                }
+                j += 16;
+            }
+        }
+        for m in 0..MB {
+            acc[m] += _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
+        }
+        j
+    }
+
+    /// As [`super::avx2::dequant_row`], 16 columns at a time.
+    ///
+    /// # Safety
+    /// As [`super::avx2::dequant_row`].
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn dequant_row<const INT4: bool>(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        dst: &mut [f32],
+    ) -> usize {
+        let sv = _mm512_set1_ps(scale);
+        let lut = int4_lut(sv);
+        let mut j = 0;
+        while j + 16 <= n {
+            // SAFETY: columns c0+j .. c0+j+16 are inside the row and dst.
+            unsafe {
+                let w = load16::<INT4>(row, c0 + j, sv, lut);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(c0 + j), w);
+            }
+            j += 16;
+        }
+        j
+    }
+}
+
+/// Accumulates `acc[m] += Σ_{j<n} x[m·x_stride + c0 + j] · W[row, c0 + j]` for `acc.len()` (≤ 4)
+/// activation rows.
+#[allow(clippy::too_many_arguments)]
+fn dot_rows(
+    isa: Isa,
+    row: &[u8],
+    c0: usize,
+    n: usize,
+    scale: f32,
+    int4: bool,
+    x: &[f32],
+    x_stride: usize,
+    acc: &mut [f32],
+) {
+    let done = match isa {
+        Isa::Scalar => 0,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: AVX2/FMA/F16C were detected at run time; `host_gemv` checked the slice sizes
+            // (row bytes cover every column, x holds `mb` rows of `x_stride`), and c0 is even for int4.
+            unsafe {
+                match (acc.len(), int4) {
+                    (1, false) => avx2::dot::<1, false>(row, c0, n, scale, x, x_stride, acc),
+                    (2, false) => avx2::dot::<2, false>(row, c0, n, scale, x, x_stride, acc),
+                    (3, false) => avx2::dot::<3, false>(row, c0, n, scale, x, x_stride, acc),
+                    (4, false) => avx2::dot::<4, false>(row, c0, n, scale, x, x_stride, acc),
+                    (1, true) => avx2::dot::<1, true>(row, c0, n, scale, x, x_stride, acc),
+                    (2, true) => avx2::dot::<2, true>(row, c0, n, scale, x, x_stride, acc),
+                    (3, true) => avx2::dot::<3, true>(row, c0, n, scale, x, x_stride, acc),
+                    (4, true) => avx2::dot::<4, true>(row, c0, n, scale, x, x_stride, acc),
+                    _ => 0,
+                }
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 => {
+            // SAFETY: AVX-512F/BW/VL, FMA and F16C were detected at run time; sizes as above.
+            unsafe {
+                match (acc.len(), int4) {
+                    (1, false) => avx512::dot::<1, false>(row, c0, n, scale, x, x_stride, acc),
+                    (2, false) => avx512::dot::<2, false>(row, c0, n, scale, x, x_stride, acc),
+                    (3, false) => avx512::dot::<3, false>(row, c0, n, scale, x, x_stride, acc),
+                    (4, false) => avx512::dot::<4, false>(row, c0, n, scale, x, x_stride, acc),
+                    (1, true) => avx512::dot::<1, true>(row, c0, n, scale, x, x_stride, acc),
+                    (2, true) => avx512::dot::<2, true>(row, c0, n, scale, x, x_stride, acc),
+                    (3, true) => avx512::dot::<3, true>(row, c0, n, scale, x, x_stride, acc),
+                    (4, true) => avx512::dot::<4, true>(row, c0, n, scale, x, x_stride, acc),
+                    _ => 0,
+                }
+            }
+        }
+    };
+    if done < n {
+        dot_scalar(row, c0 + done, n - done, scale, int4, x, x_stride, acc);
+    }
+}
+
+fn rows_per_task(out: usize, work_per_row: usize) -> usize {
+    // Aim at ≥ 64 KiB of weight per task and ~8 tasks per thread for load balance.
+    let threads = rayon::current_num_threads().max(1);
+    let by_balance = out.div_ceil(threads * 8).max(1);
+    let by_size = (64 * 1024 / work_per_row.max(1)).max(1);
+    by_balance.max(by_size.min(out.div_ceil(threads).max(1)))
+}
+
+/// Fused `y = x · Wᵀ` on the host (any number of rows; the GEMV kernel handles 4 rows of `x` per
+/// pass over the weight).
+///
+/// # Shapes
+/// - `x`: `[m, in]` row-major → `y`: `[m, out]` row-major
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`] when a slice is too small for the layout.
+pub fn host_gemv(w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    gemv_impl(isa(), w, x, m, y)
+}
+
+/// [`host_gemv`] forced onto the portable scalar code (what non-x86 CPUs, or x86 CPUs without
+/// AVX2/FMA/F16C, run): for testing the SIMD code against it.
+///
+/// # Shapes
+/// - `x`: `[m, in]` row-major → `y`: `[m, out]` row-major
+pub fn host_gemv_portable(w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    gemv_impl(Isa::Scalar, w, x, m, y)
+}
+
+fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    w.validate()?;
+    let l = w.layout;
+    let (out, inp) = (l.out_features, l.in_features);
+    if x.len() != m * inp {
+        return Err(QuantError::ShapeMismatch {
+            tensor: "x".into(),
+            expected: vec![m, inp],
+            found: vec![x.len()],
+        });
+    }
+    if y.len() != m * out {
+        return Err(QuantError::ShapeMismatch {
+            tensor: "y".into(),
+            expected: vec![m, out],
+            found: vec![y.len()],
+        });
+    }
+    if m == 0 || out == 0 {
+        return Ok(());
+    }
+    let int4 = l.scheme == QuantScheme::Int4;
+    let per_shard = l.cols_per_shard();
+    let block = rows_per_task(out, l.row_bytes());
+    let row_bytes = l.row_bytes();
+    // yt: [out, m] so that every task owns a contiguous block.
+    let mut yt = vec![0f32; out * m];
+    yt.par_chunks_mut(block * m)
+        .enumerate()
+        .for_each(|(bi, chunk)| {
+            for (i, acc_row) in chunk.chunks_mut(m).enumerate() {
+                let r = bi * block + i;
+                let row = &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes];
+                for s in 0..l.shards {
+                    let scale = w.scales[s * out + r];
+                    let c0 = s * per_shard;
+                    for g in (0..m).step_by(4) {
+                        let mb = (m - g).min(4);
+                        dot_rows(
+                            isa,
+                            row,
+                            c0,
+                            per_shard,
+                            scale,
+                            int4,
+                            &x[g * inp..],
+                            inp,
+                            &mut acc_row[g..g + mb],
+                        );
+                    }
+                }
+            }
+        });
+    if m == 1 {
+        y.copy_from_slice(&yt);
+    } else {
+        for r in 0..out {
+            for i in 0..m {
+                y[i * out + r] = yt[r * m + i];
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Dequantizes the whole matrix to f32 `[out, in]` (exact `f16(q · scale)`), multi-threaded.
+///
+/// # Shapes
+/// - `dst`: `[out, in]` row-major
+pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
+    w.validate()?;
+    let l = w.layout;
+    let (out, inp) = (l.out_features, l.in_features);
+    if dst.len() != out * inp {
+        return Err(QuantError::ShapeMismatch {
+            tensor: "dequantized".into(),
+            expected: vec![out, inp],
+            found: vec![dst.len()],
+        });
+    }
+    if out == 0 || inp == 0 {
+        return Ok(());
+    }
+    let isa = isa();
+    let int4 = l.scheme == QuantScheme::Int4;
+    let per_shard = l.cols_per_shard();
+    let row_bytes = l.row_bytes();
+    dst.par_chunks_mut(inp).enumerate().for_each(|(r, d)| {
+        let row = &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes];
+        for s in 0..l.shards {
+            let scale = w.scales[s * out + r];
+            let c0 = s * per_shard;
+            let done = match isa {
+                Isa::Scalar => 0,
+                // SAFETY: features detected; row covers every column, d has `inp` values.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx2 => unsafe {
+                    if int4 {
+                        avx2::dequant_row::<true>(row, c0, per_shard, scale, d)
+                    } else {
+                        avx2::dequant_row::<false>(row, c0, per_shard, scale, d)
+                    }
+                },
+                // SAFETY: as above, AVX-512 detected.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512 => unsafe {
+                    if int4 {
+                        avx512::dequant_row::<true>(row, c0, per_shard, scale, d)
+                    } else {
+                        avx512::dequant_row::<false>(row, c0, per_shard, scale, d)
+                    }
+                },
+            };
+            for (j, v) in d
+                .iter_mut()
+                .enumerate()
+                .take(c0 + per_shard)
+                .skip(c0 + done)
+            {
+                *v = deq(value_at(row, j, int4), scale);
+            }
+        }
+    });
+    Ok(())
+}

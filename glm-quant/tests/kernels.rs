@@ -1,0 +1,199 @@
+//! Kernel tests: pack/unpack round trip (property), the fused CPU kernels against the reference
+//! path on random shapes including odd sizes, several shards and prefill-sized inputs.
+
+use burn::backend::Flex;
+use burn::tensor::{DType, Tensor, TensorData};
+use glm_quant::kernels::host::{
+    host_dequantize, host_gemv, host_gemv_portable, HostMatrix, FUSED_MAX_ROWS,
+};
+use glm_quant::pack::{pack_int4, unpack_int4};
+use glm_quant::{QuantScheme, QuantizedMatrix, QuantizedWeight};
+use proptest::prelude::*;
+
+/// Small deterministic generator (no test depends on a particular random sequence).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> f32 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        ((self.0 >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    fn vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
+        (0..n).map(|_| self.next() * scale).collect()
+    }
+}
+
+proptest! {
+    #[test]
+    fn int4_pack_unpack_round_trip(rows in 0usize..6, cols in 0usize..40, seed in any::<u64>()) {
+        let mut rng = Rng(seed | 1);
+        let values: Vec<i8> = (0..rows * cols).map(|_| ((rng.next() + 1.0) * 7.999).floor() as i8 - 8).collect();
+        let packed = pack_int4(&values, rows, cols).unwrap();
+        prop_assert_eq!(packed.len(), rows * cols.div_ceil(2));
+        prop_assert_eq!(unpack_int4(&packed, rows, cols).unwrap(), values);
+    }
+
+    #[test]
+    fn quantizer_output_is_packed_values(rows in 1usize..5, half_cols in 1usize..20, seed in any::<u64>()) {
+        let cols = 2 * half_cols;
+        let mut rng = Rng(seed | 1);
+        let w = TensorData::new(rng.vec(rows * cols, 3.0), [rows, cols]);
+        let m4 = QuantizedMatrix::quantize("w", &w, 1, QuantScheme::Int4).unwrap();
+        let m8 = QuantizedMatrix::quantize("w", &w, 1, QuantScheme::Int8).unwrap();
+        prop_assert_eq!(pack_int4(&m4.values(), rows, cols).unwrap(), m4.bytes().to_vec());
+        prop_assert!(m4.values().iter().all(|v| (-7..=7).contains(v)));
+        prop_assert!(m8.values().iter().all(|v| (-127..=127).contains(v)));
+        // Every row reaches its extreme value.
+        for r in 0..rows {
+            prop_assert!(m8.values()[r * cols..(r + 1) * cols].iter().any(|v| v.abs() == 127));
+        }
+    }
+}
+
+/// (out, in, rows of x, shards, scheme)
+fn shapes() -> Vec<(usize, usize, usize, usize, QuantScheme)> {
+    use QuantScheme::*;
+    vec![
+        (1, 1, 1, 1, Int8),
+        (1, 1, 1, 1, Int4),
+        (7, 13, 3, 1, Int8),
+        (7, 13, 3, 1, Int4),
+        (33, 65, 5, 1, Int4),
+        (17, 40, 1, 2, Int8),
+        (17, 44, 2, 2, Int4),
+        (64, 172, 4, 2, Int4),
+        (64, 172, 4, 2, Int8),
+        (31, 257, 9, 1, Int8),
+        (29, 129, 7, 3, Int8),
+        (5, 3, FUSED_MAX_ROWS + 3, 1, Int4),
+        (70, 96, FUSED_MAX_ROWS + 1, 2, Int8),
+        (3, 1000, 2, 4, Int4),
+        (300, 24, 1, 1, Int8),
+    ]
+}
+
+fn tolerance(x: &[f32], w: &[f32], inp: usize) -> f32 {
+    let mx = x.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let mw = w.iter().fold(0f32, |m, v| m.max(v.abs()));
+    2e-6 * inp as f32 * mx * mw + 1e-7
+}
+
+#[test]
+fn fused_cpu_kernel_equals_reference_on_random_shapes() {
+    let device = Default::default();
+    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+    for (out, inp, rows, shards, scheme) in shapes() {
+        let w = rng.vec(out * inp, 0.5);
+        let x = rng.vec(rows * inp, 2.0);
+        let m = QuantizedMatrix::quantize("w", &TensorData::new(w, [out, inp]), shards, scheme)
+            .unwrap();
+        let deq = m.dequantize();
+        let tol = tolerance(&x, &deq, inp);
+        // Naive f64 product with the exact dequantized weight.
+        let mut naive = vec![0f32; rows * out];
+        for i in 0..rows {
+            for r in 0..out {
+                naive[i * out + r] = (0..inp)
+                    .map(|j| x[i * inp + j] as f64 * deq[r * inp + j] as f64)
+                    .sum::<f64>() as f32;
+            }
+        }
+        let check = |what: &str, y: &[f32]| {
+            assert_eq!(y.len(), naive.len(), "{what}");
+            let d = y
+                .iter()
+                .zip(&naive)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(d <= tol, "{what} {scheme} out={out} in={inp} rows={rows} shards={shards}: max diff {d} > {tol}");
+        };
+        // Host kernels (row stride = row bytes: no padding needed).
+        let scales = m.scales_f32();
+        let hm = HostMatrix {
+            layout: m.layout(),
+            bytes: m.bytes(),
+            row_stride: m.layout().row_bytes(),
+            scales: &scales,
+        };
+        let mut y = vec![0f32; rows * out];
+        host_gemv(&hm, &x, rows, &mut y).unwrap();
+        check("host_gemv", &y);
+        host_gemv_portable(&hm, &x, rows, &mut y).unwrap();
+        check("host_gemv_portable", &y);
+        let mut d = vec![0f32; out * inp];
+        host_dequantize(&hm, &mut d).unwrap();
+        assert_eq!(
+            d, deq,
+            "host_dequantize {scheme} {out}x{inp} shards {shards}"
+        );
+        // Through burn: fused (Flex) vs reference.
+        let q = QuantizedWeight::<Flex>::from_matrix(&m, &device);
+        let xt = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inp]), &device);
+        let fused = q
+            .forward_fused(xt.clone())
+            .expect("Flex has a fused kernel");
+        let reference = q.forward_reference(xt.clone());
+        check("fused", &fused.into_data().to_vec::<f32>().unwrap());
+        check("reference", &reference.into_data().to_vec::<f32>().unwrap());
+        // A non-contiguous input (transposed view) takes the same path.
+        let xt_t = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inp]), &device)
+            .transpose()
+            .transpose();
+        check(
+            "fused (view)",
+            &q.forward(xt_t).into_data().to_vec::<f32>().unwrap(),
+        );
+        // f16 activations: output stays f16.
+        let y16 = q.forward(xt.cast(DType::F16));
+        assert_eq!(y16.dtype(), DType::F16);
+    }
+}
+
+#[test]
+fn kernels_reject_bad_sizes() {
+    let m = QuantizedMatrix::quantize(
+        "w",
+        &TensorData::new(vec![1f32; 12], [3, 4]),
+        1,
+        QuantScheme::Int8,
+    )
+    .unwrap();
+    let scales = m.scales_f32();
+    let hm = HostMatrix {
+        layout: m.layout(),
+        bytes: m.bytes(),
+        row_stride: 4,
+        scales: &scales,
+    };
+    let mut y = vec![0f32; 3];
+    assert!(host_gemv(&hm, &[1.0; 3], 1, &mut y).is_err());
+    let short = HostMatrix {
+        bytes: &m.bytes()[..5],
+        ..hm
+    };
+    assert!(host_gemv(&short, &[1.0; 4], 1, &mut y).is_err());
+    assert!(QuantizedMatrix::quantize(
+        "w",
+        &TensorData::new(vec![1f32; 12], [3, 4]),
+        3,
+        QuantScheme::Int8
+    )
+    .is_err());
+    assert!(QuantizedMatrix::quantize(
+        "w",
+        &TensorData::new(vec![1f32; 18], [3, 6]),
+        2,
+        QuantScheme::Int4
+    )
+    .is_err());
+    let nan = QuantizedMatrix::quantize(
+        "w",
+        &TensorData::new(vec![f32::NAN; 4], [2, 2]),
+        1,
+        QuantScheme::Int8,
+    );
+    assert!(matches!(nan, Err(glm_quant::QuantError::NonFinite { .. })));
+}
