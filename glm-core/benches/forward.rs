@@ -37,10 +37,14 @@ fn prompt(config: &GlmConfig, p: usize) -> BlankInput {
 fn forward(c: &mut Criterion) {
     let (config, p) = bench_config();
     let device = Default::default();
-    let model = GlmModel::<Flex>::random(&config, &device, ModelOptions::default(), 1).expect("model");
+    let model =
+        GlmModel::<Flex>::random(&config, &device, ModelOptions::default(), 1).expect("model");
     let blank = prompt(&config, p);
     let (tokens, positions, mask) = blank.to_input().to_tensors::<Flex>(&device);
-    let mut group = c.benchmark_group(format!("glm-core/{}L-{}h", config.num_layers, config.hidden_size));
+    let mut group = c.benchmark_group(format!(
+        "glm-core/{}L-{}h",
+        config.num_layers, config.hidden_size
+    ));
     group.sample_size(10);
     group.bench_function(format!("prefill_{p}"), |b| {
         b.iter(|| {
@@ -52,8 +56,12 @@ fn forward(c: &mut Criterion) {
     let mut cache = model.new_cache();
     let _ = model.forward_cached(tokens.clone(), positions.clone(), mask.clone(), &mut cache);
     let step_tok = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![11i64], [1, 1]), &device);
-    let step_pos = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![p as i64], [1, 1]), &device);
-    let step_mask = Tensor::<Flex, 4, Bool>::from_data(TensorData::new(vec![false; p + 1], [1, 1, 1, p + 1]), &device);
+    let step_pos =
+        Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![p as i64], [1, 1]), &device);
+    let step_mask = Tensor::<Flex, 4, Bool>::from_data(
+        TensorData::new(vec![false; p + 1], [1, 1, 1, p + 1]),
+        &device,
+    );
     group.bench_function("decode_step", |b| {
         b.iter_batched(
             || cache.clone(),
@@ -63,7 +71,10 @@ fn forward(c: &mut Criterion) {
                     step_pos.clone(),
                     step_mask.clone(),
                     Some(&mut cache),
-                    glm_core::ForwardOptions { hidden_states: false, last_only: true },
+                    glm_core::ForwardOptions {
+                        hidden_states: false,
+                        last_only: true,
+                    },
                 );
                 black_box(logits.logits.argmax(2).into_data());
             },

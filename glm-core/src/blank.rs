@@ -179,8 +179,11 @@ impl GlmInput {
             out.position_ids.extend(std::iter::repeat_n(0, seq - n));
             for i in 0..seq {
                 for j in 0..seq {
-                    out.mask
-                        .push(if i < n && j < n { input.mask[i * n + j] } else { true });
+                    out.mask.push(if i < n && j < n {
+                        input.mask[i * n + j]
+                    } else {
+                        true
+                    });
                 }
             }
         }

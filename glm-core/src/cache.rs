@@ -66,7 +66,10 @@ impl<B: Backend> KvCache<B> {
             self.layers.resize(layer + 1, None);
         }
         let (k, v) = match self.layers[layer].take() {
-            Some(old) => (Tensor::cat(vec![old.k, k], 2), Tensor::cat(vec![old.v, v], 2)),
+            Some(old) => (
+                Tensor::cat(vec![old.k, k], 2),
+                Tensor::cat(vec![old.v, v], 2),
+            ),
             None => (k, v),
         };
         self.layers[layer] = Some(LayerKv {

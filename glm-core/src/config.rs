@@ -199,7 +199,8 @@ impl GlmConfig {
 
     /// Writes the config as pretty JSON (atomically: temp file + rename).
     pub fn save(&self, path: impl AsRef<Path>) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
+        let json =
+            serde_json::to_vec_pretty(self).map_err(|e| Error::InvalidInput(e.to_string()))?;
         crate::weights::write_atomic(path.as_ref(), &json)
     }
 
@@ -274,7 +275,8 @@ impl GlmConfig {
     pub fn num_parameters(&self) -> u64 {
         let h = self.hidden_size as u64;
         let i = self.inner_size() as u64;
-        let per_layer = (3 * h * h + 3 * h) + (h * h + h) + (2 * i * h + 2 * i) + (h * i + h) + 4 * h;
+        let per_layer =
+            (3 * h * h + 3 * h) + (h * h + h) + (2 * i * h + 2 * i) + (h * i + h) + 4 * h;
         per_layer * self.num_layers as u64 + self.vocab_size as u64 * h + 2 * h
     }
 }
@@ -289,13 +291,19 @@ mod tests {
         c.num_attention_heads = 5;
         assert!(matches!(
             c.validate(),
-            Err(Error::InvalidConfig { field: "num_attention_heads", .. })
+            Err(Error::InvalidConfig {
+                field: "num_attention_heads",
+                ..
+            })
         ));
         let mut c = GlmConfig::tiny();
         c.hidden_size = 0;
         assert!(matches!(
             c.validate(),
-            Err(Error::InvalidConfig { field: "hidden_size", .. })
+            Err(Error::InvalidConfig {
+                field: "hidden_size",
+                ..
+            })
         ));
         let mut c = GlmConfig::tiny();
         c.num_layers = 0;
@@ -303,7 +311,12 @@ mod tests {
         let mut c = GlmConfig::tiny();
         c.layernorm_epsilon = -1.0;
         assert!(c.validate().is_err());
-        for c in [GlmConfig::glm_130b(), GlmConfig::tiny(), GlmConfig::small(), GlmConfig::base()] {
+        for c in [
+            GlmConfig::glm_130b(),
+            GlmConfig::tiny(),
+            GlmConfig::small(),
+            GlmConfig::base(),
+        ] {
             c.validate().unwrap();
         }
     }

@@ -30,7 +30,11 @@ impl<B: Backend> GeGlu<B> {
     ///
     /// # Shapes
     /// - `m`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
-    pub fn forward_with_dropout(&self, m: Tensor<B, 3>, dropout: Option<&mut Dropout>) -> Tensor<B, 3> {
+    pub fn forward_with_dropout(
+        &self,
+        m: Tensor<B, 3>,
+        dropout: Option<&mut Dropout>,
+    ) -> Tensor<B, 3> {
         let u = self.dense_h_to_4h.forward(m);
         let inner = u.dims()[2] / 2;
         let u1 = u.clone().narrow(2, 0, inner);

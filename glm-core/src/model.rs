@@ -114,8 +114,14 @@ impl<B: Backend> GlmModel<B> {
         mask: Tensor<B, 4, Bool>,
         cache: &mut KvCache<B>,
     ) -> Tensor<B, 3> {
-        self.forward_with(tokens, position_ids, mask, Some(cache), ForwardOptions::default())
-            .logits
+        self.forward_with(
+            tokens,
+            position_ids,
+            mask,
+            Some(cache),
+            ForwardOptions::default(),
+        )
+        .logits
     }
 
     /// The general forward pass (optional cache, hidden states, last-row logits).
@@ -231,18 +237,29 @@ impl<B: Backend> GlmModel<B> {
         let specs = param_specs(config);
         check_source(source, &specs, config.num_layers, &|_| false)?;
         let fetch = |name: &str| load_float(source, name, options.dtype);
-        Self::build(config, device, options, &mut |name, _shape| fetch(name), &mut |prefix, _out, _in| {
-            Ok(GlmLinear::new(
-                Tensor::from_data(fetch(&format!("{prefix}.weight"))?, (device, options.dtype)),
-                Tensor::from_data(fetch(&format!("{prefix}.bias"))?, (device, options.dtype)),
-            ))
-        })
+        Self::build(
+            config,
+            device,
+            options,
+            &mut |name, _shape| fetch(name),
+            &mut |prefix, _out, _in| {
+                Ok(GlmLinear::new(
+                    Tensor::from_data(fetch(&format!("{prefix}.weight"))?, (device, options.dtype)),
+                    Tensor::from_data(fetch(&format!("{prefix}.bias"))?, (device, options.dtype)),
+                ))
+            },
+        )
     }
 
     /// A model with random weights (DeepNorm-style init, seeded through the backend's RNG):
     /// weights N(0, std) with std = gain/sqrt(fan_in), biases 0, LayerNorm γ=1 β=0.
     /// `gain` is (2N)^-½ for the value/output projections and the MLP, 1 elsewhere (spec §8).
-    pub fn random(config: &GlmConfig, device: &B::Device, options: ModelOptions, seed: u64) -> Result<Self> {
+    pub fn random(
+        config: &GlmConfig,
+        device: &B::Device,
+        options: ModelOptions,
+        seed: u64,
+    ) -> Result<Self> {
         config.validate()?;
         B::seed(device, seed);
         let beta = 1.0 / config.deepnorm_alpha();
@@ -270,7 +287,9 @@ impl<B: Backend> GlmModel<B> {
                 if name.ends_with("query_key_value.weight") {
                     // DeepNorm scales only the value rows of the fused per-head [q|k|v] layout.
                     let rows = Tensor::<B, 1, Int>::arange(0..(3 * h) as i64, device);
-                    let is_v = rows.remainder_scalar((3 * hn) as i64).greater_equal_elem((2 * hn) as i64);
+                    let is_v = rows
+                        .remainder_scalar((3 * hn) as i64)
+                        .greater_equal_elem((2 * hn) as i64);
                     let scale = is_v.float().mul_scalar(beta - 1.0).add_scalar(1.0);
                     t = t * scale.unsqueeze_dim::<2>(1);
                 }
@@ -282,7 +301,10 @@ impl<B: Backend> GlmModel<B> {
         let mut fetch = |name: &str, shape: &[usize]| init(name, shape);
         let mut linear = |prefix: &str, out: usize, inp: usize| -> Result<GlmLinear<B>> {
             Ok(GlmLinear::new(
-                Tensor::from_data(init(&format!("{prefix}.weight"), &[out, inp])?, (device, dtype)),
+                Tensor::from_data(
+                    init(&format!("{prefix}.weight"), &[out, inp])?,
+                    (device, dtype),
+                ),
                 Tensor::from_data(init(&format!("{prefix}.bias"), &[out])?, (device, dtype)),
             ))
         };
@@ -321,7 +343,8 @@ impl<B: Backend> GlmModel<B> {
             ));
         }
         let mut layers = Vec::with_capacity(config.num_layers);
-        for (l, (input_layernorm, post_attention_layernorm)) in layer_norms.into_iter().enumerate() {
+        for (l, (input_layernorm, post_attention_layernorm)) in layer_norms.into_iter().enumerate()
+        {
             let p = format!("transformer.layers.{l}.");
             layers.push(GlmLayer {
                 input_layernorm,
@@ -339,7 +362,10 @@ impl<B: Backend> GlmModel<B> {
                 deepnorm_alpha: config.deepnorm_alpha(),
             });
         }
-        let emb = fetch("transformer.word_embeddings.weight", &[config.vocab_size, h])?;
+        let emb = fetch(
+            "transformer.word_embeddings.weight",
+            &[config.vocab_size, h],
+        )?;
         let rotary = RotaryTables::new(
             config.head_dim(),
             config.max_sequence_length,
@@ -367,13 +393,28 @@ impl<B: Backend> GlmModel<B> {
             out.insert(format!("{p}.weight"), ln.weight.val().into_data());
             out.insert(format!("{p}.bias"), ln.bias.val().into_data());
         };
-        put_ln(&mut out, "transformer.final_layernorm".into(), &self.final_layernorm);
+        put_ln(
+            &mut out,
+            "transformer.final_layernorm".into(),
+            &self.final_layernorm,
+        );
         for (l, layer) in self.layers.iter().enumerate() {
             let p = format!("transformer.layers.{l}.");
-            put_ln(&mut out, format!("{p}input_layernorm"), &layer.input_layernorm);
-            put_ln(&mut out, format!("{p}post_attention_layernorm"), &layer.post_attention_layernorm);
+            put_ln(
+                &mut out,
+                format!("{p}input_layernorm"),
+                &layer.input_layernorm,
+            );
+            put_ln(
+                &mut out,
+                format!("{p}post_attention_layernorm"),
+                &layer.post_attention_layernorm,
+            );
             let linears = [
-                ("attention.query_key_value", &layer.attention.query_key_value),
+                (
+                    "attention.query_key_value",
+                    &layer.attention.query_key_value,
+                ),
                 ("attention.dense", &layer.attention.dense),
                 ("mlp.dense_h_to_4h", &layer.mlp.dense_h_to_4h),
                 ("mlp.dense_4h_to_h", &layer.mlp.dense_4h_to_h),
@@ -386,8 +427,13 @@ impl<B: Backend> GlmModel<B> {
     }
 
     /// Saves every parameter as safetensors under the original names, converted to `dtype`
-    /// (atomic: temp + rename).
+    /// (atomic: temp + rename). A quantized model keeps its integer weights and scales (see
+    /// `save_quantized_safetensors`); `dtype` then applies to the float tensors.
     pub fn save_safetensors(&self, path: impl AsRef<std::path::Path>, dtype: DType) -> Result<()> {
+        if self.quantization().is_some() {
+            // Integer weights must stay integers and carry the scheme marker.
+            return self.save_quantized_safetensors(path, dtype);
+        }
         let tensors = self
             .named_tensors()
             .into_iter()
@@ -398,7 +444,10 @@ impl<B: Backend> GlmModel<B> {
 
     /// Checks host-side inputs against this model (ids < vocab, positions < max length).
     pub fn check_input(&self, tokens: &[u32], position_ids: &[u32]) -> Result<()> {
-        if let Some(&t) = tokens.iter().find(|&&t| t as usize >= self.config.vocab_size) {
+        if let Some(&t) = tokens
+            .iter()
+            .find(|&&t| t as usize >= self.config.vocab_size)
+        {
             return Err(Error::InvalidInput(format!(
                 "token id {t} is outside the vocabulary ({} ids)",
                 self.config.vocab_size

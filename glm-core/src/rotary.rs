@@ -124,7 +124,11 @@ impl<B: Backend> Rotary<B> {
             .clone()
             .select(0, flat.clone())
             .reshape([batch, 1, seq, dim]);
-        let sin = self.sin.clone().select(0, flat).reshape([batch, 1, seq, dim]);
+        let sin = self
+            .sin
+            .clone()
+            .select(0, flat)
+            .reshape([batch, 1, seq, dim]);
         let half = dim / 2;
         let x1 = x.clone().narrow(3, 0, half);
         let x2 = x.clone().narrow(3, half, half);

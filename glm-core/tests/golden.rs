@@ -37,7 +37,10 @@ fn cases() -> (Vec<Case>, Value) {
                 position_ids: ints2(&c["position_ids"]).concat(),
                 mask: mask4(&c["attention_mask"]),
             },
-            valid: ints(&c["valid_lengths"]).iter().map(|&v| v as usize).collect(),
+            valid: ints(&c["valid_lengths"])
+                .iter()
+                .map(|&v| v as usize)
+                .collect(),
             json: c.clone(),
         });
     }
@@ -49,7 +52,10 @@ fn tolerance(json: &Value, key: &str) -> f32 {
 }
 
 fn tensor_key(case: &Case, name: &str) -> String {
-    case.json["tensors"][name]["key"].as_str().expect("tensor key").to_string()
+    case.json["tensors"][name]["key"]
+        .as_str()
+        .expect("tensor key")
+        .to_string()
 }
 
 #[test]
@@ -58,7 +64,10 @@ fn every_case_matches_logits_and_hidden_states_on_cpu() {
     let model: GlmModel<Cpu> = load_model(&device, ModelOptions::default());
     let (cases, json) = cases();
     assert!(!cases.is_empty());
-    let (tol_logits, tol_hidden) = (tolerance(&json, "logits_max_abs"), tolerance(&json, "hidden_max_abs"));
+    let (tol_logits, tol_hidden) = (
+        tolerance(&json, "logits_max_abs"),
+        tolerance(&json, "hidden_max_abs"),
+    );
     let cfg = model.config().clone();
     for case in &cases {
         let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
@@ -67,16 +76,44 @@ fn every_case_matches_logits_and_hidden_states_on_cpu() {
             positions,
             mask,
             None,
-            ForwardOptions { hidden_states: true, last_only: false },
+            ForwardOptions {
+                hidden_states: true,
+                last_only: false,
+            },
         );
         let (golden, shape) = tensor_f32("cases.safetensors", &tensor_key(case, "logits"));
         assert_eq!(shape, vec![case.batch, case.seq, cfg.vocab_size]);
-        let d = max_diff_valid(&to_vec(out.logits), &golden, case.batch, case.seq, cfg.vocab_size, &case.valid);
-        assert!(d <= tol_logits, "{}: logits max diff {d} > {tol_logits}", case.name);
+        let d = max_diff_valid(
+            &to_vec(out.logits),
+            &golden,
+            case.batch,
+            case.seq,
+            cfg.vocab_size,
+            &case.valid,
+        );
+        assert!(
+            d <= tol_logits,
+            "{}: logits max diff {d} > {tol_logits}",
+            case.name
+        );
         for (l, hidden) in out.hidden_states.into_iter().enumerate() {
-            let (golden, _) = tensor_f32("cases.safetensors", &tensor_key(case, &format!("hidden_layer{l}")));
-            let d = max_diff_valid(&to_vec(hidden), &golden, case.batch, case.seq, cfg.hidden_size, &case.valid);
-            assert!(d <= tol_hidden, "{}: hidden layer {l} max diff {d} > {tol_hidden}", case.name);
+            let (golden, _) = tensor_f32(
+                "cases.safetensors",
+                &tensor_key(case, &format!("hidden_layer{l}")),
+            );
+            let d = max_diff_valid(
+                &to_vec(hidden),
+                &golden,
+                case.batch,
+                case.seq,
+                cfg.hidden_size,
+                &case.valid,
+            );
+            assert!(
+                d <= tol_hidden,
+                "{}: hidden layer {l} max diff {d} > {tol_hidden}",
+                case.name
+            );
         }
     }
 }
@@ -86,7 +123,12 @@ fn rotary_tables_are_bit_exact() {
     let cfg = config();
     let json = read_json("cases.json");
     let keys = &json["rotary_tables"]["keys"];
-    let t = RotaryTables::new(cfg.head_dim(), cfg.max_sequence_length, cfg.rotary_base, RotaryPrecision::Fp16Sat);
+    let t = RotaryTables::new(
+        cfg.head_dim(),
+        cfg.max_sequence_length,
+        cfg.rotary_base,
+        RotaryPrecision::Fp16Sat,
+    );
     let (cos, cos_shape) = tensor_f32("cases.safetensors", keys[0].as_str().unwrap());
     let (sin, _) = tensor_f32("cases.safetensors", keys[1].as_str().unwrap());
     let (inv, _) = tensor_f32("cases.safetensors", keys[2].as_str().unwrap());
@@ -94,7 +136,11 @@ fn rotary_tables_are_bit_exact() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&t.inv_freq), bits(&inv), "inv_freq");
     for (name, ours, golden) in [("cos", &t.cos, &cos), ("sin", &t.sin, &sin)] {
-        let bad = ours.iter().zip(golden.iter()).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        let bad = ours
+            .iter()
+            .zip(golden.iter())
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
         assert_eq!(bad, 0, "{name}: {bad} entries differ");
     }
 }
@@ -103,22 +149,58 @@ fn rotary_tables_are_bit_exact() {
 fn fp32_sat_buffer_rotary_option_reproduces_the_diagnostic_variant() {
     // The fixtures' diagnostic = the original after `model.float()`: fp16 inv_freq, fp32 angles.
     let device = Default::default();
-    let options = ModelOptions { rotary: RotaryPrecision::Fp32SatBuffer, ..Default::default() };
+    let options = ModelOptions {
+        rotary: RotaryPrecision::Fp32SatBuffer,
+        ..Default::default()
+    };
     let model: GlmModel<Cpu> = load_model(&device, options);
     let (cases, json) = cases();
-    let case = cases.iter().find(|c| c.json["tensors"].get("logits_variant_rotary_fp32").is_some()).expect("variant case");
+    let case = cases
+        .iter()
+        .find(|c| {
+            c.json["tensors"]
+                .get("logits_variant_rotary_fp32")
+                .is_some()
+        })
+        .expect("variant case");
     let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
     let ours = to_vec(model.forward(tokens, positions, mask));
-    let (golden, _) = tensor_f32("cases.safetensors", &tensor_key(case, "logits_variant_rotary_fp32"));
-    let d = max_diff_valid(&ours, &golden, case.batch, case.seq, model.config().vocab_size, &case.valid);
+    let (golden, _) = tensor_f32(
+        "cases.safetensors",
+        &tensor_key(case, "logits_variant_rotary_fp32"),
+    );
+    let d = max_diff_valid(
+        &ours,
+        &golden,
+        case.batch,
+        case.seq,
+        model.config().vocab_size,
+        &case.valid,
+    );
     let tol = tolerance(&json, "logits_max_abs");
     assert!(d <= tol, "fp32-rotary variant diff {d}");
     // ...and the table precision really matters: the exact-fp32 option is farther off.
-    let exact: GlmModel<Cpu> = load_model(&device, ModelOptions { rotary: RotaryPrecision::Fp32, ..Default::default() });
+    let exact: GlmModel<Cpu> = load_model(
+        &device,
+        ModelOptions {
+            rotary: RotaryPrecision::Fp32,
+            ..Default::default()
+        },
+    );
     let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
     let (reference, _) = tensor_f32("cases.safetensors", &tensor_key(case, "logits"));
-    let d = max_diff_valid(&to_vec(exact.forward(tokens, positions, mask)), &reference, case.batch, case.seq, model.config().vocab_size, &case.valid);
-    assert!(d > tol, "fp32 tables should move the logits beyond {tol}, moved {d}");
+    let d = max_diff_valid(
+        &to_vec(exact.forward(tokens, positions, mask)),
+        &reference,
+        case.batch,
+        case.seq,
+        model.config().vocab_size,
+        &case.valid,
+    );
+    assert!(
+        d > tol,
+        "fp32 tables should move the logits beyond {tol}, moved {d}"
+    );
 }
 
 #[test]
@@ -128,7 +210,10 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
     let cfg = model.config().clone();
     let (cases, json) = cases();
     let tol = tolerance(&json, "logits_max_abs");
-    let incremental: Vec<&Case> = cases.iter().filter(|c| c.json.get("context_length").is_some()).collect();
+    let incremental: Vec<&Case> = cases
+        .iter()
+        .filter(|c| c.json.get("context_length").is_some())
+        .collect();
     assert!(!incremental.is_empty(), "no incremental case in cases.json");
     for case in incremental {
         let ctx = case.json["context_length"].as_u64().unwrap() as usize;
@@ -136,9 +221,21 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
         let input = &case.input;
         let mut cache = model.new_cache();
         // The context pass: rows/cols [0, ctx).
-        let sub = |rows: std::ops::Range<usize>, keys: usize| -> (Tensor<Cpu, 2, Int>, Tensor<Cpu, 2, Int>, Tensor<Cpu, 4, burn::tensor::Bool>) {
-            let t: Vec<i64> = input.tokens[rows.clone()].iter().map(|&x| x as i64).collect();
-            let p: Vec<i64> = input.position_ids[rows.clone()].iter().map(|&x| x as i64).collect();
+        let sub = |rows: std::ops::Range<usize>,
+                   keys: usize|
+         -> (
+            Tensor<Cpu, 2, Int>,
+            Tensor<Cpu, 2, Int>,
+            Tensor<Cpu, 4, burn::tensor::Bool>,
+        ) {
+            let t: Vec<i64> = input.tokens[rows.clone()]
+                .iter()
+                .map(|&x| x as i64)
+                .collect();
+            let p: Vec<i64> = input.position_ids[rows.clone()]
+                .iter()
+                .map(|&x| x as i64)
+                .collect();
             let mut m = Vec::new();
             for i in rows.clone() {
                 m.extend_from_slice(&input.mask[i * n..i * n + keys]);
@@ -153,15 +250,27 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
         let (t, p, m) = sub(0..ctx, ctx);
         let first = model.forward_cached(t, p, m, &mut cache);
         let mut steps = vec![to_vec(first.narrow(1, ctx - 1, 1))];
-        let (mem, _) = tensor_f32("cases.safetensors", &tensor_key(case, "context_mem_kv_layer0"));
+        let (mem, _) = tensor_f32(
+            "cases.safetensors",
+            &tensor_key(case, "context_mem_kv_layer0"),
+        );
         let ours_mem = to_vec(cache.sat_mem_kv(0).expect("layer 0 cached"));
-        let d = ours_mem.iter().zip(&mem).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        assert!(d <= tol, "{}: context mem_kv layer 0 differs by {d}", case.name);
+        let d = ours_mem
+            .iter()
+            .zip(&mem)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            d <= tol,
+            "{}: context mem_kv layer 0 differs by {d}",
+            case.name
+        );
         for i in ctx..n {
             let (t, p, m) = sub(i..i + 1, i + 1);
             steps.push(to_vec(model.forward_cached(t, p, m, &mut cache)));
         }
-        let (golden_steps, shape) = tensor_f32("cases.safetensors", &tensor_key(case, "step_logits"));
+        let (golden_steps, shape) =
+            tensor_f32("cases.safetensors", &tensor_key(case, "step_logits"));
         assert_eq!(shape[0], steps.len(), "{}: step count", case.name);
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
         let full = to_vec(model.forward(t, p, m));
@@ -169,10 +278,26 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
         for (s, ours) in steps.iter().enumerate() {
             let g = &golden_steps[s * v..(s + 1) * v];
             let f = &full[(ctx - 1 + s) * v..(ctx + s) * v];
-            let d_orig = ours.iter().zip(g).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            let d_full = ours.iter().zip(f).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(d_orig <= tol, "{} step {s}: vs original loop {d_orig}", case.name);
-            assert!(d_full <= tol, "{} step {s}: vs full recompute {d_full}", case.name);
+            let d_orig = ours
+                .iter()
+                .zip(g)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            let d_full = ours
+                .iter()
+                .zip(f)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                d_orig <= tol,
+                "{} step {s}: vs original loop {d_orig}",
+                case.name
+            );
+            assert!(
+                d_full <= tol,
+                "{} step {s}: vs full recompute {d_full}",
+                case.name
+            );
         }
     }
 }
@@ -185,13 +310,37 @@ fn blank_builder_reproduces_the_original_layouts() {
     let mut checked = 0;
     for case in cases.iter().filter(|c| c.batch == 1) {
         let n = case.seq;
-        let ctx = case.json.get("context_length").and_then(|v| v.as_u64()).map_or(n, |v| v as usize);
+        let ctx = case
+            .json
+            .get("context_length")
+            .and_then(|v| v.as_u64())
+            .map_or(n, |v| v as usize);
         let context = &case.input.tokens[..ctx - 1];
         let blank = BlankInput::from_context(context, &specials).expect("mask in context");
-        assert_eq!(blank.tokens[..], case.input.tokens[..ctx], "{}: tokens", case.name);
-        assert_eq!(blank.mask_position as u64, case.json["mask_position"].as_u64().unwrap(), "{}", case.name);
-        assert_eq!(blank.position_ids(n), case.input.position_ids, "{}: position ids", case.name);
-        assert_eq!(blank.attention_mask(n), case.input.mask, "{}: attention mask", case.name);
+        assert_eq!(
+            blank.tokens[..],
+            case.input.tokens[..ctx],
+            "{}: tokens",
+            case.name
+        );
+        assert_eq!(
+            blank.mask_position as u64,
+            case.json["mask_position"].as_u64().unwrap(),
+            "{}",
+            case.name
+        );
+        assert_eq!(
+            blank.position_ids(n),
+            case.input.position_ids,
+            "{}: position ids",
+            case.name
+        );
+        assert_eq!(
+            blank.attention_mask(n),
+            case.input.mask,
+            "{}: attention mask",
+            case.name
+        );
         checked += 1;
     }
     assert!(checked >= 2);
@@ -213,7 +362,13 @@ fn batch_padding_matches_the_collate_function() {
                     let o = (b * seq + i) * seq;
                     mask.extend_from_slice(&case.input.mask[o..o + n]);
                 }
-                GlmInput { batch: 1, seq: n, tokens: row(&case.input.tokens), position_ids: row(&case.input.position_ids), mask }
+                GlmInput {
+                    batch: 1,
+                    seq: n,
+                    tokens: row(&case.input.tokens),
+                    position_ids: row(&case.input.position_ids),
+                    mask,
+                }
             })
             .collect();
         let padded = GlmInput::pad_batch(&samples, 32, cfg.special_tokens.pad).unwrap();
@@ -230,13 +385,26 @@ fn f16_and_bf16_models_run_close_to_f32() {
     let (t, p, m) = case.input.to_tensors::<Cpu>(&device);
     let want = to_vec(reference.forward(t, p, m));
     for (dtype, tol) in [(DType::F16, 0.1f32), (DType::BF16, 0.6)] {
-        let model: GlmModel<Cpu> = load_model(&device, ModelOptions { dtype, ..Default::default() });
+        let model: GlmModel<Cpu> = load_model(
+            &device,
+            ModelOptions {
+                dtype,
+                ..Default::default()
+            },
+        );
         assert_eq!(model.dtype(), dtype);
         let (t, p, m) = case.input.to_tensors::<Cpu>(&device);
         let logits = model.forward(t, p, m);
         assert_eq!(logits.dtype(), dtype);
         let got = to_vec(logits);
-        let d = max_diff_valid(&got, &want, case.batch, case.seq, model.config().vocab_size, &case.valid);
+        let d = max_diff_valid(
+            &got,
+            &want,
+            case.batch,
+            case.seq,
+            model.config().vocab_size,
+            &case.valid,
+        );
         assert!(d < tol, "{dtype:?}: max diff {d}");
     }
 }

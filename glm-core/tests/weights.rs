@@ -19,7 +19,13 @@ fn tmp_dir(tag: &str) -> PathBuf {
 }
 
 fn all_tensors(src: &dyn WeightSource) -> BTreeMap<String, TensorData> {
-    src.names().into_iter().map(|n| { let d = src.load(&n).unwrap(); (n, d) }).collect()
+    src.names()
+        .into_iter()
+        .map(|n| {
+            let d = src.load(&n).unwrap();
+            (n, d)
+        })
+        .collect()
 }
 
 fn load_err(cfg: &GlmConfig, src: &dyn WeightSource) -> Error {
@@ -43,9 +49,22 @@ fn sat_tp1_and_tp2_load_identical_fp16_weights() {
         assert_eq!(a.dtype, DType::F16, "{}", spec.name);
         assert_eq!(a.shape.to_vec(), spec.shape, "{}", spec.name);
         assert_eq!(b.shape.to_vec(), spec.shape, "{}", spec.name);
-        assert_eq!(a.as_bytes(), b.as_bytes(), "{}: tp2 merge differs from tp1", spec.name);
-        let want = reference.load(&spec.name).unwrap().convert_dtype(DType::F16);
-        assert_eq!(a.as_bytes(), want.as_bytes(), "{}: not f16(model.safetensors)", spec.name);
+        assert_eq!(
+            a.as_bytes(),
+            b.as_bytes(),
+            "{}: tp2 merge differs from tp1",
+            spec.name
+        );
+        let want = reference
+            .load(&spec.name)
+            .unwrap()
+            .convert_dtype(DType::F16);
+        assert_eq!(
+            a.as_bytes(),
+            want.as_bytes(),
+            "{}: not f16(model.safetensors)",
+            spec.name
+        );
     }
 }
 
@@ -54,9 +73,19 @@ fn sat_checkpoints_give_the_recorded_logits() {
     let device = Default::default();
     let cfg = config();
     let json = read_json("sat_tp.json");
-    let tol: f32 = json["tolerance"].as_str().and_then(|s| s.split("logits ").nth(1)).and_then(|s| s.split_whitespace().next()).and_then(|s| s.parse().ok()).expect("logits tolerance in sat_tp.json");
+    let tol: f32 = json["tolerance"]
+        .as_str()
+        .and_then(|s| s.split("logits ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("logits tolerance in sat_tp.json");
     let cases = read_json("cases.json");
-    let case = cases["cases"].as_array().unwrap().iter().find(|c| c["name"] == "a_gmask").expect("a_gmask");
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "a_gmask")
+        .expect("a_gmask");
     let tokens = ints2(&case["tokens"]);
     let input = glm_core::blank::GlmInput {
         batch: 1,
@@ -65,13 +94,21 @@ fn sat_checkpoints_give_the_recorded_logits() {
         position_ids: ints2(&case["position_ids"]).concat(),
         mask: mask4(&case["attention_mask"]),
     };
-    for (folder, key) in [("sat_tp1", "tp1_fp16.a_gmask.logits"), ("sat_tp2", "tp2_fp16.a_gmask.logits")] {
+    for (folder, key) in [
+        ("sat_tp1", "tp1_fp16.a_gmask.logits"),
+        ("sat_tp2", "tp2_fp16.a_gmask.logits"),
+    ] {
         let src = SatCheckpoint::open(fixtures().join(folder)).unwrap();
-        let model = GlmModel::<Cpu>::from_source(&cfg, &src, &device, ModelOptions::default()).unwrap();
+        let model =
+            GlmModel::<Cpu>::from_source(&cfg, &src, &device, ModelOptions::default()).unwrap();
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
         let ours = to_vec(model.forward(t, p, m));
         let (golden, _) = tensor_f32("sat_tp.safetensors", key);
-        let d = ours.iter().zip(&golden).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        let d = ours
+            .iter()
+            .zip(&golden)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0f32, f32::max);
         assert!(d <= tol, "{folder}: logits differ by {d} > {tol}");
     }
 }
@@ -85,11 +122,20 @@ fn safetensors_save_load_round_trip_in_every_dtype() {
         let path = dir.join(format!("m-{dtype:?}.safetensors"));
         model.save_safetensors(&path, dtype).unwrap();
         let file = SafetensorsFile::open(&path).unwrap();
-        assert_eq!(file.dtype("transformer.word_embeddings.weight"), Some(dtype));
+        assert_eq!(
+            file.dtype("transformer.word_embeddings.weight"),
+            Some(dtype)
+        );
         // load the converted file into an f32 model: equal to the original rounded to `dtype`.
-        let back = GlmModel::<Cpu>::from_source(model.config(), &file, &device, ModelOptions::default()).unwrap();
+        let back =
+            GlmModel::<Cpu>::from_source(model.config(), &file, &device, ModelOptions::default())
+                .unwrap();
         for (name, data) in back.named_tensors() {
-            let want = model_file().load(&name).unwrap().convert_dtype(dtype).convert_dtype(DType::F32);
+            let want = model_file()
+                .load(&name)
+                .unwrap()
+                .convert_dtype(dtype)
+                .convert_dtype(DType::F32);
             assert_eq!(data.as_bytes(), want.as_bytes(), "{name} via {dtype:?}");
         }
     }
@@ -108,35 +154,66 @@ fn write_variant(tag: &str, edit: impl FnOnce(&mut BTreeMap<String, TensorData>)
 #[test]
 fn missing_tensor_is_named() {
     let cfg = config();
-    let path = write_variant("missing", |t| { t.remove("transformer.layers.1.mlp.dense_4h_to_h.bias"); });
+    let path = write_variant("missing", |t| {
+        t.remove("transformer.layers.1.mlp.dense_4h_to_h.bias");
+    });
     let e = load_err(&cfg, &SafetensorsFile::open(&path).unwrap());
-    assert!(matches!(&e, Error::MissingTensor { tensor, file } if tensor == "transformer.layers.1.mlp.dense_4h_to_h.bias" && file == &path), "{e}");
+    assert!(
+        matches!(&e, Error::MissingTensor { tensor, file } if tensor == "transformer.layers.1.mlp.dense_4h_to_h.bias" && file == &path),
+        "{e}"
+    );
     assert!(e.to_string().contains("model.safetensors"));
 }
 
 #[test]
 fn unexpected_tensor_is_named() {
     let cfg = config();
-    let path = write_variant("unexpected", |t| { t.insert("transformer.extra.weight".into(), TensorData::new(vec![0f32; 4], [4])); });
+    let path = write_variant("unexpected", |t| {
+        t.insert(
+            "transformer.extra.weight".into(),
+            TensorData::new(vec![0f32; 4], [4]),
+        );
+    });
     let e = load_err(&cfg, &SafetensorsFile::open(&path).unwrap());
-    assert!(matches!(&e, Error::UnexpectedTensor { tensor, .. } if tensor == "transformer.extra.weight"), "{e}");
+    assert!(
+        matches!(&e, Error::UnexpectedTensor { tensor, .. } if tensor == "transformer.extra.weight"),
+        "{e}"
+    );
 }
 
 #[test]
 fn inv_freq_buffers_are_ignored() {
     let cfg = config();
-    let path = write_variant("invfreq", |t| { t.insert("transformer.layers.0.attention.rotary_emb.inv_freq".into(), TensorData::new(vec![0f32; 4], [4])); });
-    GlmModel::<Cpu>::from_source(&cfg, &SafetensorsFile::open(&path).unwrap(), &Default::default(), ModelOptions::default()).unwrap();
+    let path = write_variant("invfreq", |t| {
+        t.insert(
+            "transformer.layers.0.attention.rotary_emb.inv_freq".into(),
+            TensorData::new(vec![0f32; 4], [4]),
+        );
+    });
+    GlmModel::<Cpu>::from_source(
+        &cfg,
+        &SafetensorsFile::open(&path).unwrap(),
+        &Default::default(),
+        ModelOptions::default(),
+    )
+    .unwrap();
 }
 
 #[test]
 fn wrong_shape_reports_expected_and_found() {
     let cfg = config();
     let name = "transformer.layers.0.attention.dense.weight";
-    let path = write_variant("shape", |t| { t.insert(name.into(), TensorData::new(vec![0f32; 6], [2, 3])); });
+    let path = write_variant("shape", |t| {
+        t.insert(name.into(), TensorData::new(vec![0f32; 6], [2, 3]));
+    });
     let e = load_err(&cfg, &SafetensorsFile::open(&path).unwrap());
     match &e {
-        Error::ShapeMismatch { tensor, expected, found, .. } => {
+        Error::ShapeMismatch {
+            tensor,
+            expected,
+            found,
+            ..
+        } => {
             assert_eq!(tensor, name);
             assert_eq!(expected, &vec![cfg.hidden_size, cfg.hidden_size]);
             assert_eq!(found, &vec![2, 3]);
@@ -149,9 +226,17 @@ fn wrong_shape_reports_expected_and_found() {
 fn unsupported_dtype_is_named() {
     let cfg = config();
     let name = "transformer.final_layernorm.bias";
-    let path = write_variant("dtype", |t| { t.insert(name.into(), TensorData::new(vec![0i32; cfg.hidden_size], [cfg.hidden_size])); });
+    let path = write_variant("dtype", |t| {
+        t.insert(
+            name.into(),
+            TensorData::new(vec![0i32; cfg.hidden_size], [cfg.hidden_size]),
+        );
+    });
     let e = load_err(&cfg, &SafetensorsFile::open(&path).unwrap());
-    assert!(matches!(&e, Error::UnsupportedDtype { tensor, .. } if tensor == name), "{e}");
+    assert!(
+        matches!(&e, Error::UnsupportedDtype { tensor, .. } if tensor == name),
+        "{e}"
+    );
 }
 
 #[test]
@@ -160,22 +245,38 @@ fn truncated_and_corrupt_files_are_rejected() {
     let dir = tmp_dir("corrupt");
     let truncated = dir.join("truncated.safetensors");
     std::fs::write(&truncated, &src[..src.len() / 2]).unwrap();
-    assert!(matches!(SafetensorsFile::open(&truncated), Err(Error::CorruptFile { file, .. }) if file == truncated));
+    assert!(
+        matches!(SafetensorsFile::open(&truncated), Err(Error::CorruptFile { file, .. }) if file == truncated)
+    );
     let garbage = dir.join("garbage.safetensors");
-    let bytes: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let bytes: Vec<u8> = (0..4096u32)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&garbage, bytes).unwrap();
-    assert!(matches!(SafetensorsFile::open(&garbage), Err(Error::CorruptFile { .. })));
+    assert!(matches!(
+        SafetensorsFile::open(&garbage),
+        Err(Error::CorruptFile { .. })
+    ));
     let tiny = dir.join("tiny.safetensors");
     std::fs::write(&tiny, [1u8, 2, 3]).unwrap();
-    assert!(matches!(SafetensorsFile::open(&tiny), Err(Error::CorruptFile { .. })));
-    assert!(matches!(SafetensorsFile::open(dir.join("absent.safetensors")), Err(Error::Io { .. })));
+    assert!(matches!(
+        SafetensorsFile::open(&tiny),
+        Err(Error::CorruptFile { .. })
+    ));
+    assert!(matches!(
+        SafetensorsFile::open(dir.join("absent.safetensors")),
+        Err(Error::Io { .. })
+    ));
     // A corrupt torch shard in a SAT folder.
     let sat = dir.join("sat");
     std::fs::create_dir_all(sat.join("7")).unwrap();
     std::fs::write(sat.join("latest"), "7\n").unwrap();
     std::fs::write(sat.join("7/mp_rank_00_model_states.pt"), &src[..1000]).unwrap();
     let e = SatCheckpoint::open(&sat).unwrap_err();
-    assert!(matches!(&e, Error::CorruptFile { file, .. } if file.ends_with("mp_rank_00_model_states.pt")), "{e}");
+    assert!(
+        matches!(&e, Error::CorruptFile { file, .. } if file.ends_with("mp_rank_00_model_states.pt")),
+        "{e}"
+    );
     std::fs::remove_file(sat.join("7/mp_rank_00_model_states.pt")).unwrap();
     assert!(matches!(SatCheckpoint::open(&sat), Err(Error::Io { .. })));
     std::fs::remove_dir_all(&dir).ok();
@@ -186,11 +287,17 @@ fn config_weights_mismatch_is_reported() {
     let mut cfg = config();
     cfg.num_layers += 1;
     let e = load_err(&cfg, &model_file());
-    assert!(matches!(&e, Error::ConfigMismatch { reason, .. } if reason.contains("layers")), "{e}");
+    assert!(
+        matches!(&e, Error::ConfigMismatch { reason, .. } if reason.contains("layers")),
+        "{e}"
+    );
     let mut cfg = config();
     cfg.vocab_size += 8;
     let e = load_err(&cfg, &model_file());
-    assert!(matches!(&e, Error::ShapeMismatch { tensor, .. } if tensor == "transformer.word_embeddings.weight"), "{e}");
+    assert!(
+        matches!(&e, Error::ShapeMismatch { tensor, .. } if tensor == "transformer.word_embeddings.weight"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -198,9 +305,18 @@ fn bad_config_files_are_typed_errors() {
     let dir = tmp_dir("cfg");
     let p = dir.join("config.json");
     std::fs::write(&p, "{\"num_layers\": 2, \"hidden_size\": 64").unwrap();
-    assert!(matches!(GlmConfig::from_file(&p), Err(Error::ConfigJson { .. })));
+    assert!(matches!(
+        GlmConfig::from_file(&p),
+        Err(Error::ConfigJson { .. })
+    ));
     std::fs::write(&p, r#"{"num_layers":2,"hidden_size":64,"num_attention_heads":5,"vocab_size":10,"max_sequence_length":8}"#).unwrap();
-    assert!(matches!(GlmConfig::from_file(&p), Err(Error::InvalidConfig { field: "num_attention_heads", .. })));
+    assert!(matches!(
+        GlmConfig::from_file(&p),
+        Err(Error::InvalidConfig {
+            field: "num_attention_heads",
+            ..
+        })
+    ));
     std::fs::remove_dir_all(&dir).ok();
 }
 

@@ -22,12 +22,22 @@ fn gmask_case_matches_the_original_on_wgpu() {
         position_ids: ints2(&case["position_ids"]).concat(),
         mask: mask4(&case["attention_mask"]),
     };
-    let valid: Vec<usize> = ints(&case["valid_lengths"]).iter().map(|&v| v as usize).collect();
+    let valid: Vec<usize> = ints(&case["valid_lengths"])
+        .iter()
+        .map(|&v| v as usize)
+        .collect();
     let (t, p, m) = input.to_tensors::<Wgpu>(&device);
     let ours = to_vec(model.forward(t, p, m));
     let key = case["tensors"]["logits"]["key"].as_str().unwrap();
     let (golden, _) = tensor_f32("cases.safetensors", key);
-    let d = max_diff_valid(&ours, &golden, input.batch, input.seq, model.config().vocab_size, &valid);
+    let d = max_diff_valid(
+        &ours,
+        &golden,
+        input.batch,
+        input.seq,
+        model.config().vocab_size,
+        &valid,
+    );
     assert!(d <= 1e-3, "wgpu logits differ by {d}");
 
     // KV cache on wgpu: context pass + one step equals the full forward of context + token.
@@ -58,6 +68,13 @@ fn gmask_case_matches_the_original_on_wgpu() {
     let (t, p, m) = longer.to_tensors::<Wgpu>(&device);
     let full = to_vec(model.forward(t, p, m));
     let v = model.config().vocab_size;
-    let d = stepped.iter().zip(&full[n * v..]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    assert!(d <= 1e-3, "wgpu cache step differs from full recompute by {d}");
+    let d = stepped
+        .iter()
+        .zip(&full[n * v..])
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        d <= 1e-3,
+        "wgpu cache step differs from full recompute by {d}"
+    );
 }

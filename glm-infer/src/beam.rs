@@ -91,8 +91,18 @@ impl BeamSearchStrategy {
         let penalized = raw / self.penalty(tokens.len());
         let list = &mut self.finished[b];
         // As the original: the new beam goes before every entry whose score is ≤ its own.
-        let at = list.iter().position(|f| penalized >= f.penalized).unwrap_or(list.len());
-        list.insert(at, Finished { tokens, penalized, raw });
+        let at = list
+            .iter()
+            .position(|f| penalized >= f.penalized)
+            .unwrap_or(list.len());
+        list.insert(
+            at,
+            Finished {
+                tokens,
+                penalized,
+                raw,
+            },
+        );
         list.truncate(self.config.num_beams);
     }
 
@@ -104,7 +114,9 @@ impl BeamSearchStrategy {
         let k = k.min(probs.len());
         if self.config.deterministic {
             let mut idx: Vec<usize> = (0..probs.len()).collect();
-            idx.select_nth_unstable_by(k - 1, |&a, &b| probs[b].total_cmp(&probs[a]).then(a.cmp(&b)));
+            idx.select_nth_unstable_by(k - 1, |&a, &b| {
+                probs[b].total_cmp(&probs[a]).then(a.cmp(&b))
+            });
             idx.truncate(k);
             idx
         } else {
@@ -147,7 +159,12 @@ fn ngram_key(tokens: &[i64], n: usize) -> Vec<i64> {
 }
 
 impl Strategy for BeamSearchStrategy {
-    fn step(&mut self, logits: &[f32], vocab: usize, tokens: &mut Vec<Vec<i64>>) -> Option<Vec<usize>> {
+    fn step(
+        &mut self,
+        logits: &[f32],
+        vocab: usize,
+        tokens: &mut Vec<Vec<i64>>,
+    ) -> Option<Vec<usize>> {
         let nb = self.config.num_beams;
         if self.live.is_empty() {
             // First call: one row per batch entry.
@@ -238,9 +255,14 @@ impl Strategy for BeamSearchStrategy {
         let mut row0 = 0;
         for b in 0..self.live.len() {
             let live = self.live[b];
-            let best = self.scores[row0..row0 + live].iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let best = self.scores[row0..row0 + live]
+                .iter()
+                .copied()
+                .fold(f32::NEG_INFINITY, f32::max);
             if self.finished[b].len() == nb
-                && self.finished[b].last().is_some_and(|w| w.penalized >= best / self.penalty(seq_len + 1))
+                && self.finished[b]
+                    .last()
+                    .is_some_and(|w| w.penalized >= best / self.penalty(seq_len + 1))
             {
                 self.done[b] = true;
             }
@@ -259,7 +281,10 @@ impl Strategy for BeamSearchStrategy {
         for b in 0..self.live.len() {
             let live = self.live[b];
             if self.config.consider_end && !self.done[b] {
-                for (row, score) in tokens[row0..row0 + live].iter().zip(self.scores[row0..row0 + live].to_vec()) {
+                for (row, score) in tokens[row0..row0 + live]
+                    .iter()
+                    .zip(self.scores[row0..row0 + live].to_vec())
+                {
                     self.add_finished(b, row.clone(), score);
                 }
             }
@@ -267,13 +292,21 @@ impl Strategy for BeamSearchStrategy {
                 out.push(
                     self.finished[b]
                         .iter()
-                        .map(|f| Hypothesis { tokens: f.tokens.clone(), penalized_score: Some(f.penalized), raw_score: Some(f.raw) })
+                        .map(|f| Hypothesis {
+                            tokens: f.tokens.clone(),
+                            penalized_score: Some(f.penalized),
+                            raw_score: Some(f.raw),
+                        })
                         .collect(),
                 );
             } else {
                 out.push(
                     (row0..row0 + live)
-                        .map(|r| Hypothesis { tokens: tokens[r].clone(), penalized_score: None, raw_score: Some(self.scores[r]) })
+                        .map(|r| Hypothesis {
+                            tokens: tokens[r].clone(),
+                            penalized_score: None,
+                            raw_score: Some(self.scores[r]),
+                        })
                         .collect(),
                 );
             }

@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
+use glm_core::quantized::QuantizeOptions;
 use glm_core::weights::{SafetensorsFile, SatCheckpoint};
 use glm_core::{GlmConfig, GlmModel, ModelOptions};
 use glm_tokenizer::{Tokenizer, TokenizerOptions};
@@ -29,7 +30,9 @@ impl std::str::FromStr for DeviceKind {
             "cpu" => Ok(Self::Cpu),
             "wgpu" => Ok(Self::Wgpu),
             "cuda" => Ok(Self::Cuda),
-            other => Err(Error::Usage(format!("unknown device `{other}` (expected cpu, wgpu or cuda)"))),
+            other => Err(Error::Usage(format!(
+                "unknown device `{other}` (expected cpu, wgpu or cuda)"
+            ))),
         }
     }
 }
@@ -40,13 +43,17 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
         "f32" | "float32" => Ok(DType::F32),
         "f16" | "float16" | "fp16" => Ok(DType::F16),
         "bf16" | "bfloat16" => Ok(DType::BF16),
-        other => Err(Error::Usage(format!("unknown dtype `{other}` (expected f32, f16 or bf16)"))),
+        other => Err(Error::Usage(format!(
+            "unknown dtype `{other}` (expected f32, f16 or bf16)"
+        ))),
     }
 }
 
 /// Reads the config of a model folder: `config.json` in the folder (or `explicit`).
 pub fn load_config(model_dir: &Path, explicit: Option<&Path>) -> Result<GlmConfig> {
-    let path = explicit.map(PathBuf::from).unwrap_or_else(|| model_dir.join("config.json"));
+    let path = explicit
+        .map(PathBuf::from)
+        .unwrap_or_else(|| model_dir.join("config.json"));
     if !path.is_file() {
         return Err(Error::Usage(format!(
             "no model config at {} (a model folder holds config.json + model.safetensors, or an original SAT checkpoint with --config)",
@@ -56,20 +63,40 @@ pub fn load_config(model_dir: &Path, explicit: Option<&Path>) -> Result<GlmConfi
     Ok(GlmConfig::from_file(&path)?)
 }
 
-/// Loads a model folder: `config.json` + `model.safetensors`, or an original SAT checkpoint
-/// folder (`latest` + `<iter>/mp_rank_XX_model_states.pt`).
+/// `--quantization-bit-width 4|8` (+ optional tensor-parallel degree for the row-parallel scales).
+pub fn quantize_options(
+    bits: Option<u32>,
+    tensor_parallel: Option<usize>,
+) -> Result<Option<QuantizeOptions>> {
+    let Some(bits) = bits else { return Ok(None) };
+    let mut q = QuantizeOptions::from_bits(bits)
+        .map_err(|e| Error::Usage(format!("--quantization-bit-width: {e}")))?;
+    q.tensor_parallel = tensor_parallel;
+    Ok(Some(q))
+}
+
+/// Loads a model folder: `config.json` + `model.safetensors` (float or quantized), or an original
+/// SAT checkpoint folder (`latest` + `<iter>/mp_rank_XX_model_states.pt`, float or quantized).
+/// Quantized checkpoints load as they are; `quant` quantizes a float checkpoint on load, as the
+/// original's `--quantization-bit-width`.
 pub fn load_model<B: Backend>(
     model_dir: &Path,
     config: &GlmConfig,
     device: &B::Device,
     options: ModelOptions,
+    quant: Option<QuantizeOptions>,
 ) -> Result<GlmModel<B>> {
     if !model_dir.is_dir() {
-        return Err(Error::Usage(format!("model folder {} does not exist", model_dir.display())));
+        return Err(Error::Usage(format!(
+            "model folder {} does not exist",
+            model_dir.display()
+        )));
     }
     if model_dir.join("latest").is_file() {
         let sat = SatCheckpoint::open(model_dir)?;
-        return Ok(GlmModel::from_source(config, &sat, device, options)?);
+        return Ok(GlmModel::from_source_quantized(
+            config, &sat, device, options, quant,
+        )?);
     }
     let file = model_dir.join("model.safetensors");
     if !file.is_file() {
@@ -79,7 +106,9 @@ pub fn load_model<B: Backend>(
         )));
     }
     let st = SafetensorsFile::open(&file)?;
-    Ok(GlmModel::from_source(config, &st, device, options)?)
+    Ok(GlmModel::from_source_quantized(
+        config, &st, device, options, quant,
+    )?)
 }
 
 /// A prompt codec chosen on the command line.
@@ -108,16 +137,27 @@ impl TextCodec for Codec {
 /// Loads `--tokenizer` in `mode` (icetk = the GLM-130B release path, glm130b, chatglm6b) and checks
 /// its special ids against the model's config; `None` = integer ids.
 pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
-    let Some(path) = path else { return Ok(Codec::Ids(IdCodec)) };
+    let Some(path) = path else {
+        return Ok(Codec::Ids(IdCodec));
+    };
     let options = match mode {
         "icetk" => TokenizerOptions::icetk(),
         "glm130b" => TokenizerOptions::glm130b(),
         "chatglm6b" => TokenizerOptions::chatglm6b(),
-        other => return Err(Error::Usage(format!("unknown tokenizer mode `{other}` (icetk, glm130b, chatglm6b)"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown tokenizer mode `{other}` (icetk, glm130b, chatglm6b)"
+            )))
+        }
     };
     let tok = Tokenizer::from_file(path, options)?;
     let s = &config.special_tokens;
-    let pairs = [("[MASK]", tok.mask_id(), s.mask), ("[gMASK]", tok.gmask_id(), s.gmask), ("<sop>", tok.sop_id(), s.sop), ("eos", tok.eos_id(), s.eos)];
+    let pairs = [
+        ("[MASK]", tok.mask_id(), s.mask),
+        ("[gMASK]", tok.gmask_id(), s.gmask),
+        ("<sop>", tok.sop_id(), s.sop),
+        ("eos", tok.eos_id(), s.eos),
+    ];
     for (name, from_tok, from_cfg) in pairs {
         if from_tok != from_cfg {
             return Err(Error::Usage(format!(
@@ -143,11 +183,15 @@ pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result
 pub fn cuda_preflight() -> Result<()> {
     // SAFETY: only probes whether libcuda can be loaded.
     if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::Usage("--device cuda: the CUDA driver library (libcuda) is not installed".into()));
+        return Err(Error::Usage(
+            "--device cuda: the CUDA driver library (libcuda) is not installed".into(),
+        ));
     }
     match cudarc::driver::CudaContext::device_count() {
         Ok(n) if n > 0 => Ok(()),
         Ok(_) => Err(Error::Usage("--device cuda: no CUDA device present".into())),
-        Err(e) => Err(Error::Usage(format!("--device cuda: CUDA driver error: {e:?}"))),
+        Err(e) => Err(Error::Usage(format!(
+            "--device cuda: CUDA driver error: {e:?}"
+        ))),
     }
 }

@@ -61,7 +61,11 @@ pub fn fill_blanks<B: Backend>(
         let Some(mask_position) = seq.iter().position(|&t| t == mask_id) else {
             break;
         };
-        let blank = BlankInput { tokens: [seq.as_slice(), &[specials.sop]].concat(), mask_position, kind: prompt.kind };
+        let blank = BlankInput {
+            tokens: [seq.as_slice(), &[specials.sop]].concat(),
+            mask_position,
+            kind: prompt.kind,
+        };
         let sop_index = blank.context_length() - 1;
         let max_gen_length = out_seq_length.checked_sub(blank.context_length()).filter(|&m| m > 0).ok_or_else(|| {
             Error::Prompt(format!(
@@ -82,7 +86,12 @@ pub fn fill_blanks<B: Backend>(
         let mut new_blanks = Vec::new();
         for h in &hypotheses {
             let fill = crate::generate::generated_tokens(h, blank.context_length(), &end_tokens);
-            let spliced = [&seq[..mask_position], fill.as_slice(), &seq[mask_position + 1..sop_index]].concat();
+            let spliced = [
+                &seq[..mask_position],
+                fill.as_slice(),
+                &seq[mask_position + 1..sop_index],
+            ]
+            .concat();
             let mut b = previous.clone();
             b.push(fill);
             new_blanks.push(b);
@@ -103,5 +112,9 @@ pub fn fill_blanks<B: Backend>(
             out.pop();
         }
     }
-    Ok(FillResult { sequences: outputs, blanks, iterations })
+    Ok(FillResult {
+        sequences: outputs,
+        blanks,
+        iterations,
+    })
 }

@@ -61,7 +61,12 @@ impl GenerationSample {
         }
         let mut position_ids = context_positions;
         position_ids.extend_from_slice(target_position_ids);
-        Self { tokens, context_length, position_ids, mask }
+        Self {
+            tokens,
+            context_length,
+            position_ids,
+            mask,
+        }
     }
 
     fn total(&self) -> usize {
@@ -80,15 +85,22 @@ pub fn batch_filling_sequence<B: Backend>(
     strategy: &mut dyn Strategy,
     on_step: &mut StepCallback<'_>,
 ) -> Result<Vec<Vec<Hypothesis>>> {
-    let first = samples.first().ok_or_else(|| Error::Prompt("empty batch".into()))?;
+    let first = samples
+        .first()
+        .ok_or_else(|| Error::Prompt("empty batch".into()))?;
     let width = first.tokens.len();
     let total = first.total();
     for s in samples {
         if s.tokens.len() != width || s.total() != total || s.mask.len() != total * total {
-            return Err(Error::Prompt("samples of a batch must share context width and total length".into()));
+            return Err(Error::Prompt(
+                "samples of a batch must share context width and total length".into(),
+            ));
         }
         if s.context_length == 0 || s.context_length > width {
-            return Err(Error::Prompt(format!("context length {} outside 1..={width}", s.context_length)));
+            return Err(Error::Prompt(format!(
+                "context length {} outside 1..={width}",
+                s.context_length
+            )));
         }
         model.check_input(&s.tokens, &s.position_ids)?;
     }
@@ -99,7 +111,10 @@ pub fn batch_filling_sequence<B: Backend>(
     }
     let device = model.word_embeddings.val().device();
     let vocab = model.config().vocab_size;
-    let mut tokens: Vec<Vec<i64>> = samples.iter().map(|s| s.tokens.iter().map(|&t| t as i64).collect()).collect();
+    let mut tokens: Vec<Vec<i64>> = samples
+        .iter()
+        .map(|s| s.tokens.iter().map(|&t| t as i64).collect())
+        .collect();
     // Which sample's positions/mask each row uses (beams share their sample's layout).
     let mut row_sample: Vec<usize> = (0..samples.len()).collect();
     let mut cache = model.new_cache();
@@ -115,7 +130,11 @@ pub fn batch_filling_sequence<B: Backend>(
             let s = &samples[row_sample[r]];
             // Finished rows carry −1; the original's vocab-parallel embedding maps it to zeros,
             // any id works since those rows are never read again.
-            tok.extend(row[index..=counter].iter().map(|&t| if t == DONE { 0 } else { t }));
+            tok.extend(
+                row[index..=counter]
+                    .iter()
+                    .map(|&t| if t == DONE { 0 } else { t }),
+            );
             pos.extend(s.position_ids[index..=counter].iter().map(|&p| p as i64));
             for i in index..=counter {
                 mask.extend_from_slice(&s.mask[i * total..i * total + counter + 1]);
@@ -123,14 +142,33 @@ pub fn batch_filling_sequence<B: Backend>(
         }
         let tok = Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [rows, n]), &device);
         let pos = Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [rows, n]), &device);
-        let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, n, counter + 1]), &device);
+        let mask = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(mask, [rows, 1, n, counter + 1]),
+            &device,
+        );
         let first_step = counter == width - 1;
         let ragged = first_step && samples.iter().any(|s| s.context_length != width);
         let logits = if ragged {
             // Each sample's first token comes from its own last context row.
-            let out = model.forward_with(tok, pos, mask, Some(&mut cache), ForwardOptions { hidden_states: true, last_only: true });
-            let hidden = out.hidden_states.last().cloned().ok_or_else(|| Error::Prompt("model has no layers".into()))?;
-            let rows_idx: Vec<i64> = samples.iter().map(|s| (s.context_length - 1) as i64).collect();
+            let out = model.forward_with(
+                tok,
+                pos,
+                mask,
+                Some(&mut cache),
+                ForwardOptions {
+                    hidden_states: true,
+                    last_only: true,
+                },
+            );
+            let hidden = out
+                .hidden_states
+                .last()
+                .cloned()
+                .ok_or_else(|| Error::Prompt("model has no layers".into()))?;
+            let rows_idx: Vec<i64> = samples
+                .iter()
+                .map(|s| (s.context_length - 1) as i64)
+                .collect();
             let hdim = hidden.dims()[2];
             let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows_idx, [rows]), &device)
                 .reshape([rows, 1, 1])
@@ -139,7 +177,16 @@ pub fn batch_filling_sequence<B: Backend>(
             model.logits(model.final_layernorm.forward(picked))
         } else {
             model
-                .forward_with(tok, pos, mask, Some(&mut cache), ForwardOptions { hidden_states: false, last_only: true })
+                .forward_with(
+                    tok,
+                    pos,
+                    mask,
+                    Some(&mut cache),
+                    ForwardOptions {
+                        hidden_states: false,
+                        last_only: true,
+                    },
+                )
                 .logits
         };
         let host: Vec<f32> = logits
@@ -153,7 +200,10 @@ pub fn batch_filling_sequence<B: Backend>(
         if let Some(parents) = strategy.step(&host, vocab, &mut tokens) {
             let idx: Vec<i64> = parents.iter().map(|&p| p as i64).collect();
             let len = idx.len();
-            cache.select_batch(Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [len]), &device));
+            cache.select_batch(Tensor::<B, 1, Int>::from_data(
+                TensorData::new(idx, [len]),
+                &device,
+            ));
             row_sample = parents.iter().map(|&p| row_sample[p]).collect();
         }
         on_step(&tokens);
@@ -172,5 +222,8 @@ pub fn generated_tokens(h: &Hypothesis, context_width: usize, end_tokens: &[u32]
     if unfinished > 0 && end_tokens.contains(&(line[unfinished - 1] as u32)) {
         unfinished -= 1;
     }
-    line[context_width.min(unfinished)..unfinished].iter().map(|&t| t as u32).collect()
+    line[context_width.min(unfinished)..unfinished]
+        .iter()
+        .map(|&t| t as u32)
+        .collect()
 }

@@ -22,8 +22,8 @@
 
 pub mod beam;
 pub mod cli;
-pub mod eval;
 pub mod error;
+pub mod eval;
 pub mod fill;
 pub mod generate;
 pub mod prompt;

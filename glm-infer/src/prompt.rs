@@ -33,11 +33,17 @@ pub struct IdCodec;
 impl TextCodec for IdCodec {
     fn tokenize(&self, text: &str) -> Result<Vec<u32>> {
         text.split_whitespace()
-            .map(|w| w.parse::<u32>().map_err(|_| Error::Prompt(format!("`{w}` is not a token id"))))
+            .map(|w| {
+                w.parse::<u32>()
+                    .map_err(|_| Error::Prompt(format!("`{w}` is not a token id")))
+            })
             .collect()
     }
     fn detokenize(&self, ids: &[u32]) -> String {
-        ids.iter().map(|i| i.to_string()).collect::<Vec<_>>().join(" ")
+        ids.iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 }
 
@@ -52,8 +58,11 @@ pub struct Prompt {
     pub raw_text: String,
 }
 
-const MASK_LITERALS: [(&str, MaskKind); 3] =
-    [("[MASK]", MaskKind::Mask), ("[sMASK]", MaskKind::SMask), ("[gMASK]", MaskKind::GMask)];
+const MASK_LITERALS: [(&str, MaskKind); 3] = [
+    ("[MASK]", MaskKind::Mask),
+    ("[sMASK]", MaskKind::SMask),
+    ("[gMASK]", MaskKind::GMask),
+];
 
 /// Splits `text` at every `[MASK]`, `[sMASK]`, `[gMASK]` (the regex `\[[sg]?MASK\]`).
 pub fn split_masks(text: &str) -> (Vec<&str>, Vec<MaskKind>) {
@@ -115,7 +124,11 @@ pub fn build_prompt(
             tokens.len()
         )));
     }
-    Ok(Prompt { tokens, kind, raw_text: raw })
+    Ok(Prompt {
+        tokens,
+        kind,
+        raw_text: raw,
+    })
 }
 
 #[cfg(test)]
@@ -162,6 +175,9 @@ mod tests {
     fn split_finds_masks_in_order() {
         let (segs, masks) = split_masks("a[gMASK]b[MASK][sMASK]");
         assert_eq!(segs, vec!["a", "b", "", ""]);
-        assert_eq!(masks, vec![MaskKind::GMask, MaskKind::Mask, MaskKind::SMask]);
+        assert_eq!(
+            masks,
+            vec![MaskKind::GMask, MaskKind::Mask, MaskKind::SMask]
+        );
     }
 }

@@ -51,13 +51,23 @@ impl BaseStrategy {
     /// Checks the parameters and seeds the RNG.
     pub fn new(config: SamplingConfig) -> Result<Self> {
         if !(config.temperature.is_finite() && config.temperature > 0.0) {
-            return Err(Error::Strategy(format!("temperature must be > 0, got {}", config.temperature)));
+            return Err(Error::Strategy(format!(
+                "temperature must be > 0, got {}",
+                config.temperature
+            )));
         }
         if !(0.0..=1.0).contains(&config.top_p) {
-            return Err(Error::Strategy(format!("top_p must be in [0, 1], got {}", config.top_p)));
+            return Err(Error::Strategy(format!(
+                "top_p must be in [0, 1], got {}",
+                config.top_p
+            )));
         }
         let rng = StdRng::seed_from_u64(config.seed);
-        Ok(Self { config, rng, done: Vec::new() })
+        Ok(Self {
+            config,
+            rng,
+            done: Vec::new(),
+        })
     }
 
     /// The parameters.
@@ -91,7 +101,9 @@ pub fn top_k_filter(row: &mut [f32], k: usize) {
     let mut sorted: Vec<f32> = row.to_vec();
     let (_, kth, _) = sorted.select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a));
     let kth = *kth;
-    row.iter_mut().filter(|x| **x < kth).for_each(|x| *x = FILTER_VALUE);
+    row.iter_mut()
+        .filter(|x| **x < kth)
+        .for_each(|x| *x = FILTER_VALUE);
 }
 
 /// Nucleus filter: sort descending, cumulative softmax, drop tokens whose cumulative probability
@@ -119,7 +131,12 @@ pub fn top_p_filter(row: &mut [f32], p: f32) {
 }
 
 impl Strategy for BaseStrategy {
-    fn step(&mut self, logits: &[f32], vocab: usize, tokens: &mut Vec<Vec<i64>>) -> Option<Vec<usize>> {
+    fn step(
+        &mut self,
+        logits: &[f32],
+        vocab: usize,
+        tokens: &mut Vec<Vec<i64>>,
+    ) -> Option<Vec<usize>> {
         let batch = tokens.len();
         if self.done.len() != batch {
             self.done = vec![false; batch];
@@ -148,7 +165,13 @@ impl Strategy for BaseStrategy {
         self.done.clear();
         tokens
             .into_iter()
-            .map(|t| vec![Hypothesis { tokens: t, penalized_score: None, raw_score: None }])
+            .map(|t| {
+                vec![Hypothesis {
+                    tokens: t,
+                    penalized_score: None,
+                    raw_score: None,
+                }]
+            })
             .collect()
     }
 
@@ -184,7 +207,10 @@ mod tests {
     fn top_k_keeps_ties_and_filters_the_rest() {
         let mut row = vec![1.0, 3.0, 2.0, 3.0, 0.5];
         top_k_filter(&mut row, 2);
-        assert_eq!(row, vec![FILTER_VALUE, 3.0, FILTER_VALUE, 3.0, FILTER_VALUE]);
+        assert_eq!(
+            row,
+            vec![FILTER_VALUE, 3.0, FILTER_VALUE, 3.0, FILTER_VALUE]
+        );
         let mut row = vec![1.0, 3.0, 2.0];
         top_k_filter(&mut row, 2);
         assert_eq!(row, vec![FILTER_VALUE, 3.0, 2.0]);
@@ -198,10 +224,18 @@ mod tests {
         // probs ≈ [0.6652, 0.2447, 0.0900] for logits [2, 1, 0].
         let mut row = vec![0.0, 2.0, 1.0];
         top_p_filter(&mut row, 0.5);
-        assert_eq!(row, vec![FILTER_VALUE, 2.0, FILTER_VALUE], "top token always kept");
+        assert_eq!(
+            row,
+            vec![FILTER_VALUE, 2.0, FILTER_VALUE],
+            "top token always kept"
+        );
         let mut row = vec![0.0, 2.0, 1.0];
         top_p_filter(&mut row, 0.7);
-        assert_eq!(row, vec![FILTER_VALUE, 2.0, 1.0], "0.665 < 0.7: the second token crosses and stays");
+        assert_eq!(
+            row,
+            vec![FILTER_VALUE, 2.0, 1.0],
+            "0.665 < 0.7: the second token crosses and stays"
+        );
         let mut row = vec![0.0, 2.0, 1.0];
         top_p_filter(&mut row, 0.95);
         assert_eq!(row, vec![0.0, 2.0, 1.0]);
@@ -228,7 +262,11 @@ mod tests {
     fn greedy_picks_the_argmax_and_marks_end_tokens() {
         let mut s = BaseStrategy::new(SamplingConfig::greedy(vec![3])).unwrap();
         let mut tokens = vec![vec![0i64], vec![0]];
-        s.step(&[0.1, 0.9, 0.2, 0.0, /* row 1 */ 0.0, 0.0, 0.0, 5.0], 4, &mut tokens);
+        s.step(
+            &[0.1, 0.9, 0.2, 0.0, /* row 1 */ 0.0, 0.0, 0.0, 5.0],
+            4,
+            &mut tokens,
+        );
         assert_eq!(tokens, vec![vec![0, 1], vec![0, 3]]);
         assert!(!s.is_done());
         s.step(&[0.0, 0.0, 0.0, 9.0, 1.0, 0.0, 0.0, 0.0], 4, &mut tokens);
@@ -238,7 +276,14 @@ mod tests {
 
     #[test]
     fn sampling_is_reproducible_under_a_seed() {
-        let cfg = SamplingConfig { temperature: 1.0, top_k: 0, top_p: 0.0, invalid_tokens: vec![], end_tokens: vec![], seed: 7 };
+        let cfg = SamplingConfig {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.0,
+            invalid_tokens: vec![],
+            end_tokens: vec![],
+            seed: 7,
+        };
         let logits: Vec<f32> = (0..50).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
         let run = |cfg: SamplingConfig| {
             let mut s = BaseStrategy::new(cfg).unwrap();
@@ -250,6 +295,10 @@ mod tests {
         };
         assert_eq!(run(cfg.clone()), run(cfg.clone()));
         assert_ne!(run(cfg.clone()), run(SamplingConfig { seed: 8, ..cfg }));
-        assert!(BaseStrategy::new(SamplingConfig { temperature: 0.0, ..SamplingConfig::greedy(vec![]) }).is_err());
+        assert!(BaseStrategy::new(SamplingConfig {
+            temperature: 0.0,
+            ..SamplingConfig::greedy(vec![])
+        })
+        .is_err());
     }
 }

@@ -20,7 +20,12 @@ pub trait Strategy {
     /// One step. `logits` is `[rows, vocab]` row-major (f32); `tokens` holds every live row's
     /// sequence and gets the new token appended (rows may be replaced). Returns, when the rows
     /// were reordered or expanded, the parent row of each new row (the KV cache follows it).
-    fn step(&mut self, logits: &[f32], vocab: usize, tokens: &mut Vec<Vec<i64>>) -> Option<Vec<usize>>;
+    fn step(
+        &mut self,
+        logits: &[f32],
+        vocab: usize,
+        tokens: &mut Vec<Vec<i64>>,
+    ) -> Option<Vec<usize>>;
 
     /// Whether every batch entry is finished.
     fn is_done(&self) -> bool;

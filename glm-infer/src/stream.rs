@@ -16,7 +16,12 @@ pub struct TokenStream<'a> {
 impl<'a> TokenStream<'a> {
     /// Streams tokens generated after `context_len` positions.
     pub fn new(tokenizer: &'a Tokenizer, context_len: usize, end_tokens: Vec<u32>) -> Self {
-        Self { decoder: tokenizer.stream_decoder(), seen: context_len, end_tokens, finished: false }
+        Self {
+            decoder: tokenizer.stream_decoder(),
+            seen: context_len,
+            end_tokens,
+            finished: false,
+        }
     }
 
     /// Feeds the rows after a step; returns the new text of row 0 (possibly empty).

@@ -6,12 +6,15 @@ mod common;
 
 use common::*;
 use glm_infer::{
-    batch_filling_sequence, build_prompt, fill_blanks, generated_tokens, BaseStrategy, BeamConfig, BeamSearchStrategy,
-    GenerationSample, IdCodec, SamplingConfig,
+    batch_filling_sequence, build_prompt, fill_blanks, generated_tokens, BaseStrategy, BeamConfig,
+    BeamSearchStrategy, GenerationSample, IdCodec, SamplingConfig,
 };
 
 fn end_tokens(json: &serde_json::Value) -> Vec<u32> {
-    vec![json["end_tokens"]["eop"].as_u64().unwrap() as u32, json["end_tokens"]["eos"].as_u64().unwrap() as u32]
+    vec![
+        json["end_tokens"]["eop"].as_u64().unwrap() as u32,
+        json["end_tokens"]["eos"].as_u64().unwrap() as u32,
+    ]
 }
 
 #[test]
@@ -25,17 +28,42 @@ fn greedy_fill_blanks_matches_the_original() {
         if case.get("prompt_text").is_none() {
             continue;
         }
-        let prompt = build_prompt(case["prompt_text"].as_str().unwrap(), &IdCodec, &cfg.special_tokens, cfg.max_sequence_length).unwrap();
+        let prompt = build_prompt(
+            case["prompt_text"].as_str().unwrap(),
+            &IdCodec,
+            &cfg.special_tokens,
+            cfg.max_sequence_length,
+        )
+        .unwrap();
         let input = ints(&case["input_tokens"]);
-        assert_eq!([prompt.tokens.as_slice(), &[cfg.special_tokens.sop]].concat(), input, "{name}: input rules");
+        assert_eq!(
+            [prompt.tokens.as_slice(), &[cfg.special_tokens.sop]].concat(),
+            input,
+            "{name}: input rules"
+        );
         let want = ints(&case["generated_tokens"]);
         let mut greedy = BaseStrategy::new(SamplingConfig::greedy(ends.clone())).unwrap();
-        let out = fill_blanks(&model, &prompt, &mut greedy, input.len() + want.len(), &mut |_| {}).unwrap();
+        let out = fill_blanks(
+            &model,
+            &prompt,
+            &mut greedy,
+            input.len() + want.len(),
+            &mut |_| {},
+        )
+        .unwrap();
         let it = &out.iterations[0];
-        assert_eq!(it.mask_position as u64, case["mask_position"].as_u64().unwrap(), "{name}");
+        assert_eq!(
+            it.mask_position as u64,
+            case["mask_position"].as_u64().unwrap(),
+            "{name}"
+        );
         let generated = generated_tokens(&it.hypotheses[0], input.len(), &[]);
         assert_eq!(generated, want, "{name}: greedy tokens");
-        assert_eq!(IdCodec_answer(&out.sequences[0]), case["fill_blanks_answer"].as_str().unwrap(), "{name}: answer");
+        assert_eq!(
+            IdCodec_answer(&out.sequences[0]),
+            case["fill_blanks_answer"].as_str().unwrap(),
+            "{name}: answer"
+        );
         checked += 1;
     }
     assert!(checked >= 2);
@@ -55,18 +83,33 @@ fn batched_greedy_matches_the_evaluation_path() {
     let cases = read_json("cases.json");
     let mut checked = 0;
     for (name, case) in json.as_object().unwrap() {
-        let Some(forward_case) = case.get("forward_case").and_then(|v| v.as_str()) else { continue };
+        let Some(forward_case) = case.get("forward_case").and_then(|v| v.as_str()) else {
+            continue;
+        };
         if case.get("prompt_text").is_some() {
             continue;
         }
-        let fc = cases["cases"].as_array().unwrap().iter().find(|c| c["name"] == forward_case).expect("forward case");
+        let fc = cases["cases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == forward_case)
+            .expect("forward case");
         let tokens = ints2(&fc["tokens"]);
         let positions = ints2(&fc["position_ids"]);
         let masks = masks(&fc["attention_mask"]);
         let ctx = ints(&fc["context_lengths"]);
         let targets = ints2(&fc["target_position_ids"]);
         let samples: Vec<GenerationSample> = (0..tokens.len())
-            .map(|b| GenerationSample::evaluation(tokens[b].clone(), ctx[b] as usize, positions[b].clone(), &masks[b], &targets[b]))
+            .map(|b| {
+                GenerationSample::evaluation(
+                    tokens[b].clone(),
+                    ctx[b] as usize,
+                    positions[b].clone(),
+                    &masks[b],
+                    &targets[b],
+                )
+            })
             .collect();
         let mut greedy = BaseStrategy::new(SamplingConfig::greedy(ends.clone())).unwrap();
         let out = batch_filling_sequence(&model, &samples, &mut greedy, &mut |_| {}).unwrap();
@@ -92,7 +135,13 @@ fn every_beam_matches_the_original() {
     for (k, run) in runs.iter().enumerate() {
         let prompt_name = run["prompt"].as_str().unwrap();
         let p = &json["prompts"][prompt_name];
-        let prompt = build_prompt(p["raw_text"].as_str().unwrap(), &IdCodec, &cfg.special_tokens, cfg.max_sequence_length).unwrap();
+        let prompt = build_prompt(
+            p["raw_text"].as_str().unwrap(),
+            &IdCodec,
+            &cfg.special_tokens,
+            cfg.max_sequence_length,
+        )
+        .unwrap();
         let input = ints(&p["input_tokens"]);
         assert_eq!(prompt.tokens.len() + 1, input.len());
         let mut beam = BeamSearchStrategy::new(BeamConfig {
@@ -109,9 +158,23 @@ fn every_beam_matches_the_original() {
         .unwrap();
         let max_new = run["max_new_tokens"].as_u64().unwrap() as usize;
         let mut steps = 0;
-        let out = fill_blanks(&model, &prompt, &mut beam, input.len() + max_new, &mut |_| steps += 1).unwrap();
-        let tag = format!("run {k} ({prompt_name} lp={} ng={} mgl={})", run["length_penalty"], run["no_repeat_ngram_size"], run["min_gen_length"]);
-        assert_eq!(steps as u64, run["num_steps"].as_u64().unwrap(), "{tag}: steps");
+        let out = fill_blanks(
+            &model,
+            &prompt,
+            &mut beam,
+            input.len() + max_new,
+            &mut |_| steps += 1,
+        )
+        .unwrap();
+        let tag = format!(
+            "run {k} ({prompt_name} lp={} ng={} mgl={})",
+            run["length_penalty"], run["no_repeat_ngram_size"], run["min_gen_length"]
+        );
+        assert_eq!(
+            steps as u64,
+            run["num_steps"].as_u64().unwrap(),
+            "{tag}: steps"
+        );
         let hyps = &out.iterations[0].hypotheses;
         let want = run["final_beams"].as_array().unwrap();
         assert_eq!(hyps.len(), want.len(), "{tag}: beam count");
@@ -120,14 +183,29 @@ fn every_beam_matches_the_original() {
             assert_eq!(tokens, ints(&w["tokens"]), "{tag}: beam {i} tokens");
             let got = h.penalized_score.unwrap();
             let exp = w["penalized_score"].as_f64().unwrap() as f32;
-            assert!((got - exp).abs() <= tol, "{tag}: beam {i} penalized {got} vs {exp}");
+            assert!(
+                (got - exp).abs() <= tol,
+                "{tag}: beam {i} penalized {got} vs {exp}"
+            );
             let raw = h.raw_score.unwrap();
             let exp_raw = w["raw_score"].as_f64().unwrap() as f32;
-            assert!((raw - exp_raw).abs() <= tol, "{tag}: beam {i} raw {raw} vs {exp_raw}");
+            assert!(
+                (raw - exp_raw).abs() <= tol,
+                "{tag}: beam {i} raw {raw} vs {exp_raw}"
+            );
         }
-        assert_eq!(out.blanks[0][0], ints(&run["chosen_generated"]), "{tag}: chosen");
+        assert_eq!(
+            out.blanks[0][0],
+            ints(&run["chosen_generated"]),
+            "{tag}: chosen"
+        );
         let answers: Vec<String> = out.sequences.iter().map(|s| IdCodec_answer(s)).collect();
-        let want_answers: Vec<String> = run["fill_blanks_answers"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+        let want_answers: Vec<String> = run["fill_blanks_answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
         assert_eq!(answers, want_answers, "{tag}: fill_blanks answers");
     }
 }
@@ -139,24 +217,66 @@ fn every_multimask_iteration_matches_the_original() {
     let json = read_json("multimask.json");
     let ends = vec![cfg.special_tokens.eop, cfg.special_tokens.eos];
     for (name, p) in json["prompts"].as_object().unwrap() {
-        let prompt = build_prompt(p["raw_text"].as_str().unwrap(), &IdCodec, &cfg.special_tokens, cfg.max_sequence_length).unwrap();
-        assert_eq!(prompt.tokens, ints(&p["initial_sequence"]), "{name}: initial sequence");
+        let prompt = build_prompt(
+            p["raw_text"].as_str().unwrap(),
+            &IdCodec,
+            &cfg.special_tokens,
+            cfg.max_sequence_length,
+        )
+        .unwrap();
+        assert_eq!(
+            prompt.tokens,
+            ints(&p["initial_sequence"]),
+            "{name}: initial sequence"
+        );
         let mut greedy = BaseStrategy::new(SamplingConfig::greedy(ends.clone())).unwrap();
         let out_len = p["out_seq_length"].as_u64().unwrap() as usize;
         let out = fill_blanks(&model, &prompt, &mut greedy, out_len, &mut |_| {}).unwrap();
         let iters = p["iterations"].as_array().unwrap();
         assert_eq!(out.iterations.len(), iters.len(), "{name}: iterations");
         for (i, (ours, want)) in out.iterations.iter().zip(iters).enumerate() {
-            assert_eq!(ours.mask_position as u64, want["mask_position"].as_u64().unwrap(), "{name} #{i}");
-            assert_eq!(ours.input_tokens, ints(&want["input_tokens"]), "{name} #{i}: input");
-            assert_eq!(ours.max_gen_length as u64, want["max_gen_length"].as_u64().unwrap(), "{name} #{i}: budget");
+            assert_eq!(
+                ours.mask_position as u64,
+                want["mask_position"].as_u64().unwrap(),
+                "{name} #{i}"
+            );
+            assert_eq!(
+                ours.input_tokens,
+                ints(&want["input_tokens"]),
+                "{name} #{i}: input"
+            );
+            assert_eq!(
+                ours.max_gen_length as u64,
+                want["max_gen_length"].as_u64().unwrap(),
+                "{name} #{i}: budget"
+            );
             let generated = generated_tokens(&ours.hypotheses[0], ours.input_tokens.len(), &[]);
-            assert_eq!(generated, ints(&want["generated_tokens"]), "{name} #{i}: generated");
-            assert_eq!(ours.blank_tokens, ints(&want["blank_tokens"]), "{name} #{i}: blank");
-            assert_eq!(ours.sequence_after, ints(&want["sequence_after"]), "{name} #{i}: sequence after");
-            let blank = glm_core::blank::BlankInput { tokens: ours.input_tokens.clone(), mask_position: ours.mask_position, kind: prompt.kind };
+            assert_eq!(
+                generated,
+                ints(&want["generated_tokens"]),
+                "{name} #{i}: generated"
+            );
+            assert_eq!(
+                ours.blank_tokens,
+                ints(&want["blank_tokens"]),
+                "{name} #{i}: blank"
+            );
+            assert_eq!(
+                ours.sequence_after,
+                ints(&want["sequence_after"]),
+                "{name} #{i}: sequence after"
+            );
+            let blank = glm_core::blank::BlankInput {
+                tokens: ours.input_tokens.clone(),
+                mask_position: ours.mask_position,
+                kind: prompt.kind,
+            };
             let n = ints(&want["position_ids"]).len();
-            assert_eq!(blank.position_ids(n), ints(&want["position_ids"]), "{name} #{i}: positions");
+            assert_eq!(
+                blank.position_ids(n),
+                ints(&want["position_ids"]),
+                "{name} #{i}: positions"
+            );
         }
     }
 }

@@ -14,10 +14,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(PathBuf::from)
         .unwrap_or_else(|| std::env::temp_dir().join("glm-quickstart"));
     let config = glm_core::data_dir::workspace_root().join("examples/configs/quickstart.json");
-    println!("training on the bundled corpus ({}), checkpoints in {}", config.display(), out.display());
+    println!(
+        "training on the bundled corpus ({}), checkpoints in {}",
+        config.display(),
+        out.display()
+    );
     let trained = glm_train::quickstart::quickstart(&config, &out, true)?;
     if let (Some(first), Some(last)) = (trained.metrics.first(), trained.metrics.last()) {
-        println!("loss {:.3} -> {:.3} over {} steps", first.loss, last.loss, trained.metrics.len());
+        println!(
+            "loss {:.3} -> {:.3} over {} steps",
+            first.loss,
+            last.loss,
+            trained.metrics.len()
+        );
     }
     let model = &trained.model;
     let cfg = model.config();
@@ -33,8 +42,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut greedy = BaseStrategy::new(SamplingConfig::greedy(s.end_tokens().to_vec()))?;
         let budget = (prompt.tokens.len() + 1 + 16).min(cfg.max_sequence_length);
         let filled = fill_blanks(model, &prompt, &mut greedy, budget, &mut |_| {})?;
-        let blanks: Vec<String> = filled.blanks[0].iter().map(|b| trained.tokenizer.detokenize(b)).collect();
-        println!("\nprompt : {}\nanswer : {}\nblanks : {:?}", prompt.raw_text, trained.tokenizer.detokenize(&filled.sequences[0]), blanks);
+        let blanks: Vec<String> = filled.blanks[0]
+            .iter()
+            .map(|b| trained.tokenizer.detokenize(b))
+            .collect();
+        println!(
+            "\nprompt : {}\nanswer : {}\nblanks : {:?}",
+            prompt.raw_text,
+            trained.tokenizer.detokenize(&filled.sequences[0]),
+            blanks
+        );
     }
     Ok(())
 }

@@ -50,7 +50,9 @@ pub fn check_source(
         if found != num_layers {
             return Err(Error::ConfigMismatch {
                 file,
-                reason: format!("checkpoint has {found} layers, config says num_layers = {num_layers}"),
+                reason: format!(
+                    "checkpoint has {found} layers, config says num_layers = {num_layers}"
+                ),
             });
         }
     }

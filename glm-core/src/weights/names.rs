@@ -48,12 +48,24 @@ pub fn param_specs(config: &GlmConfig) -> Vec<ParamSpec> {
             push(format!("{p}{ln}.bias"), vec![h], ParamKind::Float);
         }
         for (name, out, inp) in linears {
-            push(format!("{p}{name}.weight"), vec![out, inp], ParamKind::LinearWeight);
+            push(
+                format!("{p}{name}.weight"),
+                vec![out, inp],
+                ParamKind::LinearWeight,
+            );
             push(format!("{p}{name}.bias"), vec![out], ParamKind::Float);
         }
     }
-    push("transformer.final_layernorm.weight".into(), vec![h], ParamKind::Float);
-    push("transformer.final_layernorm.bias".into(), vec![h], ParamKind::Float);
+    push(
+        "transformer.final_layernorm.weight".into(),
+        vec![h],
+        ParamKind::Float,
+    );
+    push(
+        "transformer.final_layernorm.bias".into(),
+        vec![h],
+        ParamKind::Float,
+    );
     specs
 }
 

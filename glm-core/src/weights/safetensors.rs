@@ -84,8 +84,14 @@ impl WeightSource for SafetensorsFile {
         let bytes = self
             .mmap
             .get(self.data_start + start..self.data_start + end)
-            .ok_or_else(|| Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file")))?;
-        Ok(TensorData::from_bytes_vec(bytes.to_vec(), info.shape.clone(), dtype))
+            .ok_or_else(|| {
+                Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file"))
+            })?;
+        Ok(TensorData::from_bytes_vec(
+            bytes.to_vec(),
+            info.shape.clone(),
+            dtype,
+        ))
     }
 }
 

@@ -72,7 +72,9 @@ pub fn merge_tp_shards(name: &str, rule: SplitRule, shards: Vec<TensorData>) -> 
     if tp == 1 || rule == SplitRule::Replicated {
         return Ok(shards.into_iter().next().unwrap_or_else(|| unreachable!()));
     }
-    let rows = *shape.first().ok_or_else(|| bad("scalar tensor cannot be split".into()))?;
+    let rows = *shape
+        .first()
+        .ok_or_else(|| bad("scalar tensor cannot be split".into()))?;
     let row_elems: usize = shape[1..].iter().product();
     let esize = dtype.size();
     let row_bytes = row_elems * esize;
@@ -146,7 +148,10 @@ impl SatCheckpoint {
             .trim()
             .to_string();
         if iteration.is_empty() || iteration.contains(['/', '\\']) || iteration.starts_with('.') {
-            return Err(Error::corrupt(&latest, format!("bad iteration name {iteration:?}")));
+            return Err(Error::corrupt(
+                &latest,
+                format!("bad iteration name {iteration:?}"),
+            ));
         }
         let dir = folder.join(&iteration);
         let mut shard_paths = Vec::new();
@@ -175,7 +180,10 @@ impl SatCheckpoint {
             let mut other = s.keys();
             other.sort();
             if other != names {
-                return Err(Error::corrupt(p, "shard holds different tensor names than rank 0"));
+                return Err(Error::corrupt(
+                    p,
+                    "shard holds different tensor names than rank 0",
+                ));
             }
         }
         Ok(Self {

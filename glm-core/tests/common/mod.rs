@@ -77,15 +77,22 @@ pub fn host<B: Backend, const D: usize>(data: TensorData, device: &B::Device) ->
 }
 
 /// Max |a - b| over rows `[b, s < valid[b], ..]` of `[batch, seq, width]` tensors.
-pub fn max_diff_valid(a: &[f32], b: &[f32], batch: usize, seq: usize, width: usize, valid: &[usize]) -> f32 {
+pub fn max_diff_valid(
+    a: &[f32],
+    b: &[f32],
+    batch: usize,
+    seq: usize,
+    width: usize,
+    valid: &[usize],
+) -> f32 {
     assert_eq!(a.len(), batch * seq * width, "shape of ours");
     assert_eq!(b.len(), batch * seq * width, "shape of golden");
     let mut m = 0f32;
-    for bi in 0..batch {
-        for s in 0..valid[bi] {
+    for (bi, &valid_len) in valid.iter().enumerate().take(batch) {
+        for s in 0..valid_len {
             let o = (bi * seq + s) * width;
-            for k in 0..width {
-                m = m.max((a[o + k] - b[o + k]).abs());
+            for (x, y) in a[o..o + width].iter().zip(&b[o..o + width]) {
+                m = m.max((x - y).abs());
             }
         }
     }

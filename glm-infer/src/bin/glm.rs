@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
+//! glm quantize INPUT OUTPUT --quantization-bit-width 4|8 [--tensor-parallel N]
 //! glm init-random --out DIR [--preset tiny|small|base] [--vocab-size N] [--seed S]
 //! glm evaluate TASK.yaml|DIR ... --model DIR [--data-path ROOT] [--report FILE]
 //! ```
@@ -15,12 +16,16 @@ use clap::{Parser, Subcommand};
 use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision, SpecialTokens};
 use glm_infer::cli::{load_codec, load_config, load_model, parse_dtype, Codec, DeviceKind};
 use glm_infer::{
-    build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result, SamplingConfig, Strategy,
-    TextCodec, TokenStream,
+    build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result,
+    SamplingConfig, Strategy, TextCodec, TokenStream,
 };
 
 #[derive(Parser)]
-#[command(name = "glm", version, about = "GLM-130B in Rust: blank filling and generation")]
+#[command(
+    name = "glm",
+    version,
+    about = "GLM-130B in Rust: blank filling and generation"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -32,6 +37,8 @@ enum Command {
     Generate(GenerateArgs),
     /// Write a randomly initialised model folder (config.json + model.safetensors).
     InitRandom(InitArgs),
+    /// Convert a float checkpoint into an INT8 / INT4 one (GLM-130B's scheme, bit-exact).
+    Quantize(QuantizeArgs),
     /// Run GLM-130B evaluation tasks (task YAMLs / folders) against a model (evaluate.py).
     Evaluate(glm_infer::eval::cli::EvaluateArgs),
 }
@@ -97,6 +104,29 @@ struct GenerateArgs {
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     rotary_fp32: bool,
+    /// Quantize a float checkpoint on load to INT4/INT8 weights (quantized checkpoints load as they are).
+    #[arg(long)]
+    quantization_bit_width: Option<u32>,
+    /// Tensor-parallel degree the row-parallel INT scales are computed for (default: the SAT folder's shard count, else 1).
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+}
+
+#[derive(clap::Args)]
+struct QuantizeArgs {
+    /// A safetensors file, a folder with model.safetensors (+ config.json), or an original SAT folder.
+    input: PathBuf,
+    /// Output folder (gets model.safetensors with the glm_quant marker and a copy of config.json).
+    output: PathBuf,
+    /// 4 or 8.
+    #[arg(long)]
+    quantization_bit_width: u32,
+    /// Tensor-parallel degree of the row-parallel scales (default: the SAT folder's shard count, else 1).
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+    /// dtype of embeddings, biases and LayerNorms: f16 (like the original checkpoints) or f32.
+    #[arg(long, default_value = "f16")]
+    float_dtype: String,
 }
 
 #[derive(clap::Args)]
@@ -122,7 +152,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::InitRandom(args) => init_random(args),
-        Command::Evaluate(args) => glm_infer::eval::cli::run(args).map_err(|e| Error::Usage(e.to_string())),
+        Command::Quantize(args) => quantize(args),
+        Command::Evaluate(args) => {
+            glm_infer::eval::cli::run(args).map_err(|e| Error::Usage(e.to_string()))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -133,12 +166,50 @@ fn main() -> ExitCode {
     }
 }
 
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    let quant =
+        glm_infer::cli::quantize_options(Some(args.quantization_bit_width), args.tensor_parallel)?
+            .ok_or_else(|| Error::Usage("--quantization-bit-width is required".into()))?;
+    let float_dtype = glm_infer::cli::parse_dtype(&args.float_dtype)?;
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tensors {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = glm_core::quantized::convert_checkpoint(
+        &args.input,
+        &args.output,
+        quant,
+        float_dtype,
+        &mut |p| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(p.tensor.to_string());
+        },
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    println!(
+        "wrote {} ({} tensors, {} linears quantized)",
+        report.path.display(),
+        report.tensors,
+        report.quantized
+    );
+    Ok(())
+}
+
 fn init_random(args: InitArgs) -> Result<()> {
     let mut config = match args.preset.as_str() {
         "tiny" => GlmConfig::tiny(),
         "small" => GlmConfig::small(),
         "base" => GlmConfig::base(),
-        other => return Err(Error::Usage(format!("unknown preset `{other}` (tiny, small, base)"))),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown preset `{other}` (tiny, small, base)"
+            )))
+        }
     };
     if let Some(v) = args.vocab_size {
         config.vocab_size = v;
@@ -146,11 +217,23 @@ fn init_random(args: InitArgs) -> Result<()> {
     if args.glm130b_specials {
         config.special_tokens = SpecialTokens::glm_130b();
     }
-    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io { path: args.out.clone(), source: e })?;
-    let model = GlmModel::<burn::backend::Flex>::random(&config, &Default::default(), ModelOptions::default(), args.seed)?;
+    std::fs::create_dir_all(&args.out).map_err(|e| Error::Io {
+        path: args.out.clone(),
+        source: e,
+    })?;
+    let model = GlmModel::<burn::backend::Flex>::random(
+        &config,
+        &Default::default(),
+        ModelOptions::default(),
+        args.seed,
+    )?;
     config.save(args.out.join("config.json"))?;
     model.save_safetensors(args.out.join("model.safetensors"), burn::tensor::DType::F32)?;
-    println!("wrote {} ({} parameters)", args.out.display(), config.num_parameters());
+    println!(
+        "wrote {} ({} parameters)",
+        args.out.display(),
+        config.num_parameters()
+    );
     Ok(())
 }
 
@@ -194,7 +277,9 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
             deterministic: args.deterministic,
             seed: args.seed,
         })?)),
-        other => Err(Error::Usage(format!("unknown strategy {other} (BaseStrategy, BeamSearchStrategy)"))),
+        other => Err(Error::Usage(format!(
+            "unknown strategy {other} (BaseStrategy, BeamSearchStrategy)"
+        ))),
     }
 }
 
@@ -203,16 +288,29 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
     let options = ModelOptions {
         dtype: parse_dtype(&args.dtype)?,
-        rotary: if args.rotary_fp32 { RotaryPrecision::Fp32 } else { RotaryPrecision::Fp16Sat },
+        rotary: if args.rotary_fp32 {
+            RotaryPrecision::Fp32
+        } else {
+            RotaryPrecision::Fp16Sat
+        },
     };
     let spinner = indicatif::ProgressBar::new_spinner();
-    spinner.set_message(format!("loading {} ({} parameters)", args.model.display(), config.num_parameters()));
+    spinner.set_message(format!(
+        "loading {} ({} parameters)",
+        args.model.display(),
+        config.num_parameters()
+    ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let model = load_model::<B>(&args.model, &config, device, options);
+    let quant =
+        glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
+    let model = load_model::<B>(&args.model, &config, device, options, quant);
     spinner.finish_and_clear();
     let model = model?;
     let mut strategy = make_strategy(args, config.special_tokens.end_tokens().to_vec())?;
-    std::fs::create_dir_all(&args.output_path).map_err(|e| Error::Io { path: args.output_path.clone(), source: e })?;
+    std::fs::create_dir_all(&args.output_path).map_err(|e| Error::Io {
+        path: args.output_path.clone(),
+        source: e,
+    })?;
 
     if args.input_source == "interactive" {
         let stdin = std::io::stdin();
@@ -221,8 +319,14 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         loop {
             print!("Please Input Query (stop to exit) >>> ");
             let _ = std::io::stdout().flush();
-            let Some(line) = lines.next() else { println!(); break };
-            let line = line.map_err(|e| Error::Io { path: "<stdin>".into(), source: e })?;
+            let Some(line) = lines.next() else {
+                println!();
+                break;
+            };
+            let line = line.map_err(|e| Error::Io {
+                path: "<stdin>".into(),
+                source: e,
+            })?;
             let line = line.trim_end_matches(['\r', '\n']);
             if line == "stop" {
                 break;
@@ -237,8 +341,15 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         }
     } else {
         let path = PathBuf::from(&args.input_source);
-        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io { path: path.clone(), source: e })?;
-        for (n, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+        let text = std::fs::read_to_string(&path).map_err(|e| Error::Io {
+            path: path.clone(),
+            source: e,
+        })?;
+        for (n, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
             process(args, &model, &codec, strategy.as_mut(), line, n, false)?;
         }
     }
@@ -255,15 +366,20 @@ fn process<B: Backend>(
     stream: bool,
 ) -> Result<()> {
     let (id, raw) = if args.with_id {
-        let (id, raw) = line
-            .split_once('\t')
-            .ok_or_else(|| Error::Usage(format!("--with-id: line {} has no TAB: {line:?}", n + 1)))?;
+        let (id, raw) = line.split_once('\t').ok_or_else(|| {
+            Error::Usage(format!("--with-id: line {} has no TAB: {line:?}", n + 1))
+        })?;
         (Some(id.to_string()), raw)
     } else {
         (None, line)
     };
     let config = model.config();
-    let prompt = build_prompt(raw, codec, &config.special_tokens, config.max_sequence_length)?;
+    let prompt = build_prompt(
+        raw,
+        codec,
+        &config.special_tokens,
+        config.max_sequence_length,
+    )?;
     println!("\nInput: {}", prompt.raw_text);
     let end_tokens = strategy.end_tokens().to_vec();
     let streaming = stream && args.sampling_strategy == "BaseStrategy";
@@ -273,12 +389,18 @@ fn process<B: Backend>(
             let mut streamer: Option<(usize, TokenStream)> = None;
             let mut out = std::io::stdout();
             let r = fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |rows| {
-                let ctx = rows[0].iter().take_while(|&&t| t != config.special_tokens.sop as i64).count() + 1;
+                let ctx = rows[0]
+                    .iter()
+                    .take_while(|&&t| t != config.special_tokens.sop as i64)
+                    .count()
+                    + 1;
                 let s = match &mut streamer {
                     Some((c, s)) if *c == ctx => s,
                     _ => {
                         print!("\n[blank] ");
-                        &mut streamer.insert((ctx, TokenStream::new(tok, ctx, end_tokens.clone()))).1
+                        &mut streamer
+                            .insert((ctx, TokenStream::new(tok, ctx, end_tokens.clone())))
+                            .1
                     }
                 };
                 print!("{}", s.push_rows(rows));
@@ -291,7 +413,11 @@ fn process<B: Backend>(
         }
         _ => fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |_| {})?,
     };
-    let answers: Vec<String> = result.sequences.iter().map(|s| codec.detokenize(s)).collect();
+    let answers: Vec<String> = result
+        .sequences
+        .iter()
+        .map(|s| codec.detokenize(s))
+        .collect();
     if args.print_all_beams && answers.len() > 1 {
         for (i, a) in answers.iter().enumerate() {
             println!("Output beam {i}: {a}");
@@ -301,7 +427,11 @@ fn process<B: Backend>(
     }
     let name = match id {
         Some(id) => format!("{}.txt", sanitize(&id)),
-        None => format!("{:04}-{}.txt", n, sanitize(&raw.chars().take(20).collect::<String>())),
+        None => format!(
+            "{:04}-{}.txt",
+            n,
+            sanitize(&raw.chars().take(20).collect::<String>())
+        ),
     };
     let mut body = answers.join("\n");
     body.push('\n');
@@ -309,7 +439,15 @@ fn process<B: Backend>(
 }
 
 fn sanitize(s: &str) -> String {
-    s.chars().map(|c| if c.is_alphanumeric() || c == '-' || c == '_' { c } else { '_' }).collect()
+    s.chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

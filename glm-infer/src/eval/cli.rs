@@ -18,6 +18,9 @@ pub struct EvaluateArgs {
     /// Task YAML files, or folders searched recursively for `*.yaml`.
     #[arg(required = true)]
     pub tasks: Vec<PathBuf>,
+    /// Quantize a float checkpoint on load (4 or 8), as the original's --quantization-bit-width.
+    #[arg(long)]
+    pub quantization_bit_width: Option<u32>,
     /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
     #[arg(long)]
     pub model: PathBuf,
@@ -137,7 +140,8 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
             RotaryPrecision::Fp16Sat
         },
     };
-    let model = load_model::<B>(&args.model, &config, device, options)?;
+    let quant = crate::cli::quantize_options(args.quantization_bit_width, None)?;
+    let model = load_model::<B>(&args.model, &config, device, options, quant)?;
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),
         token_losses: args.token_losses,

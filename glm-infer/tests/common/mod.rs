@@ -24,12 +24,23 @@ pub fn config() -> GlmConfig {
 }
 
 pub fn model() -> GlmModel<Cpu> {
-    let file = SafetensorsFile::open(fixtures().join("model.safetensors")).expect("model.safetensors");
-    GlmModel::from_source(&config(), &file, &Default::default(), ModelOptions::default()).expect("model")
+    let file =
+        SafetensorsFile::open(fixtures().join("model.safetensors")).expect("model.safetensors");
+    GlmModel::from_source(
+        &config(),
+        &file,
+        &Default::default(),
+        ModelOptions::default(),
+    )
+    .expect("model")
 }
 
 pub fn ints(v: &Value) -> Vec<u32> {
-    v.as_array().expect("array").iter().map(|x| x.as_u64().expect("int") as u32).collect()
+    v.as_array()
+        .expect("array")
+        .iter()
+        .map(|x| x.as_u64().expect("int") as u32)
+        .collect()
 }
 
 pub fn ints2(v: &Value) -> Vec<Vec<u32>> {
@@ -45,7 +56,12 @@ pub fn masks(v: &Value) -> Vec<Vec<bool>> {
             let mut out = Vec::new();
             for h in b.as_array().unwrap() {
                 for row in h.as_array().unwrap() {
-                    out.extend(row.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() != 0));
+                    out.extend(
+                        row.as_array()
+                            .unwrap()
+                            .iter()
+                            .map(|x| x.as_u64().unwrap() != 0),
+                    );
                 }
             }
             out
