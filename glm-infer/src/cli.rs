@@ -37,6 +37,35 @@ impl std::str::FromStr for DeviceKind {
     }
 }
 
+/// Work that runs on whichever backend `--device` picks (generic over the backend type).
+pub trait OnBackend {
+    /// Error type of the work (must accept this crate's usage errors).
+    type Error: From<Error>;
+    /// Runs on backend `B`.
+    fn run<B: Backend>(self, device: &B::Device) -> std::result::Result<(), Self::Error>;
+}
+
+/// Runs `task` on the backend of `kind`: CPU (Flex), or wgpu / CUDA when compiled in (CUDA after a
+/// driver preflight); a backend that was not compiled in is a clear error.
+pub fn dispatch<T: OnBackend>(kind: DeviceKind, task: T) -> std::result::Result<(), T::Error> {
+    match kind {
+        DeviceKind::Cpu => task.run::<burn::backend::Flex>(&Default::default()),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => task.run::<burn::backend::Wgpu>(&Default::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            cuda_preflight()?;
+            task.run::<burn::backend::Cuda>(&Default::default())
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(Error::Usage(format!(
+            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
+            format!("{other:?}").to_lowercase()
+        ))
+        .into()),
+    }
+}
+
 /// Parses `--dtype`.
 pub fn parse_dtype(s: &str) -> Result<DType> {
     match s {

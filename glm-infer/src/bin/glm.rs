@@ -14,7 +14,7 @@ use std::process::ExitCode;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision, SpecialTokens};
-use glm_infer::cli::{load_codec, load_config, load_model, parse_dtype, Codec, DeviceKind};
+use glm_infer::cli::{load_codec, load_config, load_model, parse_dtype, Codec};
 use glm_infer::{
     build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result,
     SamplingConfig, Strategy, TextCodec, TokenStream,
@@ -238,22 +238,14 @@ fn init_random(args: InitArgs) -> Result<()> {
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
-    let device: DeviceKind = args.device.parse()?;
-    match device {
-        DeviceKind::Cpu => run::<burn::backend::Flex>(&args, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => run::<burn::backend::Wgpu>(&args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            glm_infer::cli::cuda_preflight()?;
-            run::<burn::backend::Cuda>(&args, &Default::default())
+    struct Generate(GenerateArgs);
+    impl glm_infer::cli::OnBackend for Generate {
+        type Error = Error;
+        fn run<B: Backend>(self, device: &B::Device) -> Result<()> {
+            run::<B>(&self.0, device)
         }
-        #[allow(unreachable_patterns)]
-        other => Err(Error::Usage(format!(
-            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
-            format!("{other:?}").to_lowercase()
-        ))),
     }
+    glm_infer::cli::dispatch(args.device.parse()?, Generate(args))
 }
 
 fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn Strategy>> {

@@ -105,22 +105,15 @@ impl Observer for Console {
 
 /// Runs `glm evaluate`.
 pub fn run(args: EvaluateArgs) -> EvalResult<()> {
-    let device: DeviceKind = args.device.parse()?;
-    match device {
-        DeviceKind::Cpu => run_on::<burn::backend::Flex>(&args, &Default::default()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => run_on::<burn::backend::Wgpu>(&args, &Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            crate::cli::cuda_preflight()?;
-            run_on::<burn::backend::Cuda>(&args, &Default::default())
+    struct Evaluate(EvaluateArgs);
+    impl crate::cli::OnBackend for Evaluate {
+        type Error = EvalError;
+        fn run<B: Backend>(self, device: &B::Device) -> EvalResult<()> {
+            run_on::<B>(&self.0, device)
         }
-        #[allow(unreachable_patterns)]
-        other => Err(EvalError::Usage(format!(
-            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
-            format!("{other:?}").to_lowercase()
-        ))),
     }
+    let device: DeviceKind = args.device.parse()?;
+    crate::cli::dispatch(device, Evaluate(args))
 }
 
 fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()> {
