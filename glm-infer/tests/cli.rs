@@ -238,6 +238,17 @@ fn bad_arguments_give_clear_errors() {
     assert!(!o.status.success());
     assert!(stderr(&o).contains("missing.model"), "{}", stderr(&o));
 
+    let o = run(
+        &["generate", "--out-seq-length", "100000", "--model"],
+        &[model_dir()],
+    );
+    assert!(!o.status.success());
+    assert!(
+        stderr(&o).contains("exceeds the model's max_sequence_length"),
+        "{}",
+        stderr(&o)
+    );
+
     #[cfg(not(feature = "cuda"))]
     {
         let o = run(&["generate", "--device", "cuda", "--model"], &[model_dir()]);

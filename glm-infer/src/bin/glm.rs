@@ -286,6 +286,14 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             RotaryPrecision::Fp16Sat
         },
     };
+    let quant =
+        glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
+    if args.out_seq_length > config.max_sequence_length {
+        return Err(Error::Usage(format!(
+            "--out-seq-length {} exceeds the model's max_sequence_length {}",
+            args.out_seq_length, config.max_sequence_length
+        )));
+    }
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
         "loading {} ({} parameters)",
@@ -293,8 +301,6 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         config.num_parameters()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let quant =
-        glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
     let model = load_model::<B>(&args.model, &config, device, options, quant);
     spinner.finish_and_clear();
     let model = model?;
