@@ -78,6 +78,18 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
     }
 }
 
+/// `--dtype` and `--rotary-fp32` as [`ModelOptions`].
+pub fn model_options(dtype: &str, rotary_fp32: bool) -> Result<ModelOptions> {
+    Ok(ModelOptions {
+        dtype: parse_dtype(dtype)?,
+        rotary: if rotary_fp32 {
+            glm_core::RotaryPrecision::Fp32
+        } else {
+            glm_core::RotaryPrecision::Fp16Sat
+        },
+    })
+}
+
 /// Reads the config of a model folder: `config.json` in the folder (or `explicit`).
 pub fn load_config(model_dir: &Path, explicit: Option<&Path>) -> Result<GlmConfig> {
     let path = explicit

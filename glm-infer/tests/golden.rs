@@ -60,7 +60,7 @@ fn greedy_fill_blanks_matches_the_original() {
         let generated = generated_tokens(&it.hypotheses[0], input.len(), &[]);
         assert_eq!(generated, want, "{name}: greedy tokens");
         assert_eq!(
-            IdCodec_answer(&out.sequences[0]),
+            id_text(&out.sequences[0]),
             case["fill_blanks_answer"].as_str().unwrap(),
             "{name}: answer"
         );
@@ -69,8 +69,7 @@ fn greedy_fill_blanks_matches_the_original() {
     assert!(checked >= 2);
 }
 
-#[allow(non_snake_case)]
-fn IdCodec_answer(ids: &[u32]) -> String {
+fn id_text(ids: &[u32]) -> String {
     use glm_infer::TextCodec;
     IdCodec.detokenize(ids)
 }
@@ -199,7 +198,7 @@ fn every_beam_matches_the_original() {
             ints(&run["chosen_generated"]),
             "{tag}: chosen"
         );
-        let answers: Vec<String> = out.sequences.iter().map(|s| IdCodec_answer(s)).collect();
+        let answers: Vec<String> = out.sequences.iter().map(|s| id_text(s)).collect();
         let want_answers: Vec<String> = run["fill_blanks_answers"]
             .as_array()
             .unwrap()

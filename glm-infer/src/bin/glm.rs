@@ -13,8 +13,8 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
-use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision, SpecialTokens};
-use glm_infer::cli::{load_codec, load_config, load_model, parse_dtype, Codec};
+use glm_core::{GlmConfig, GlmModel, ModelOptions, SpecialTokens};
+use glm_infer::cli::{load_codec, load_config, load_model, Codec};
 use glm_infer::{
     build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result,
     SamplingConfig, Strategy, TextCodec, TokenStream,
@@ -278,14 +278,7 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
 fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let config = load_config(&args.model, args.config.as_deref())?;
     let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
-    let options = ModelOptions {
-        dtype: parse_dtype(&args.dtype)?,
-        rotary: if args.rotary_fp32 {
-            RotaryPrecision::Fp32
-        } else {
-            RotaryPrecision::Fp16Sat
-        },
-    };
+    let options = glm_infer::cli::model_options(&args.dtype, args.rotary_fp32)?;
     let quant =
         glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
     if args.out_seq_length > config.max_sequence_length {

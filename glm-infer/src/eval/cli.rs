@@ -5,12 +5,11 @@ use std::io::Write;
 use std::path::PathBuf;
 
 use burn::tensor::backend::Backend;
-use glm_core::{ModelOptions, RotaryPrecision};
 
 use super::config::TaskConfig;
 use super::error::{EvalError, EvalResult};
 use super::runner::{evaluate_tasks, load_tasks, EvalOptions, Observer};
-use crate::cli::{load_codec, load_config, load_model, parse_dtype, DeviceKind};
+use crate::cli::{load_codec, load_config, load_model, DeviceKind};
 
 /// Arguments of `glm evaluate`.
 #[derive(clap::Args, Debug, Clone)]
@@ -125,14 +124,7 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
     let tasks = load_tasks(&args.tasks, &mut console)?;
     let config = load_config(&args.model, args.config.as_deref())?;
     let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
-    let options = ModelOptions {
-        dtype: parse_dtype(&args.dtype)?,
-        rotary: if args.rotary_fp32 {
-            RotaryPrecision::Fp32
-        } else {
-            RotaryPrecision::Fp16Sat
-        },
-    };
+    let options = crate::cli::model_options(&args.dtype, args.rotary_fp32)?;
     let quant = crate::cli::quantize_options(args.quantization_bit_width, None)?;
     let model = load_model::<B>(&args.model, &config, device, options, quant)?;
     let eval_options = EvalOptions {
