@@ -40,6 +40,15 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A data-parallel step failed: a replica's forward/backward panicked or burn-collective's
+    /// gradient all-reduce returned an error.
+    #[error("data-parallel replica {replica}: {reason}")]
+    DataParallel {
+        /// The replica (peer id) that failed.
+        replica: usize,
+        /// What went wrong.
+        reason: String,
+    },
     /// An error of the model crate.
     #[error(transparent)]
     Model(#[from] glm_core::Error),

@@ -38,7 +38,7 @@
 //! let segment = gmask_layout(&text, 12, &config.special_tokens);
 //! let batch = Batch::from_sequences(&[Sequence::pack(&[segment], 32, 0, 1)]);
 //! let forward = ForwardConfig { shrink_alpha: 0.1, hidden_dropout: 0.1, attention_dropout: 0.1 };
-//! let grads = state.grads(&[batch], &forward, 1);
+//! let grads = state.grads(&[batch], &forward, &[]).unwrap();
 //! let report = state.apply(grads, 1e-3);
 //! assert!(report.loss > 0.0 && !report.skipped);
 //! ```

@@ -2,13 +2,21 @@
 //! accumulation and data-parallel reduction, global-norm clipping, overflow skipping and the
 //! AdamW update on f32 master weights.
 
-use burn::module::AutodiffModule;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Mutex, PoisonError};
+
+use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
-use burn::tensor::{activation, DType, ElementConversion, Tensor};
+use burn::tensor::{activation, DType, ElementConversion, Tensor, TensorPrimitive};
+use burn_collective::{
+    all_reduce, finish_collective, register, reset_collective, CollectiveConfig, CollectiveError,
+    PeerId, ReduceOperation,
+};
 use glm_core::dropout::Dropout;
 use glm_core::GlmModel;
 
 use crate::batch::Batch;
+use crate::error::{Error, Result};
 use crate::optim::{AdamW, AdamWConfig};
 use crate::params::{assign_params, cast_params, param_grads, param_infos, param_values};
 use crate::schedule::LossScaler;
@@ -78,6 +86,23 @@ pub fn loss_sum<B: Backend>(
 
 /// What one data-parallel worker returns: its loss sum and its summed gradients.
 type WorkerResult<B> = (f64, Option<Vec<Tensor<B, 1>>>);
+
+/// What one data-parallel replica hands back: its loss sum and, on replica 0, the all-reduced
+/// gradient bucket.
+type ReplicaOutcome<B> = Result<(f64, Option<Tensor<B, 1>>)>;
+
+/// Serialises data-parallel steps within a process (burn-collective has one local server per
+/// backend type).
+static COLLECTIVE: Mutex<()> = Mutex::new(());
+
+/// The text of a panic payload.
+fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
 
 /// Loss and gradients of one optimizer step, before clipping.
 #[derive(Debug, Clone)]
@@ -152,17 +177,29 @@ impl<B: AutodiffBackend> TrainState<B> {
         m.valid()
     }
 
-    /// Loss and unscaled gradients of `micro_batches` (gradient accumulation) spread over
-    /// `replicas` data-parallel workers: micro-batch `i` runs on worker `i % replicas`, each worker
-    /// on its own thread with its own copy of the model; gradients are summed (all-reduce) in a
-    /// fixed order. The loss is the mean over ALL target tokens of the step, so the result equals
-    /// one big batch up to float rounding.
+    /// Loss and unscaled gradients of `micro_batches` (gradient accumulation), spread over the
+    /// data-parallel `devices` (one replica each; empty = the model's own device, no replication).
+    ///
+    /// Micro-batch `i` runs on replica `i % devices.len()`. Each replica works on its own thread
+    /// with its own copy of the model ([`Module::fork`]: fresh autodiff leaves, so the replicas'
+    /// graphs never share a node), flattens its summed gradients into one bucket, and the buckets
+    /// are summed by burn-collective's all-reduce ([`burn_collective::all_reduce`], tree strategy);
+    /// the result on replica 0 becomes the step's gradients, on the device of the master weights.
+    /// The loss is the mean over ALL target tokens of the step, so the result equals one big batch
+    /// up to float rounding.
+    ///
+    /// Reproducibility: with one or two replicas every sum is bit-for-bit the same from run to
+    /// run (a + b = b + a); with three or more, burn-collective chooses the summation order, so
+    /// runs agree to float rounding only.
+    ///
+    /// burn-collective keeps one local server per backend type and process, so concurrent
+    /// data-parallel steps in one process (two trainers on two threads) take turns.
     pub fn grads(
         &self,
         micro_batches: &[Batch],
         forward: &ForwardConfig,
-        replicas: usize,
-    ) -> StepGrads<B::InnerBackend> {
+        devices: &[B::Device],
+    ) -> Result<StepGrads<B::InnerBackend>> {
         let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
         let scale = self.scaler.scale;
         let factor = if denom == 0 {
@@ -188,47 +225,138 @@ impl<B: AutodiffBackend> TrainState<B> {
             }
             (loss, acc)
         };
-        let replicas = replicas.max(1);
-        let results: Vec<WorkerResult<B::InnerBackend>> = if replicas == 1 {
-            vec![run(&self.model, micro_batches.iter().collect())]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..replicas)
-                    .map(|r| {
-                        let model = self.model.clone();
-                        let mine: Vec<&Batch> =
-                            micro_batches.iter().skip(r).step_by(replicas).collect();
-                        let run = &run;
-                        scope.spawn(move || run(&model, mine))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().unwrap_or((f64::NAN, None)))
-                    .collect()
-            })
-        };
-        // All-reduce: sum the workers' gradients in worker order.
-        let mut loss = 0.0;
-        let mut total: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
-        for (l, g) in results {
-            loss += l;
-            if let Some(g) = g {
-                total = Some(match total {
-                    None => g,
-                    Some(t) => t.into_iter().zip(g).map(|(x, y)| x + y).collect(),
-                });
+        let home = self.model.word_embeddings.val().device();
+        let (loss, summed) = match devices {
+            [] => run(&self.model, micro_batches.iter().collect()),
+            [only] if *only == home => run(&self.model, micro_batches.iter().collect()),
+            _ => {
+                let (loss, bucket) = self.all_reduced(micro_batches, devices, &run)?;
+                (loss, Some(self.unbucket(bucket.to_device(&home))))
             }
-        }
-        let grads = match total {
+        };
+        let grads = match summed {
             Some(g) => g.into_iter().map(|t| t.mul_scalar(1.0 / scale)).collect(),
             None => self.optim.master.iter().map(|p| p.zeros_like()).collect(),
         };
-        StepGrads {
+        Ok(StepGrads {
             loss: if denom == 0 { 0.0 } else { loss / denom as f64 },
             grads,
             targets: denom,
+        })
+    }
+
+    /// Runs `run` on one replica per device and all-reduces the flattened gradients with
+    /// burn-collective. Returns the loss sum (added on the host in replica order) and the summed
+    /// gradient bucket of replica 0.
+    fn all_reduced<F>(
+        &self,
+        micro_batches: &[Batch],
+        devices: &[B::Device],
+        run: &F,
+    ) -> Result<(f64, Tensor<B::InnerBackend, 1>)>
+    where
+        F: Fn(&GlmModel<B>, Vec<&Batch>) -> WorkerResult<B::InnerBackend> + Sync,
+    {
+        type Inner<B> = <B as AutodiffBackend>::InnerBackend;
+        let replicas = devices.len();
+        let total: usize = self.optim.master.iter().map(|p| p.dims()[0]).sum();
+        let config = CollectiveConfig::default().with_num_devices(replicas);
+        // One burn-collective server per backend type and process: hold it for the whole step and
+        // start from a clean server (a failed earlier step cannot leave peers registered).
+        let _turn = COLLECTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        reset_collective::<Inner<B>>();
+        let collective_error =
+            |replica: usize, what: &str, e: CollectiveError| Error::DataParallel {
+                replica,
+                reason: format!("burn-collective {what}: {e:?}"),
+            };
+        let outcomes: Vec<ReplicaOutcome<Inner<B>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(r, device)| {
+                    let config = config.clone();
+                    let mine: Vec<&Batch> =
+                        micro_batches.iter().skip(r).step_by(replicas).collect();
+                    scope.spawn(move || {
+                        let peer = PeerId::from(r as u32);
+                        register::<Inner<B>>(peer, device.clone(), config)
+                            .map_err(|e| collective_error(r, "register", e))?;
+                        // Whatever happens in the forward/backward, the replica still takes
+                        // part in the all-reduce, or the other replicas would wait forever.
+                        let computed = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                            let replica = self.model.clone().fork(device);
+                            let (loss, grads) = run(&replica, mine);
+                            let bucket = match grads {
+                                Some(g) => Tensor::cat(g, 0),
+                                None => Tensor::zeros([total], device),
+                            };
+                            (loss, bucket.cast(DType::F32))
+                        }));
+                        let (loss, bucket, failure) = match computed {
+                            Ok((loss, bucket)) => (loss, bucket, None),
+                            Err(panic) => (
+                                f64::NAN,
+                                Tensor::zeros([total], device),
+                                Some(panic_message(panic.as_ref())),
+                            ),
+                        };
+                        let reduced = all_reduce::<Inner<B>>(
+                            peer,
+                            bucket.into_primitive().tensor(),
+                            ReduceOperation::Sum,
+                        );
+                        let finished = finish_collective::<Inner<B>>(peer);
+                        if let Some(reason) = failure {
+                            return Err(Error::DataParallel { replica: r, reason });
+                        }
+                        let reduced = reduced.map_err(|e| collective_error(r, "all-reduce", e))?;
+                        finished.map_err(|e| collective_error(r, "finish", e))?;
+                        let bucket = Tensor::from_primitive(TensorPrimitive::Float(reduced));
+                        Ok((loss, (r == 0).then_some(bucket)))
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(r, h)| {
+                    h.join().unwrap_or_else(|panic| {
+                        Err(Error::DataParallel {
+                            replica: r,
+                            reason: panic_message(panic.as_ref()),
+                        })
+                    })
+                })
+                .collect()
+        });
+        let mut loss = 0.0;
+        let mut bucket = None;
+        for outcome in outcomes {
+            let (l, b) = outcome?;
+            loss += l;
+            bucket = bucket.or(b);
         }
+        let bucket = bucket.ok_or_else(|| Error::DataParallel {
+            replica: 0,
+            reason: "no all-reduce result".into(),
+        })?;
+        Ok((loss, bucket))
+    }
+
+    /// Splits a flat bucket back into one flat tensor per parameter (visiting order).
+    fn unbucket(&self, bucket: Tensor<B::InnerBackend, 1>) -> Vec<Tensor<B::InnerBackend, 1>> {
+        let mut at = 0;
+        self.optim
+            .master
+            .iter()
+            .map(|p| {
+                let n = p.dims()[0];
+                let t = bucket.clone().narrow(0, at, n);
+                at += n;
+                t
+            })
+            .collect()
     }
 
     /// Clips, checks for overflow (non-finite global norm), updates the loss scaler and, unless

@@ -90,14 +90,48 @@ pub struct Trainer<B: AutodiffBackend> {
     pub step: u64,
     /// Show a progress bar.
     pub progress: bool,
+    /// The data-parallel replicas' devices (`config.data_parallel` of them); the first holds the
+    /// master weights and the optimizer state.
+    pub devices: Vec<B::Device>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Prepares data and model; with `resume`, continues from the newest valid checkpoint in
     /// `out/checkpoints` (or starts fresh if there is none). Without `resume` an `out` that already
-    /// holds a run is an error.
+    /// holds a run is an error. With `config.data_parallel` = n > 1, the n replicas all run on
+    /// `device` (several CPU workers); see [`Trainer::new_data_parallel`] for several devices.
     pub fn new(config: TrainConfig, out: &Path, device: &B::Device, resume: bool) -> Result<Self> {
+        let devices = vec![device.clone(); config.data_parallel.max(1)];
+        Self::new_data_parallel(config, out, &devices, resume)
+    }
+
+    /// Like [`Trainer::new`] with one data-parallel replica per entry of `devices` (which must
+    /// hold `config.data_parallel` devices, or one to run every replica on it). The model, the
+    /// master weights and the optimizer live on `devices[0]`; gradients are summed across replicas
+    /// by burn-collective's all-reduce.
+    pub fn new_data_parallel(
+        config: TrainConfig,
+        out: &Path,
+        devices: &[B::Device],
+        resume: bool,
+    ) -> Result<Self> {
         config.validate()?;
+        let devices: Vec<B::Device> = match devices {
+            [] => return Err(Error::config("data_parallel", "no device given")),
+            [one] => vec![one.clone(); config.data_parallel],
+            many if many.len() == config.data_parallel => many.to_vec(),
+            many => {
+                return Err(Error::config(
+                    "data_parallel",
+                    format!(
+                        "{} devices given for data_parallel = {}",
+                        many.len(),
+                        config.data_parallel
+                    ),
+                ))
+            }
+        };
+        let device = &devices[0];
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let metrics = out.join("metrics.jsonl");
         let ckpt_root = out.join("checkpoints");
@@ -199,6 +233,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             validation,
             step: 0,
             progress: false,
+            devices,
         };
         if resume {
             trainer.resume()?;
@@ -253,7 +288,7 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Runs one optimizer step (does not write metrics or checkpoints).
-    pub fn train_step(&mut self) -> (StepReport, usize) {
+    pub fn train_step(&mut self) -> Result<(StepReport, usize)> {
         let micro = self.config.grad_accumulation * self.config.data_parallel;
         let batches: Vec<Batch> = (0..micro)
             .map(|_| self.stream.next_batch(self.config.batch_size))
@@ -265,8 +300,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             .lr(self.state.optim.updates, self.config.steps);
         let grads = self
             .state
-            .grads(&batches, &self.forward_config(), self.config.data_parallel);
-        (self.state.apply(grads, lr), tokens)
+            .grads(&batches, &self.forward_config(), &self.devices)?;
+        Ok((self.state.apply(grads, lr), tokens))
     }
 
     /// Validation loss of the current model (`None` without validation data).
@@ -302,7 +337,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         let mut lines = Vec::new();
         while self.step < total {
             let start = Instant::now();
-            let (report, tokens) = self.train_step();
+            let (report, tokens) = self.train_step()?;
             self.step += 1;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
             let validate = self.config.validate_every > 0

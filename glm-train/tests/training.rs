@@ -1,6 +1,9 @@
-//! Training runs on tiny configs: the loss falls, data parallelism and gradient accumulation
-//! match one big batch, f16 with loss scaling trains and skips overflowing steps, torn
-//! checkpoints are never loaded.
+//! Training runs on tiny configs: the loss falls, data parallelism (burn-collective all-reduce)
+//! and gradient accumulation match one big batch, f16 with loss scaling trains and skips
+//! overflowing steps, torn checkpoints are never loaded.
+//!
+//! The tests run on libtest's worker threads, concurrently: several trainings (one of them data
+//! parallel, itself on several threads) share the process, as they would in a user's program.
 
 use std::path::{Path, PathBuf};
 
@@ -51,6 +54,7 @@ fn tiny_config(corpus: &Path) -> TrainConfig {
     serde_json::from_value(v).expect("config")
 }
 
+#[test]
 fn a_short_run_learns() {
     let dir = tmpdir("learn");
     let config = tiny_config(&write_corpus(&dir));
@@ -77,6 +81,7 @@ fn losses(config: TrainConfig, dir: &Path) -> Vec<f64> {
     t.run().expect("run").iter().map(|l| l.loss).collect()
 }
 
+#[test]
 fn data_parallel_and_accumulation_match_one_big_batch() {
     let dir = tmpdir("dp");
     let corpus = write_corpus(&dir);
@@ -87,22 +92,42 @@ fn data_parallel_and_accumulation_match_one_big_batch() {
     base.dropout.attention = 0.1;
     let mut big = base.clone();
     big.batch_size = 4;
-    let mut dp = base.clone();
-    dp.batch_size = 2;
-    dp.data_parallel = 2;
+    let mut dp2 = base.clone();
+    dp2.batch_size = 2;
+    dp2.data_parallel = 2;
+    let mut dp4 = base.clone();
+    dp4.batch_size = 1;
+    dp4.data_parallel = 4;
     let mut acc = base.clone();
     acc.batch_size = 1;
     acc.grad_accumulation = 4;
-    let a = losses(big, &dir.join("big"));
-    let b = losses(dp, &dir.join("dp"));
-    let c = losses(acc, &dir.join("acc"));
-    for ((x, y), z) in a.iter().zip(&b).zip(&c) {
-        assert!((x - y).abs() < 1e-4 * x.abs(), "dp {y} vs {x}");
-        assert!((x - z).abs() < 1e-4 * x.abs(), "accumulation {z} vs {x}");
+    let mut mixed = base.clone();
+    mixed.batch_size = 1;
+    mixed.data_parallel = 2;
+    mixed.grad_accumulation = 2;
+    let reference = losses(big, &dir.join("big"));
+    let runs = [
+        ("2 replicas", losses(dp2.clone(), &dir.join("dp2"))),
+        ("4 replicas", losses(dp4, &dir.join("dp4"))),
+        ("accumulation", losses(acc, &dir.join("acc"))),
+        (
+            "2 replicas x 2 accumulated",
+            losses(mixed, &dir.join("mixed")),
+        ),
+    ];
+    assert_eq!(reference.len(), 4);
+    for (what, run) in &runs {
+        assert_eq!(run.len(), reference.len(), "{what}");
+        for (x, y) in reference.iter().zip(run) {
+            assert!((x - y).abs() < 1e-4 * x.abs(), "{what}: {y} vs {x}");
+        }
     }
+    // Two replicas sum a + b: the run repeats bit for bit.
+    assert_eq!(losses(dp2, &dir.join("dp2-again")), runs[0].1);
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
 fn f16_with_loss_scaling_trains_and_skips_overflows() {
     let dir = tmpdir("f16");
     let mut config = tiny_config(&write_corpus(&dir));
@@ -139,6 +164,7 @@ fn f16_with_loss_scaling_trains_and_skips_overflows() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+#[test]
 fn torn_checkpoints_are_never_loaded() {
     let dir = tmpdir("torn");
     let mut config = tiny_config(&write_corpus(&dir));
@@ -176,43 +202,4 @@ fn torn_checkpoints_are_never_loaded() {
     std::fs::write(src.join("state.safetensors"), flipped).expect("write");
     assert!(checkpoint::load_dir(&src).is_err());
     let _ = std::fs::remove_dir_all(dir);
-}
-
-/// Runs the tests one after another on the MAIN thread (`harness = false`): run from libtest's
-/// worker threads, the data-parallel test has been seen to hang inside the backend after another
-/// training ran in the same process (see the note on issue 6); on the main thread it does not.
-fn main() {
-    let tests: [(&str, fn()); 4] = [
-        ("a_short_run_learns", a_short_run_learns),
-        (
-            "data_parallel_and_accumulation_match_one_big_batch",
-            data_parallel_and_accumulation_match_one_big_batch,
-        ),
-        (
-            "f16_with_loss_scaling_trains_and_skips_overflows",
-            f16_with_loss_scaling_trains_and_skips_overflows,
-        ),
-        (
-            "torn_checkpoints_are_never_loaded",
-            torn_checkpoints_are_never_loaded,
-        ),
-    ];
-    let mut failed = 0;
-    for (name, test) in tests {
-        match std::panic::catch_unwind(test) {
-            Ok(()) => println!("test {name} ... ok"),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed += 1;
-            }
-        }
-    }
-    println!(
-        "\ntest result: {}. {} passed; {failed} failed",
-        if failed == 0 { "ok" } else { "FAILED" },
-        tests.len() - failed
-    );
-    if failed > 0 {
-        std::process::exit(1);
-    }
 }
