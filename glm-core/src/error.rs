@@ -86,6 +86,9 @@ pub enum Error {
     /// Model inputs are inconsistent (lengths, ids out of range, ...).
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// A device was asked for that this build or this machine cannot provide.
+    #[error("device: {0}")]
+    Device(String),
 }
 
 /// `Result` with this crate's [`Error`].

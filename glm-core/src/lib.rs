@@ -32,6 +32,7 @@ pub mod blank;
 pub mod cache;
 pub mod config;
 pub mod data_dir;
+pub mod device;
 pub mod dropout;
 pub mod error;
 pub mod geglu;

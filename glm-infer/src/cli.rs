@@ -12,30 +12,7 @@ use glm_tokenizer::{Tokenizer, TokenizerOptions};
 use crate::error::{Error, Result};
 use crate::prompt::{IdCodec, TextCodec};
 
-/// Devices the CLI can run on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DeviceKind {
-    /// The CPU backend (Flex).
-    Cpu,
-    /// wgpu (Vulkan / Metal / DX12).
-    Wgpu,
-    /// CUDA.
-    Cuda,
-}
-
-impl std::str::FromStr for DeviceKind {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "cpu" => Ok(Self::Cpu),
-            "wgpu" => Ok(Self::Wgpu),
-            "cuda" => Ok(Self::Cuda),
-            other => Err(Error::Usage(format!(
-                "unknown device `{other}` (expected cpu, wgpu or cuda)"
-            ))),
-        }
-    }
-}
+pub use glm_core::device::DeviceKind;
 
 /// Work that runs on whichever backend `--device` picks (generic over the backend type).
 pub trait OnBackend {
@@ -54,15 +31,11 @@ pub fn dispatch<T: OnBackend>(kind: DeviceKind, task: T) -> std::result::Result<
         DeviceKind::Wgpu => task.run::<burn::backend::Wgpu>(&Default::default()),
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
-            cuda_preflight()?;
+            glm_core::device::cuda_preflight().map_err(Error::from)?;
             task.run::<burn::backend::Cuda>(&Default::default())
         }
         #[allow(unreachable_patterns)]
-        other => Err(Error::Usage(format!(
-            "this glm binary was built without the {other:?} backend (rebuild with --features {})",
-            format!("{other:?}").to_lowercase()
-        ))
-        .into()),
+        other => Err(Error::from(other.not_compiled_in()).into()),
     }
 }
 
@@ -216,23 +189,4 @@ pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result
         )));
     }
     Ok(Codec::Ice(Box::new(tok)))
-}
-
-/// Fails with a clear error when no CUDA driver / device is present (using burn's CUDA backend
-/// without a driver panics in a background thread, which cannot be caught cleanly).
-#[cfg(feature = "cuda")]
-pub fn cuda_preflight() -> Result<()> {
-    // SAFETY: only probes whether libcuda can be loaded.
-    if !unsafe { cudarc::driver::sys::is_culib_present() } {
-        return Err(Error::Usage(
-            "--device cuda: the CUDA driver library (libcuda) is not installed".into(),
-        ));
-    }
-    match cudarc::driver::CudaContext::device_count() {
-        Ok(n) if n > 0 => Ok(()),
-        Ok(_) => Err(Error::Usage("--device cuda: no CUDA device present".into())),
-        Err(e) => Err(Error::Usage(format!(
-            "--device cuda: CUDA driver error: {e:?}"
-        ))),
-    }
 }

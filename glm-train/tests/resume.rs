@@ -2,18 +2,14 @@
 //! with SIGKILL at several moments and resumed, writes exactly the per-step losses of an
 //! uninterrupted run (bit for bit on the CPU backend).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::tmpdir;
 use glm_train::trainer::read_metrics;
-
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("glm-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp");
-    d
-}
 
 fn config(dir: &Path) -> PathBuf {
     let root = glm_core::data_dir::workspace_root();

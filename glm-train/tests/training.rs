@@ -1,57 +1,22 @@
 //! Training runs on tiny configs: the loss falls, data parallelism (burn-collective all-reduce)
 //! and gradient accumulation match one big batch, f16 with loss scaling trains and skips
-//! overflowing steps, torn checkpoints are never loaded.
+//! overflowing steps, bf16 trains on f32 master weights, torn checkpoints are never loaded.
 //!
 //! The tests run on libtest's worker threads, concurrently: several trainings (one of them data
 //! parallel, itself on several threads) share the process, as they would in a user's program.
 
-use std::path::{Path, PathBuf};
+mod common;
 
 use burn::backend::{Autodiff, Flex};
+use common::{tiny_config, tmpdir, write_corpus};
 use glm_train::checkpoint;
-use glm_train::config::{Precision, TrainConfig};
+use glm_train::config::Precision;
 use glm_train::Trainer;
-use serde_json::json;
 
 type B = Autodiff<Flex>;
 
-fn tmpdir(name: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("glm-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).expect("tmp");
-    d
-}
-
-/// A pre-tokenized corpus with learnable structure: runs of consecutive ids.
-fn write_corpus(dir: &Path) -> PathBuf {
-    let path = dir.join("corpus.jsonl");
-    let mut lines = String::new();
-    for d in 0..60u32 {
-        let start = 10 + (d * 37) % 800;
-        let len = 20 + (d * 13) % 60;
-        let ids: Vec<u32> = (0..len).map(|i| start + (i % 40)).collect();
-        lines.push_str(&json!({ "ids": ids }).to_string());
-        lines.push('\n');
-    }
-    std::fs::write(&path, lines).expect("corpus");
-    path
-}
-
-fn tiny_config(corpus: &Path) -> TrainConfig {
-    let v = json!({
-        "model": {
-            "num_layers": 2, "hidden_size": 64, "num_attention_heads": 4, "inner_hidden_size": 128,
-            "vocab_size": 1024, "max_sequence_length": 64,
-            "special_tokens": {"[MASK]": 1000, "[gMASK]": 1001, "[sMASK]": 1002, "eod": 1003,
-                "sop": 1004, "eop": 1005, "ENC": 1006, "dBLOCK": 1007, "eos": 2, "[pad]": 0}
-        },
-        "data": { "train": [corpus], "validation_fraction": 0.1 },
-        "schedule": { "peak_lr": 1e-2, "min_lr": 1e-3, "warmup_steps": 5 },
-        "dropout": { "hidden": 0.0, "attention": 0.0 },
-        "seq_len": 32, "batch_size": 4, "steps": 150, "seed": 1,
-        "validate_every": 50, "validation_batches": 1
-    });
-    serde_json::from_value(v).expect("config")
+fn losses(config: glm_train::TrainConfig, dir: &std::path::Path) -> Vec<f64> {
+    common::losses::<B>(config, dir, &[Default::default()])
 }
 
 #[test]
@@ -74,11 +39,6 @@ fn a_short_run_learns() {
         dir.join("out/model.safetensors").is_file() && dir.join("out/checkpoints/latest").is_file()
     );
     let _ = std::fs::remove_dir_all(dir);
-}
-
-fn losses(config: TrainConfig, dir: &Path) -> Vec<f64> {
-    let mut t = Trainer::<B>::new(config, dir, &Default::default(), false).expect("trainer");
-    t.run().expect("run").iter().map(|l| l.loss).collect()
 }
 
 #[test]
@@ -161,6 +121,36 @@ fn f16_with_loss_scaling_trains_and_skips_overflows() {
         .any(|w| !w[0].skipped && w[1].loss_scale > w[0].loss_scale);
     assert!(raised, "scale raised after a window");
     assert!(t.state.model.word_embeddings.val().dtype() == burn::tensor::DType::F16);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn bf16_trains_with_f32_master_weights() {
+    let dir = tmpdir("bf16");
+    let mut config = tiny_config(&write_corpus(&dir));
+    config.precision = Precision::Bf16;
+    config.steps = 100;
+    config.validate_every = 0;
+    let mut t =
+        Trainer::<B>::new(config, &dir.join("out"), &Default::default(), false).expect("trainer");
+    let lines = t.run().expect("run");
+    // bf16 has f32's exponent range: at the default scale no gradient overflows.
+    assert!(lines.iter().all(|l| !l.skipped && l.loss.is_finite()));
+    let first = lines[0].loss;
+    let last: f64 = lines[90..].iter().map(|l| l.loss).sum::<f64>() / 10.0;
+    assert!(first > 6.0, "starts near ln(1024): {first}");
+    assert!(last < 0.7 * first, "loss {first} -> {last}");
+    // Compute in bf16, master weights and optimizer state in f32.
+    assert_eq!(
+        t.state.model.word_embeddings.val().dtype(),
+        burn::tensor::DType::BF16
+    );
+    assert!(t
+        .state
+        .optim
+        .master
+        .iter()
+        .all(|m| m.dtype() == burn::tensor::DType::F32));
     let _ = std::fs::remove_dir_all(dir);
 }
 
