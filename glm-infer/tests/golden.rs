@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use glm_infer::{
-    batch_filling_sequence, build_prompt, fill_blanks, generated_tokens, BaseStrategy, BeamConfig,
+    batch_filling_sequence, fill_blanks, generated_tokens, BaseStrategy, BeamConfig,
     BeamSearchStrategy, GenerationSample, IdCodec, SamplingConfig,
 };
 
@@ -28,13 +28,7 @@ fn greedy_fill_blanks_matches_the_original() {
         if case.get("prompt_text").is_none() {
             continue;
         }
-        let prompt = build_prompt(
-            case["prompt_text"].as_str().unwrap(),
-            &IdCodec,
-            &cfg.special_tokens,
-            cfg.max_sequence_length,
-        )
-        .unwrap();
+        let prompt = id_prompt(&cfg, case["prompt_text"].as_str().unwrap());
         let input = ints(&case["input_tokens"]);
         assert_eq!(
             [prompt.tokens.as_slice(), &[cfg.special_tokens.sop]].concat(),
@@ -134,13 +128,7 @@ fn every_beam_matches_the_original() {
     for (k, run) in runs.iter().enumerate() {
         let prompt_name = run["prompt"].as_str().unwrap();
         let p = &json["prompts"][prompt_name];
-        let prompt = build_prompt(
-            p["raw_text"].as_str().unwrap(),
-            &IdCodec,
-            &cfg.special_tokens,
-            cfg.max_sequence_length,
-        )
-        .unwrap();
+        let prompt = id_prompt(&cfg, p["raw_text"].as_str().unwrap());
         let input = ints(&p["input_tokens"]);
         assert_eq!(prompt.tokens.len() + 1, input.len());
         let mut beam = BeamSearchStrategy::new(BeamConfig {
@@ -216,13 +204,7 @@ fn every_multimask_iteration_matches_the_original() {
     let json = read_json("multimask.json");
     let ends = vec![cfg.special_tokens.eop, cfg.special_tokens.eos];
     for (name, p) in json["prompts"].as_object().unwrap() {
-        let prompt = build_prompt(
-            p["raw_text"].as_str().unwrap(),
-            &IdCodec,
-            &cfg.special_tokens,
-            cfg.max_sequence_length,
-        )
-        .unwrap();
+        let prompt = id_prompt(&cfg, p["raw_text"].as_str().unwrap());
         assert_eq!(
             prompt.tokens,
             ints(&p["initial_sequence"]),

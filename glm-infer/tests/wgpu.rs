@@ -5,28 +5,17 @@ mod common;
 
 use burn::backend::Wgpu;
 use common::*;
-use glm_core::weights::SafetensorsFile;
-use glm_core::{GlmModel, ModelOptions};
-use glm_infer::{
-    build_prompt, fill_blanks, generated_tokens, BaseStrategy, IdCodec, SamplingConfig,
-};
+use glm_core::ModelOptions;
+use glm_infer::{fill_blanks, generated_tokens, BaseStrategy, SamplingConfig};
 
 #[test]
 fn greedy_gmask_on_wgpu_matches_the_original() {
     let device = burn::backend::wgpu::WgpuDevice::default();
     let cfg = config();
-    let file = SafetensorsFile::open(fixtures().join("model.safetensors")).unwrap();
-    let model =
-        GlmModel::<Wgpu>::from_source(&cfg, &file, &device, ModelOptions::default()).unwrap();
+    let model = load_model::<Wgpu>(&device, ModelOptions::default());
     let json = read_json("greedy.json");
     let case = &json["a_gmask"];
-    let prompt = build_prompt(
-        case["prompt_text"].as_str().unwrap(),
-        &IdCodec,
-        &cfg.special_tokens,
-        cfg.max_sequence_length,
-    )
-    .unwrap();
+    let prompt = id_prompt(&cfg, case["prompt_text"].as_str().unwrap());
     let input = ints(&case["input_tokens"]);
     let want = ints(&case["generated_tokens"]);
     let mut greedy = BaseStrategy::new(SamplingConfig::greedy(
