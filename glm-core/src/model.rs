@@ -218,15 +218,9 @@ impl<B: Backend> GlmModel<B> {
             .reshape([batch, seq, vocab])
     }
 
-    /// An empty KV cache sized for this model (its buffers grow by doubling).
+    /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.layers.len())
-    }
-
-    /// An empty KV cache that allocates room for `positions` positions on the first call (the
-    /// context plus every token to be generated): decoding then never reallocates.
-    pub fn new_cache_with_capacity(&self, positions: usize) -> KvCache<B> {
-        KvCache::with_capacity(self.layers.len(), positions)
     }
 
     /// Loads a model from a checkpoint under the original names, converting to `options.dtype`.

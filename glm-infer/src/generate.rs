@@ -117,7 +117,7 @@ pub fn batch_filling_sequence<B: Backend>(
         .collect();
     // Which sample's positions/mask each row uses (beams share their sample's layout).
     let mut row_sample: Vec<usize> = (0..samples.len()).collect();
-    let mut cache = model.new_cache_with_capacity(total);
+    let mut cache = model.new_cache();
     let mut counter = width - 1;
     let mut index = 0;
     while counter < total - 1 {

@@ -121,7 +121,7 @@ fn decode_ms(model: &GlmModel<B>, ids: &[i64], steps: usize, reps: usize) -> (f6
     let mut times = Vec::new();
     let mut prefill = Vec::new();
     for rep in 0..reps + 1 {
-        let mut cache = model.new_cache_with_capacity(p + steps);
+        let mut cache = model.new_cache();
         let tokens = Tensor::<B, 2, Int>::from_data(TensorData::new(ids.to_vec(), [1, p]), &device);
         let pos = Tensor::<B, 2, Int>::from_data(
             TensorData::new((0..p as i64).collect::<Vec<_>>(), [1, p]),
