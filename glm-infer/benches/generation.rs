@@ -1,0 +1,362 @@
+//! Generation benchmark on the protocol of `shared/bench` (the original SAT GLM130B CPU reference),
+//! so that the two can run back to back and be compared as ratios.
+//!
+//! ```text
+//! cargo bench -p glm-infer --bench generation -- --config ../shared/bench/configs/glm-small/config.json \
+//!     --weights ../shared/bench/weights/glm-small/model.safetensors \
+//!     [--reference results.jsonl] [--membw membw.jsonl] [--out ours.jsonl] [--last-row-only]
+//!     [--prompt-len P] [--new-tokens N] [--warmup W] [--reps R] [--no-batch4]
+//! ```
+//! One generation = the forward calls of GLM-130B's `batch_filling_sequence`: a prefill over the P
+//! prompt tokens (LM head on all P rows like the original, unless `--last-row-only`) whose last
+//! row gives token 1, then N−1 single-token KV-cache steps, greedy, no early stop. The prompt is
+//! the reference's: `P−2` text ids `10 + ((i + 1000·b)·7919 + 13) mod (num_text_tokens − 10)`,
+//! `[gMASK]`, `<sop>`; positions `0..`; bidirectional before `<sop>`, causal from it. P, N, warm-up,
+//! reps and batch 4 default to the config's `bench` block. Prints one JSON line (fields named as
+//! the reference's); with `--reference`, also the ratios against the reference line of the same
+//! config and the first greedy-token mismatch.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::backend::Flex;
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use glm_core::weights::SafetensorsFile;
+use glm_core::{ForwardOptions, GlmConfig, GlmModel, ModelOptions};
+use serde_json::{json, Value};
+
+type B = Flex;
+
+struct Args {
+    config: PathBuf,
+    weights: PathBuf,
+    reference: Option<PathBuf>,
+    membw: Option<PathBuf>,
+    out: Option<PathBuf>,
+    last_row_only: bool,
+    prompt_len: Option<usize>,
+    new_tokens: Option<usize>,
+    warmup: Option<usize>,
+    reps: Option<usize>,
+    batch4: Option<bool>,
+}
+
+fn usage(msg: &str) -> ! {
+    eprintln!("generation bench: {msg}\n(see the header of glm-infer/benches/generation.rs)");
+    std::process::exit(2)
+}
+
+fn parse_args() -> Args {
+    let mut a = Args {
+        config: PathBuf::new(),
+        weights: PathBuf::new(),
+        reference: None,
+        membw: None,
+        out: None,
+        last_row_only: false,
+        prompt_len: None,
+        new_tokens: None,
+        warmup: None,
+        reps: None,
+        batch4: None,
+    };
+    let mut it = std::env::args().skip(1);
+    let num = |v: Option<String>, flag: &str| -> usize {
+        v.and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| usage(&format!("{flag} needs a number")))
+    };
+    while let Some(flag) = it.next() {
+        match flag.as_str() {
+            "--config" => a.config = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--weights" => a.weights = it.next().map(PathBuf::from).unwrap_or_default(),
+            "--reference" => a.reference = it.next().map(PathBuf::from),
+            "--membw" => a.membw = it.next().map(PathBuf::from),
+            "--out" => a.out = it.next().map(PathBuf::from),
+            "--last-row-only" => a.last_row_only = true,
+            "--prompt-len" => a.prompt_len = Some(num(it.next(), "--prompt-len")),
+            "--new-tokens" => a.new_tokens = Some(num(it.next(), "--new-tokens")),
+            "--warmup" => a.warmup = Some(num(it.next(), "--warmup")),
+            "--reps" => a.reps = Some(num(it.next(), "--reps")),
+            "--no-batch4" => a.batch4 = Some(false),
+            "--batch4" => a.batch4 = Some(true),
+            // cargo bench passes --bench to harness-less targets.
+            "--bench" => {}
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    if a.config.as_os_str().is_empty() || a.weights.as_os_str().is_empty() {
+        usage("--config and --weights are required");
+    }
+    a
+}
+
+fn median(v: &[f64]) -> f64 {
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    match s.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => s[n / 2],
+        n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
+    }
+}
+
+fn round3(x: f64) -> f64 {
+    (x * 1000.0).round() / 1000.0
+}
+
+/// Row `b` of the reference prompt: P−2 text ids, `[gMASK]`, `<sop>`.
+fn prompt_row(config: &GlmConfig, num_text_tokens: usize, p: usize, b: usize) -> Vec<i64> {
+    let mut ids: Vec<i64> = (0..p - 2)
+        .map(|i| (10 + ((i + 1000 * b) * 7919 + 13) % (num_text_tokens - 10)) as i64)
+        .collect();
+    ids.push(config.special_tokens.gmask as i64);
+    ids.push(config.special_tokens.sop as i64);
+    ids
+}
+
+struct Run {
+    prefill_ms: f64,
+    decode_tok_s: f64,
+    step_ms: Vec<f64>,
+    tokens: Vec<Vec<i64>>,
+}
+
+fn argmax_last(logits: Tensor<B, 3>, batch: usize) -> Vec<i64> {
+    let [_, s, _] = logits.dims();
+    let ids = logits.narrow(1, s - 1, 1).argmax(2).reshape([batch]);
+    ids.into_data()
+        .convert::<i64>()
+        .to_vec::<i64>()
+        .unwrap_or_else(|e| usage(&format!("reading tokens: {e:?}")))
+}
+
+/// One timed generation of `n` tokens for the `rows` prompts.
+fn generate(model: &GlmModel<B>, rows: &[Vec<i64>], n: usize, last_row_only: bool) -> Run {
+    let device = Default::default();
+    let batch = rows.len();
+    let p = rows[0].len();
+    let options = ForwardOptions {
+        hidden_states: false,
+        last_only: last_row_only,
+    };
+    let mut cache = model.new_cache();
+    let t0 = Instant::now();
+    let tokens =
+        Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), [batch, p]), &device);
+    let positions = Tensor::<B, 2, Int>::from_data(
+        TensorData::new((0..batch).flat_map(|_| 0..p as i64).collect(), [batch, p]),
+        &device,
+    );
+    let mask: Vec<bool> = (0..p)
+        .flat_map(|q| (0..p).map(move |k| k == p - 1 && q < p - 1))
+        .collect();
+    let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, p, p]), &device);
+    let out = model.forward_with(tokens, positions, mask, Some(&mut cache), options);
+    let mut next = argmax_last(out.logits, batch);
+    let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
+    let mut generated: Vec<Vec<i64>> = next.iter().map(|&t| vec![t]).collect();
+    let mut step_ms = Vec::with_capacity(n.saturating_sub(1));
+    let t1 = Instant::now();
+    for step in 1..n {
+        let ts = Instant::now();
+        let len = p + step;
+        let tok =
+            Tensor::<B, 2, Int>::from_data(TensorData::new(next.clone(), [batch, 1]), &device);
+        let pos = Tensor::<B, 2, Int>::from_data(
+            TensorData::new(vec![(len - 1) as i64; batch], [batch, 1]),
+            &device,
+        );
+        let mask = Tensor::<B, 4, Bool>::from_data(
+            TensorData::new(vec![false; len], [1, 1, 1, len]),
+            &device,
+        );
+        let out = model.forward_with(tok, pos, mask, Some(&mut cache), options);
+        next = argmax_last(out.logits, batch);
+        for (g, &t) in generated.iter_mut().zip(&next) {
+            g.push(t);
+        }
+        step_ms.push(ts.elapsed().as_secs_f64() * 1e3);
+    }
+    let decode_s = t1.elapsed().as_secs_f64();
+    Run {
+        prefill_ms,
+        decode_tok_s: (batch * n.saturating_sub(1)) as f64 / decode_s,
+        step_ms,
+        tokens: generated,
+    }
+}
+
+fn load_avg() -> Value {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|s| {
+            s.split_whitespace()
+                .take(3)
+                .filter_map(|x| x.parse::<f64>().ok())
+                .collect::<Vec<_>>()
+        })
+        .map_or(Value::Null, |v| json!(v))
+}
+
+fn read_jsonl(path: &PathBuf) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_else(|e| usage(&format!("{}: {e}", path.display())))
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+fn main() {
+    let args = parse_args();
+    let raw: Value = serde_json::from_str(
+        &std::fs::read_to_string(&args.config)
+            .unwrap_or_else(|e| usage(&format!("{}: {e}", args.config.display()))),
+    )
+    .unwrap_or_else(|e| usage(&format!("{}: {e}", args.config.display())));
+    let config = GlmConfig::from_file(&args.config).unwrap_or_else(|e| usage(&e.to_string()));
+    let name = raw["name"].as_str().unwrap_or("model").to_string();
+    let bench = &raw["bench"];
+    let pick = |arg: Option<usize>, key: &str, default: usize| {
+        arg.or_else(|| bench[key].as_u64().map(|v| v as usize))
+            .unwrap_or(default)
+    };
+    let p = pick(args.prompt_len, "prompt_len", 128);
+    let n = pick(args.new_tokens, "new_tokens", 32);
+    let warmup = pick(args.warmup, "warmup", 2);
+    let reps = pick(args.reps, "reps", 7).max(1);
+    let batch4 = args
+        .batch4
+        .or_else(|| bench["batch4"].as_bool())
+        .unwrap_or(true);
+    let num_text_tokens = raw["num_text_tokens"]
+        .as_u64()
+        .map_or(config.special_tokens.mask as usize, |v| v as usize);
+    if p < 3 || p + n > config.max_sequence_length || num_text_tokens <= 10 {
+        usage("prompt length / new tokens do not fit the model");
+    }
+
+    let file = SafetensorsFile::open(&args.weights).unwrap_or_else(|e| usage(&e.to_string()));
+    let t = Instant::now();
+    let model =
+        GlmModel::<B>::from_source(&config, &file, &Default::default(), ModelOptions::default())
+            .unwrap_or_else(|e| usage(&e.to_string()));
+    let build_s = t.elapsed().as_secs_f64();
+    let params = config.num_parameters();
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load_before = load_avg();
+
+    let mut line = json!({
+        "bench": "glm-rs generation (burn Flex, f32)",
+        "name": name,
+        "weights": args.weights.display().to_string(),
+        "dtype": "float32",
+        "params": params,
+        "weight_bytes": params * 4,
+        "prompt_len": p,
+        "new_tokens": n,
+        "decode_steps": n - 1,
+        "prefill_logits_rows": if args.last_row_only { "last" } else { "all" },
+        "warmup": warmup,
+        "reps": reps,
+        "statistic": "median over reps",
+        "threads": threads,
+        "model_build_s": round3(build_s),
+        "load_avg_before": load_before,
+    });
+    let mut batches = vec![1usize];
+    if batch4 {
+        batches.push(4);
+    }
+    for batch in batches {
+        let rows: Vec<Vec<i64>> = (0..batch)
+            .map(|b| prompt_row(&config, num_text_tokens, p, b))
+            .collect();
+        for _ in 0..warmup {
+            generate(&model, &rows, n, args.last_row_only);
+        }
+        let runs: Vec<Run> = (0..reps)
+            .map(|_| generate(&model, &rows, n, args.last_row_only))
+            .collect();
+        let prefill: Vec<f64> = runs.iter().map(|r| round3(r.prefill_ms)).collect();
+        let decode: Vec<f64> = runs.iter().map(|r| round3(r.decode_tok_s)).collect();
+        let steps: Vec<f64> = runs.iter().flat_map(|r| r.step_ms.clone()).collect();
+        let e2e: Vec<f64> = runs
+            .iter()
+            .map(|r| r.prefill_ms + r.step_ms.iter().sum::<f64>())
+            .collect();
+        let deterministic = runs.iter().all(|r| r.tokens == runs[0].tokens);
+        let key = format!("b{batch}");
+        line[&key] = json!({
+            "batch": batch,
+            "prefill_ms_median": round3(median(&prefill)),
+            "prefill_ms_min": prefill.iter().copied().fold(f64::INFINITY, f64::min),
+            "prefill_ms_all": prefill,
+            "prefill_tokens_per_s": round3((batch * p) as f64 / (median(&prefill) / 1e3)),
+            "decode_tokens_per_s_median": round3(median(&decode)),
+            "decode_tokens_per_s_max": decode.iter().copied().fold(0.0, f64::max),
+            "decode_tokens_per_s_all": decode,
+            "decode_step_ms_median": round3(median(&steps)),
+            "e2e_ms_median": round3(median(&e2e)),
+            "generated_tokens": runs[0].tokens[0],
+            "deterministic_across_reps": deterministic,
+        });
+    }
+    line["load_avg_after"] = load_avg();
+
+    if let Some(path) = &args.membw {
+        if let Some(bw) = read_jsonl(path)
+            .iter()
+            .rev()
+            .find_map(|l| l["roofline_bandwidth_GBps"].as_f64())
+        {
+            let tok_s = line["b1"]["decode_tokens_per_s_median"]
+                .as_f64()
+                .unwrap_or(0.0);
+            line["roofline_bandwidth_GBps"] = json!(bw);
+            line["b1_fraction_of_roofline"] =
+                json!(round3(tok_s * (params * 4) as f64 / (bw * 1e9)));
+        }
+    }
+    if let Some(path) = &args.reference {
+        let lines = read_jsonl(path);
+        match lines.iter().rev().find(|l| l["name"] == json!(name)) {
+            Some(r) => {
+                let mut cmp = json!({});
+                for key in ["b1", "b4"] {
+                    let (ours, theirs) = (&line[key], &r[key]);
+                    if ours.is_null() || theirs.is_null() {
+                        continue;
+                    }
+                    let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+                    let ours_tokens = &ours["generated_tokens"];
+                    let mismatch = ours_tokens
+                        .as_array()
+                        .zip(theirs["generated_tokens"].as_array())
+                        .and_then(|(a, b)| a.iter().zip(b).position(|(x, y)| x != y));
+                    cmp[key] = json!({
+                        "ratio_decode": round3(f(ours, "decode_tokens_per_s_median") / f(theirs, "decode_tokens_per_s_median")),
+                        "ratio_prefill": round3(f(theirs, "prefill_ms_median") / f(ours, "prefill_ms_median")),
+                        "reference_decode_tokens_per_s": f(theirs, "decode_tokens_per_s_median"),
+                        "reference_prefill_ms": f(theirs, "prefill_ms_median"),
+                        "first_token_mismatch": mismatch,
+                    });
+                }
+                line["vs_reference"] = cmp;
+            }
+            None => eprintln!("no reference line named {name} in {}", path.display()),
+        }
+    }
+    let text = line.to_string();
+    println!("{text}");
+    if let Some(out) = &args.out {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(out)
+            .and_then(|mut f| writeln!(f, "{text}"));
+        if let Err(e) = written {
+            usage(&format!("{}: {e}", out.display()));
+        }
+    }
+}
