@@ -14,7 +14,7 @@
 //! `[gMASK]`, `<sop>`; positions `0..`; bidirectional before `<sop>`, causal from it. P, N, warm-up,
 //! reps and batch 4 default to the config's `bench` block. Prints one JSON line (fields named as
 //! the reference's); with `--reference`, also the ratios against the reference line of the same
-//! config and the first greedy-token mismatch.
+//! config and the first greedy-token mismatch (`[row, index]`, `null` when every row is identical).
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -206,6 +206,34 @@ fn read_jsonl(path: &PathBuf) -> Vec<Value> {
         .collect()
 }
 
+/// First `[row, index]` where two `[rows][tokens]` lists differ (`None` when identical).
+fn first_mismatch(ours: &Value, theirs: &Value) -> Option<[usize; 2]> {
+    let rows = |v: &Value| -> Vec<Vec<i64>> {
+        v.as_array()
+            .map(|rows| {
+                rows.iter()
+                    .map(|r| {
+                        r.as_array()
+                            .map(|t| t.iter().filter_map(Value::as_i64).collect())
+                            .unwrap_or_default()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let (a, b) = (rows(ours), rows(theirs));
+    if a.len() != b.len() {
+        return Some([a.len().min(b.len()), 0]);
+    }
+    a.iter().zip(&b).enumerate().find_map(|(r, (x, y))| {
+        if x == y {
+            return None;
+        }
+        let at = x.iter().zip(y).position(|(p, q)| p != q);
+        Some([r, at.unwrap_or(x.len().min(y.len()))])
+    })
+}
+
 fn main() {
     let args = parse_args();
     let raw: Value = serde_json::from_str(
@@ -297,7 +325,7 @@ fn main() {
             "decode_tokens_per_s_all": decode,
             "decode_step_ms_median": round3(median(&steps)),
             "e2e_ms_median": round3(median(&e2e)),
-            "generated_tokens": runs[0].tokens[0],
+            "generated_tokens": runs[0].tokens,
             "deterministic_across_reps": deterministic,
         });
     }
@@ -328,16 +356,14 @@ fn main() {
                         continue;
                     }
                     let f = |v: &Value, k: &str| v[k].as_f64().unwrap_or(f64::NAN);
-                    let ours_tokens = &ours["generated_tokens"];
-                    let mismatch = ours_tokens
-                        .as_array()
-                        .zip(theirs["generated_tokens"].as_array())
-                        .and_then(|(a, b)| a.iter().zip(b).position(|(x, y)| x != y));
+                    let mismatch =
+                        first_mismatch(&ours["generated_tokens"], &theirs["generated_tokens"]);
                     cmp[key] = json!({
                         "ratio_decode": round3(f(ours, "decode_tokens_per_s_median") / f(theirs, "decode_tokens_per_s_median")),
                         "ratio_prefill": round3(f(theirs, "prefill_ms_median") / f(ours, "prefill_ms_median")),
                         "reference_decode_tokens_per_s": f(theirs, "decode_tokens_per_s_median"),
                         "reference_prefill_ms": f(theirs, "prefill_ms_median"),
+                        "greedy_tokens_identical": mismatch.is_none(),
                         "first_token_mismatch": mismatch,
                     });
                 }
