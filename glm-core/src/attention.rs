@@ -66,16 +66,23 @@ impl<B: Backend> SelfAttention<B> {
         let hn = hidden / heads;
         let dtype = a.dtype();
 
+        // [q|k|v] per head; each part materialised as a contiguous [batch, seq, heads, hn] (its
+        // view collapses to 2-D, which backends copy fast), rotated on same-shape operands, then
+        // viewed as [batch, heads, seq, hn] for attention.
         let qkv = self
             .query_key_value
             .forward(a)
-            .reshape([batch, seq, heads, 3 * hn])
-            .swap_dims(1, 2);
-        let q = qkv.clone().narrow(3, 0, hn);
-        let k = qkv.clone().narrow(3, hn, hn);
-        let v = qkv.narrow(3, 2 * hn, hn);
-        let q = rotary.apply(q, position_ids.clone());
-        let k = rotary.apply(k, position_ids);
+            .reshape([batch, seq, heads, 3 * hn]);
+        let part = |i: usize| {
+            qkv.clone()
+                .narrow(3, i * hn, hn)
+                .reshape([batch * seq * heads * hn])
+                .reshape([batch, seq, heads, hn])
+        };
+        let (cos, sin) = rotary.angles(position_ids, heads);
+        let q = rotary.apply_bshd(part(0), &cos, &sin).swap_dims(1, 2);
+        let k = rotary.apply_bshd(part(1), &cos, &sin).swap_dims(1, 2);
+        let v = part(2).swap_dims(1, 2);
         let (k, v) = match cache {
             Some(cache) => cache.append(self.layer_id, k, v),
             None => (k, v),

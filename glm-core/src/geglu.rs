@@ -36,9 +36,18 @@ impl<B: Backend> GeGlu<B> {
         dropout: Option<&mut Dropout>,
     ) -> Tensor<B, 3> {
         let u = self.dense_h_to_4h.forward(m);
-        let inner = u.dims()[2] / 2;
-        let u1 = u.clone().narrow(2, 0, inner);
-        let u2 = u.narrow(2, inner, inner);
+        let [batch, seq, width] = u.dims();
+        let inner = width / 2;
+        // Each half materialised contiguous (the narrowed view collapses to 2-D, a fast copy), so
+        // the element-wise GELU and product run on contiguous same-shape operands.
+        let half = |at: usize| {
+            u.clone()
+                .narrow(2, at, inner)
+                .reshape([batch * seq * inner])
+                .reshape([batch, seq, inner])
+        };
+        let (u1, u2) = (half(0), half(inner));
+        drop(u);
         let out = self.dense_4h_to_h.forward(u1 * activation::gelu(u2));
         match dropout {
             Some(d) => d.hidden(out),

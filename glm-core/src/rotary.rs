@@ -95,9 +95,17 @@ impl RotaryTables {
         let upload = |v: &Vec<f32>| {
             Tensor::<B, 2>::from_data(TensorData::new(v.clone(), shape), device).cast(dtype)
         };
+        // rotate_half as a matrix: (x·R)[j] = −x[j + half] for j < half, x[j − half] otherwise.
+        let (d, half) = (self.dim, self.dim / 2);
+        let mut r = vec![0f32; d * d];
+        for j in 0..half {
+            r[(j + half) * d + j] = -1.0;
+            r[j * d + j + half] = 1.0;
+        }
         Rotary {
             cos: upload(&self.cos),
             sin: upload(&self.sin),
+            rotate_half: Tensor::<B, 2>::from_data(TensorData::new(r, [d, d]), device).cast(dtype),
         }
     }
 }
@@ -107,6 +115,8 @@ impl RotaryTables {
 pub struct Rotary<B: Backend> {
     cos: Tensor<B, 2>,
     sin: Tensor<B, 2>,
+    /// `[dim, dim]` signed permutation: `x·R = rotate_half(x)` exactly (one ±1 term per output).
+    rotate_half: Tensor<B, 2>,
 }
 
 impl<B: Backend> Rotary<B> {
@@ -134,5 +144,48 @@ impl<B: Backend> Rotary<B> {
         let x2 = x.clone().narrow(3, half, half);
         let rotated = Tensor::cat(vec![x2.neg(), x1], 3);
         x * cos + rotated * sin
+    }
+
+    /// The cos / sin rows of `position_ids`, repeated over `heads`: the operands of
+    /// [`apply_bshd`](Self::apply_bshd), built once per layer call and shared by queries and keys.
+    ///
+    /// # Shapes
+    /// - `position_ids`: `[batch, seq]` → each `[batch, seq, heads, dim]`
+    pub fn angles(
+        &self,
+        position_ids: Tensor<B, 2, Int>,
+        heads: usize,
+    ) -> (Tensor<B, 4>, Tensor<B, 4>) {
+        let [batch, seq] = position_ids.dims();
+        let dim = self.cos.dims()[1];
+        let flat = position_ids.reshape([batch * seq]);
+        let rows = |t: &Tensor<B, 2>| {
+            t.clone()
+                .select(0, flat.clone())
+                .reshape([batch, seq, 1, dim])
+                .repeat_dim(2, heads)
+        };
+        (rows(&self.cos), rows(&self.sin))
+    }
+
+    /// Rotates `x` laid out as `[batch, seq, heads, dim]` (contiguous) by the angles of
+    /// [`angles`](Self::angles): `x·cos + rotate_half(x)·sin`, the same operations in the same
+    /// order as [`apply`](Self::apply) (bit-identical), but on same-shape contiguous operands.
+    ///
+    /// # Shapes
+    /// - `x`, `cos`, `sin`: `[batch, seq, heads, dim]` → like `x`
+    pub fn apply_bshd(
+        &self,
+        x: Tensor<B, 4>,
+        cos: &Tensor<B, 4>,
+        sin: &Tensor<B, 4>,
+    ) -> Tensor<B, 4> {
+        let [batch, seq, heads, dim] = x.dims();
+        let rotated = x
+            .clone()
+            .reshape([batch * seq * heads, dim])
+            .matmul(self.rotate_half.clone())
+            .reshape([batch, seq, heads, dim]);
+        x * cos.clone() + rotated * sin.clone()
     }
 }
