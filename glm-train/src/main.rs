@@ -35,7 +35,6 @@ struct Args {
 
 fn run(args: Args) -> glm_train::Result<()> {
     let config = TrainConfig::from_file(&args.config)?;
-    let replicas = config.data_parallel.max(1);
     let kind: DeviceKind = args.device.parse()?;
     match kind {
         #[cfg(feature = "flex")]
@@ -49,6 +48,7 @@ fn run(args: Args) -> glm_train::Result<()> {
         #[cfg(feature = "cuda")]
         DeviceKind::Cuda => {
             let available = glm_core::device::cuda_preflight()?;
+            let replicas = config.data_parallel.max(1);
             if replicas > available {
                 return Err(glm_train::Error::config(
                     "data_parallel",
