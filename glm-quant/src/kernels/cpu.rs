@@ -5,22 +5,16 @@
 //! Dispatch is by type: the path is taken only when the backend *is* `Flex` (so `Autodiff<Flex>`
 //! and every other backend fall back to the reference).
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::backend::Flex;
 use burn::module::Param;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData, TensorPrimitive};
 use burn_flex::FlexTensor;
 
+use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
 use crate::weight::QuantLayout;
-
-fn downcast<T: 'static>(value: impl Any) -> Option<T> {
-    (Box::new(value) as Box<dyn Any>)
-        .downcast::<T>()
-        .ok()
-        .map(|b| *b)
-}
 
 fn flex_float<B: Backend>(t: Tensor<B, 2>) -> Option<FlexTensor> {
     match t.cast(DType::F32).into_primitive() {

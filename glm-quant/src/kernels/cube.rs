@@ -10,7 +10,7 @@
 //! or CUDA runtime (`CubeBackend<R, ..>`, i.e. without burn's `fusion` feature); other backends fall
 //! back to the reference.
 
-use std::any::{Any, TypeId};
+use std::any::TypeId;
 
 use burn::module::Param;
 use burn::tensor::{backend::Backend, DType, Int, Shape, Tensor, TensorPrimitive};
@@ -21,6 +21,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_cubecl::CubeRuntime;
 use cubecl::prelude::*;
 
+use super::downcast;
 use crate::scheme::QuantScheme;
 use crate::weight::QuantLayout;
 
@@ -146,13 +147,6 @@ fn dequantize_kernel(
             }
         }
     }
-}
-
-fn downcast<T: 'static>(value: impl Any) -> Option<T> {
-    (Box::new(value) as Box<dyn Any>)
-        .downcast::<T>()
-        .ok()
-        .map(|b| *b)
 }
 
 fn float_prim<B: Backend, R: CubeRuntime>(t: Tensor<B, 2>) -> Option<CubeTensor<R>> {

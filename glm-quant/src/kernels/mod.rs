@@ -16,3 +16,13 @@ pub(crate) mod cpu;
 
 #[cfg(feature = "cubecl")]
 pub mod cube;
+
+/// `value` as a `T` when it is one: how the backend-specific paths recognise their tensor
+/// primitives behind burn's generic `Backend` types.
+#[cfg(any(feature = "flex", feature = "cubecl"))]
+fn downcast<T: 'static>(value: impl std::any::Any) -> Option<T> {
+    (Box::new(value) as Box<dyn std::any::Any>)
+        .downcast::<T>()
+        .ok()
+        .map(|b| *b)
+}
