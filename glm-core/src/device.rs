@@ -1,6 +1,8 @@
 //! Choosing a backend at run time: the `--device cpu|wgpu|cuda` value of the command lines, and a
 //! CUDA driver check that turns "no driver / no GPU" into an error instead of a panic.
 
+use burn::tensor::backend::Backend;
+
 use crate::error::{Error, Result};
 
 /// The backends a program can pick at run time.
@@ -21,16 +23,6 @@ impl DeviceKind {
             Self::Cpu => "cpu",
             Self::Wgpu => "wgpu",
             Self::Cuda => "cuda",
-        }
-    }
-
-    /// Whether this build of the crate has the backend compiled in (`cpu` needs the `flex`
-    /// feature, the others their own).
-    pub fn compiled_in(self) -> bool {
-        match self {
-            Self::Cpu => cfg!(feature = "flex"),
-            Self::Wgpu => cfg!(feature = "wgpu"),
-            Self::Cuda => cfg!(feature = "cuda"),
         }
     }
 
@@ -83,6 +75,53 @@ pub fn cuda_preflight() -> Result<usize> {
         Ok(n) if n > 0 => Ok(n as usize),
         Ok(_) => Err(Error::Device("cuda: no CUDA device present".into())),
         Err(e) => Err(Error::Device(format!("cuda: CUDA driver error: {e:?}"))),
+    }
+}
+
+/// Work that runs on whichever backend a run-time [`DeviceKind`] picks (generic over the backend
+/// type, so one code path serves the CPU, wgpu and CUDA).
+pub trait OnBackend {
+    /// What the work returns.
+    type Output;
+    /// Error type of the work (must accept this crate's device errors).
+    type Error: From<Error>;
+    /// Runs on backend `B` with `devices` (never empty: one per replica).
+    fn run<B: Backend>(
+        self,
+        devices: &[B::Device],
+    ) -> std::result::Result<Self::Output, Self::Error>;
+}
+
+/// Runs `task` on the backend of `kind` with `replicas` devices (at least one): the CPU and wgpu
+/// get their default device `replicas` times, CUDA gets devices `0..replicas` after a driver
+/// preflight (fewer GPUs than replicas is an error). A backend this build lacks is an error.
+pub fn dispatch<T: OnBackend>(
+    kind: DeviceKind,
+    replicas: usize,
+    task: T,
+) -> std::result::Result<T::Output, T::Error> {
+    let n = replicas.max(1);
+    match kind {
+        #[cfg(feature = "flex")]
+        DeviceKind::Cpu => task.run::<burn::backend::Flex>(&vec![Default::default(); n]),
+        #[cfg(feature = "wgpu")]
+        DeviceKind::Wgpu => task.run::<burn::backend::Wgpu>(&vec![Default::default(); n]),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let available = cuda_preflight()?;
+            if n > available {
+                return Err(Error::Device(format!(
+                    "cuda: {n} devices requested but only {available} present"
+                ))
+                .into());
+            }
+            let devices: Vec<_> = (0..n)
+                .map(|index| burn::backend::cuda::CudaDevice { index })
+                .collect();
+            task.run::<burn::backend::Cuda>(&devices)
+        }
+        #[allow(unreachable_patterns)]
+        other => Err(other.not_compiled_in().into()),
     }
 }
 

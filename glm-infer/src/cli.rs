@@ -12,32 +12,7 @@ use glm_tokenizer::{Tokenizer, TokenizerOptions};
 use crate::error::{Error, Result};
 use crate::prompt::{IdCodec, TextCodec};
 
-pub use glm_core::device::DeviceKind;
-
-/// Work that runs on whichever backend `--device` picks (generic over the backend type).
-pub trait OnBackend {
-    /// Error type of the work (must accept this crate's usage errors).
-    type Error: From<Error>;
-    /// Runs on backend `B`.
-    fn run<B: Backend>(self, device: &B::Device) -> std::result::Result<(), Self::Error>;
-}
-
-/// Runs `task` on the backend of `kind`: CPU (Flex), or wgpu / CUDA when compiled in (CUDA after a
-/// driver preflight); a backend that was not compiled in is a clear error.
-pub fn dispatch<T: OnBackend>(kind: DeviceKind, task: T) -> std::result::Result<(), T::Error> {
-    match kind {
-        DeviceKind::Cpu => task.run::<burn::backend::Flex>(&Default::default()),
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => task.run::<burn::backend::Wgpu>(&Default::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            glm_core::device::cuda_preflight().map_err(Error::from)?;
-            task.run::<burn::backend::Cuda>(&Default::default())
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(Error::from(other.not_compiled_in()).into()),
-    }
-}
+pub use glm_core::device::{dispatch, DeviceKind, OnBackend};
 
 /// Parses `--dtype`.
 pub fn parse_dtype(s: &str) -> Result<DType> {

@@ -7,9 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::backend::Autodiff;
-use burn::tensor::backend::AutodiffBackend;
+use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
-use glm_core::device::DeviceKind;
+use glm_core::device::{dispatch, DeviceKind, OnBackend};
 use glm_train::{TrainConfig, Trainer};
 
 /// Train or fine-tune a GLM (blank-infilling objective, GLM-130B recipe).
@@ -34,35 +34,17 @@ struct Args {
 }
 
 fn run(args: Args) -> glm_train::Result<()> {
+    struct Train(Args, TrainConfig);
+    impl OnBackend for Train {
+        type Output = ();
+        type Error = glm_train::Error;
+        fn run<B: Backend>(self, devices: &[B::Device]) -> glm_train::Result<()> {
+            train::<Autodiff<B>>(self.0, self.1, devices)
+        }
+    }
     let config = TrainConfig::from_file(&args.config)?;
     let kind: DeviceKind = args.device.parse()?;
-    match kind {
-        #[cfg(feature = "flex")]
-        DeviceKind::Cpu => {
-            train::<Autodiff<burn::backend::Flex>>(args, config, &[Default::default()])
-        }
-        #[cfg(feature = "wgpu")]
-        DeviceKind::Wgpu => {
-            train::<Autodiff<burn::backend::Wgpu>>(args, config, &[Default::default()])
-        }
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let available = glm_core::device::cuda_preflight()?;
-            let replicas = config.data_parallel.max(1);
-            if replicas > available {
-                return Err(glm_train::Error::config(
-                    "data_parallel",
-                    format!("{replicas} replicas but only {available} CUDA device(s)"),
-                ));
-            }
-            let devices: Vec<_> = (0..replicas)
-                .map(|index| burn::backend::cuda::CudaDevice { index })
-                .collect();
-            train::<Autodiff<burn::backend::Cuda>>(args, config, &devices)
-        }
-        #[allow(unreachable_patterns)]
-        other => Err(other.not_compiled_in().into()),
-    }
+    dispatch(kind, config.data_parallel, Train(args, config))
 }
 
 fn train<B: AutodiffBackend>(

@@ -240,12 +240,14 @@ fn init_random(args: InitArgs) -> Result<()> {
 fn generate(args: GenerateArgs) -> Result<()> {
     struct Generate(GenerateArgs);
     impl glm_infer::cli::OnBackend for Generate {
+        type Output = ();
         type Error = Error;
-        fn run<B: Backend>(self, device: &B::Device) -> Result<()> {
-            run::<B>(&self.0, device)
+        fn run<B: Backend>(self, devices: &[B::Device]) -> Result<()> {
+            // `dispatch` hands over at least one device.
+            run::<B>(&self.0, &devices[0])
         }
     }
-    glm_infer::cli::dispatch(args.device.parse()?, Generate(args))
+    glm_infer::cli::dispatch(args.device.parse()?, 1, Generate(args))
 }
 
 fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn Strategy>> {

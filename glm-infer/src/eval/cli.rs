@@ -106,13 +106,15 @@ impl Observer for Console {
 pub fn run(args: EvaluateArgs) -> EvalResult<()> {
     struct Evaluate(EvaluateArgs);
     impl crate::cli::OnBackend for Evaluate {
+        type Output = ();
         type Error = EvalError;
-        fn run<B: Backend>(self, device: &B::Device) -> EvalResult<()> {
-            run_on::<B>(&self.0, device)
+        fn run<B: Backend>(self, devices: &[B::Device]) -> EvalResult<()> {
+            // `dispatch` hands over at least one device.
+            run_on::<B>(&self.0, &devices[0])
         }
     }
     let device: DeviceKind = args.device.parse()?;
-    crate::cli::dispatch(device, Evaluate(args))
+    crate::cli::dispatch(device, 1, Evaluate(args))
 }
 
 fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()> {
