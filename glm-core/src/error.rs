@@ -75,6 +75,17 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A tensor's stored data is damaged or does not match its description (storage entry missing,
+    /// too short, failing its CRC, view out of range): the checkpoint must not be used.
+    #[error("{}: tensor `{tensor}`: {reason}", file.display())]
+    CorruptTensor {
+        /// The checkpoint file.
+        file: PathBuf,
+        /// The tensor (several, joined, when a damaged storage backs more than one).
+        tensor: String,
+        /// What is wrong.
+        reason: String,
+    },
     /// The weights do not fit the configuration (e.g. layer count).
     #[error("{}: config/weights mismatch: {reason}", file.display())]
     ConfigMismatch {

@@ -16,7 +16,7 @@ use burn::tensor::{DType, TensorData};
 
 pub use self::names::{is_ignored_name, param_specs, ParamKind, ParamSpec};
 pub use self::safetensors::{save_safetensors, SafetensorsFile};
-pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule};
+pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule, TorchShard};
 use crate::error::{Error, Result};
 
 /// A checkpoint that can hand out tensors by their original name.

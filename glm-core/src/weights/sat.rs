@@ -5,10 +5,14 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::TensorData;
-use burn_store::pytorch::PytorchReader;
 
 use super::{is_ignored_name, WeightSource};
 use crate::error::{Error, Result};
+
+mod pickle;
+mod shard;
+
+pub use self::shard::TorchShard;
 
 /// How a parameter is split across tensor-parallel ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,7 +128,7 @@ pub struct SatCheckpoint {
     folder: PathBuf,
     iteration: String,
     shard_paths: Vec<PathBuf>,
-    shards: Vec<PytorchReader>,
+    shards: Vec<TorchShard>,
     names: Vec<String>,
 }
 
@@ -170,16 +174,11 @@ impl SatCheckpoint {
         }
         let mut shards = Vec::with_capacity(shard_paths.len());
         for p in &shard_paths {
-            let reader = PytorchReader::with_top_level_key(p, "module")
-                .map_err(|e| Error::corrupt(p, format!("not a readable torch checkpoint: {e}")))?;
-            shards.push(reader);
+            shards.push(TorchShard::open(p, Some("module"))?);
         }
-        let mut names = shards[0].keys();
-        names.sort();
+        let names = shards[0].names();
         for (p, s) in shard_paths.iter().zip(&shards).skip(1) {
-            let mut other = s.keys();
-            other.sort();
-            if other != names {
+            if s.names() != names {
                 return Err(Error::corrupt(
                     p,
                     "shard holds different tensor names than rank 0",
@@ -211,14 +210,16 @@ impl SatCheckpoint {
             .shard_paths
             .get(rank)
             .ok_or_else(|| Error::InvalidInput(format!("rank {rank} out of range")))?;
-        let snap = self.shards[rank]
-            .get(name)
-            .ok_or_else(|| Error::MissingTensor {
-                file: path.clone(),
-                tensor: name.to_string(),
-            })?;
-        snap.to_data()
-            .map_err(|e| Error::corrupt(path, format!("tensor `{name}`: {e:?}")))
+        let shard = self.shards.get(rank).ok_or_else(|| Error::MissingTensor {
+            file: path.clone(),
+            tensor: name.to_string(),
+        })?;
+        shard.load(name)
+    }
+
+    /// CRC-checks every entry of every shard (loading does this per tensor).
+    pub fn verify(&self) -> Result<()> {
+        self.shards.iter().try_for_each(TorchShard::verify)
     }
 }
 
@@ -232,7 +233,7 @@ impl WeightSource for SatCheckpoint {
     }
 
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        let shape = self.shards[0].get(name)?.shape.to_vec();
+        let shape = self.shards.first()?.shape(name)?.to_vec();
         let tp = self.shards.len();
         let mut merged = shape;
         match split_rule(name) {
