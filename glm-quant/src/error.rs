@@ -9,6 +9,9 @@ pub enum QuantError {
     /// A scheme marker string could not be parsed.
     #[error("unknown quantization marker {0:?} (expected \"int8\" or \"int4\")")]
     UnknownMarker(String),
+    /// A kernel was asked to run on an instruction set this CPU lacks.
+    #[error("this CPU cannot run the {0} kernels")]
+    UnsupportedIsa(&'static str),
     /// A buffer or tensor does not have the shape the layout implies.
     #[error("tensor `{tensor}`: shape {found:?}, expected {expected:?}")]
     ShapeMismatch {

@@ -1,10 +1,12 @@
 //! Kernel tests: pack/unpack round trip (property), the fused CPU kernels against the reference
-//! path on random shapes including odd sizes, several shards and prefill-sized inputs.
+//! path on random shapes including odd sizes, several shards and prefill-sized inputs — on EVERY
+//! instruction set this CPU has (scalar, AVX2, AVX-512), selected per call, in the same run.
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use glm_quant::kernels::host::{
-    host_dequantize, host_gemv, host_gemv_portable, HostMatrix, FUSED_MAX_ROWS,
+    host_dequantize, host_dequantize_with, host_gemv, host_gemv_portable, host_gemv_with,
+    HostMatrix, Isa, FUSED_MAX_ROWS,
 };
 use glm_quant::pack::{pack_int4, unpack_int4};
 use glm_quant::{QuantScheme, QuantizedMatrix, QuantizedWeight};
@@ -81,11 +83,36 @@ fn tolerance(x: &[f32], w: &[f32], inp: usize) -> f32 {
     2e-6 * inp as f32 * mx * mw + 1e-7
 }
 
+/// The instruction sets this CPU runs; a note is printed for each one it lacks.
+fn supported_isas() -> Vec<Isa> {
+    let mut out = Vec::new();
+    for isa in Isa::ALL {
+        if isa.is_supported() {
+            out.push(isa);
+        } else {
+            eprintln!(
+                "note: this CPU lacks {}: its kernels are not tested here",
+                isa.name()
+            );
+        }
+    }
+    assert!(out.contains(&Isa::Scalar), "the scalar path always runs");
+    assert!(
+        out.contains(&Isa::detect()),
+        "the detected path is one of them"
+    );
+    out
+}
+
 #[test]
 fn fused_cpu_kernel_equals_reference_on_random_shapes() {
     let device = Default::default();
     let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for (out, inp, rows, shards, scheme) in shapes() {
+    let isas = supported_isas();
+    // (isa, gemv cases, dequantize cases) actually run.
+    let mut ran: Vec<(Isa, usize, usize)> = isas.iter().map(|&i| (i, 0, 0)).collect();
+    let cases = shapes();
+    for &(out, inp, rows, shards, scheme) in &cases {
         let w = rng.vec(out * inp, 0.5);
         let x = rng.vec(rows * inp, 2.0);
         let m = QuantizedMatrix::quantize("w", &TensorData::new(w, [out, inp]), shards, scheme)
@@ -129,6 +156,22 @@ fn fused_cpu_kernel_equals_reference_on_random_shapes() {
             d, deq,
             "host_dequantize {scheme} {out}x{inp} shards {shards}"
         );
+        // Every path of this CPU, chosen per call.
+        for (isa, gemv_runs, deq_runs) in ran.iter_mut() {
+            let mut y = vec![f32::NAN; rows * out];
+            host_gemv_with(*isa, &hm, &x, rows, &mut y).unwrap();
+            check(&format!("host_gemv_with({})", isa.name()), &y);
+            *gemv_runs += 1;
+            let mut d = vec![f32::NAN; out * inp];
+            host_dequantize_with(*isa, &hm, &mut d).unwrap();
+            assert_eq!(
+                d,
+                deq,
+                "host_dequantize_with({}) {scheme} {out}x{inp} shards {shards}",
+                isa.name()
+            );
+            *deq_runs += 1;
+        }
         // Through burn: fused (Flex) vs reference.
         let q = QuantizedWeight::<Flex>::from_matrix(&m, &device);
         let xt = Tensor::<Flex, 2>::from_data(TensorData::new(x.clone(), [rows, inp]), &device);
@@ -150,6 +193,59 @@ fn fused_cpu_kernel_equals_reference_on_random_shapes() {
         let y16 = q.forward(xt.cast(DType::F16));
         assert_eq!(y16.dtype(), DType::F16);
     }
+    assert!(!cases.is_empty());
+    for (isa, gemv_runs, deq_runs) in ran {
+        assert_eq!(gemv_runs, cases.len(), "{}: gemv cases run", isa.name());
+        assert_eq!(
+            deq_runs,
+            cases.len(),
+            "{}: dequantize cases run",
+            isa.name()
+        );
+        eprintln!(
+            "{}: {gemv_runs} gemv + {deq_runs} dequantize cases",
+            isa.name()
+        );
+    }
+}
+
+#[test]
+fn an_instruction_set_the_cpu_lacks_is_an_error_not_a_fallback() {
+    let m = QuantizedMatrix::quantize(
+        "w",
+        &TensorData::new(vec![0.5f32; 12], [3, 4]),
+        1,
+        QuantScheme::Int8,
+    )
+    .unwrap();
+    let scales = m.scales_f32();
+    let hm = HostMatrix {
+        layout: m.layout(),
+        bytes: m.bytes(),
+        row_stride: m.layout().row_bytes(),
+        scales: &scales,
+    };
+    let mut checked = 0;
+    for isa in Isa::ALL {
+        let mut y = vec![0f32; 3];
+        let mut d = vec![0f32; 12];
+        let (g, q) = (
+            host_gemv_with(isa, &hm, &[1.0; 4], 1, &mut y),
+            host_dequantize_with(isa, &hm, &mut d),
+        );
+        if isa.is_supported() {
+            assert!(g.is_ok() && q.is_ok(), "{}", isa.name());
+        } else {
+            assert!(
+                matches!(g, Err(glm_quant::QuantError::UnsupportedIsa(_)))
+                    && matches!(q, Err(glm_quant::QuantError::UnsupportedIsa(_))),
+                "{}",
+                isa.name()
+            );
+        }
+        checked += 1;
+    }
+    assert_eq!(checked, Isa::ALL.len());
 }
 
 #[test]

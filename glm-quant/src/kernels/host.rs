@@ -78,52 +78,88 @@ impl HostMatrix<'_> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Isa {
+/// An instruction set the host kernels can run on. [`host_gemv`] and [`host_dequantize`] use
+/// [`Isa::detect`]; [`host_gemv_with`] and [`host_dequantize_with`] take one explicitly (tests run
+/// every path the machine has, whatever it would pick).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Isa {
+    /// Portable scalar code: every CPU.
     Scalar,
-    #[cfg(target_arch = "x86_64")]
+    /// AVX2 + FMA + F16C, 8 columns per step (x86-64).
     Avx2,
-    #[cfg(target_arch = "x86_64")]
+    /// AVX-512 F/BW/VL + FMA + F16C, 16 columns per step (x86-64).
     Avx512,
 }
 
-fn isa() -> Isa {
-    static ISA: OnceLock<Isa> = OnceLock::new();
-    *ISA.get_or_init(|| {
-        #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("GLM_QUANT_NO_SIMD").is_none()
-            && std::env::var_os("GLM_QUANT_NO_AVX512").is_none()
-            && is_x86_feature_detected!("avx512f")
-            && is_x86_feature_detected!("avx512bw")
-            && is_x86_feature_detected!("avx512vl")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            return Isa::Avx512;
+impl Isa {
+    /// Every instruction set, fastest last.
+    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+
+    /// Whether this CPU can run the path (checked at run time).
+    pub fn is_supported(self) -> bool {
+        match self {
+            Isa::Scalar => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => {
+                is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vl")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+            }
+            #[cfg(not(target_arch = "x86_64"))]
+            Isa::Avx2 | Isa::Avx512 => false,
         }
-        #[cfg(target_arch = "x86_64")]
-        if std::env::var_os("GLM_QUANT_NO_SIMD").is_none()
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
-        {
-            return Isa::Avx2;
+    }
+
+    /// The fastest supported path (cached). Operators may cap it for a whole process:
+    /// `GLM_QUANT_NO_AVX512` stops at AVX2, `GLM_QUANT_NO_SIMD` forces the scalar code.
+    pub fn detect() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let no_simd = std::env::var_os("GLM_QUANT_NO_SIMD").is_some();
+            let no_avx512 = std::env::var_os("GLM_QUANT_NO_AVX512").is_some();
+            let allowed = |isa: Isa| match isa {
+                Isa::Scalar => true,
+                Isa::Avx2 => !no_simd,
+                Isa::Avx512 => !no_simd && !no_avx512,
+            };
+            Isa::ALL
+                .into_iter()
+                .rev()
+                .find(|&i| allowed(i) && i.is_supported())
+                .unwrap_or(Isa::Scalar)
+        })
+    }
+
+    /// Short name (`"scalar"`, `"avx2+fma+f16c"`, `"avx512"`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2+fma+f16c",
+            Isa::Avx512 => "avx512",
         }
-        Isa::Scalar
-    })
+    }
+
+    /// `Ok` when the CPU supports the path, a typed error otherwise (running it would be undefined).
+    fn check(self) -> Result<()> {
+        if self.is_supported() {
+            Ok(())
+        } else {
+            Err(QuantError::UnsupportedIsa(self.name()))
+        }
+    }
 }
 
-/// The instruction set the fused kernel uses on this machine (`"avx512"`, `"avx2+fma+f16c"` or
-/// `"scalar"`; set `GLM_QUANT_NO_AVX512` to stop at AVX2, `GLM_QUANT_NO_SIMD` to force the scalar
-/// code).
+/// The instruction set the fused kernel uses on this machine: [`Isa::detect`]'s name.
 pub fn simd_level() -> &'static str {
-    match isa() {
-        Isa::Scalar => "scalar",
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => "avx2+fma+f16c",
-        #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => "avx512",
-    }
+    Isa::detect().name()
 }
 
 /// `f16(q · scale)` as f32 (scale holds an fp16 value).
@@ -445,9 +481,11 @@ fn dot_rows(
 ) {
     let done = match isa {
         Isa::Scalar => 0,
+        #[cfg(not(target_arch = "x86_64"))]
+        Isa::Avx2 | Isa::Avx512 => 0,
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
-            // SAFETY: AVX2/FMA/F16C were detected at run time; `host_gemv` checked the slice sizes
+            // SAFETY: `gemv_impl` checked that the CPU has AVX2/FMA/F16C (`Isa::check`); `host_gemv` checked the slice sizes
             // (row bytes cover every column, x holds `mb` rows of `x_stride`), and c0 is even for int4.
             unsafe {
                 match (acc.len(), int4) {
@@ -465,7 +503,7 @@ fn dot_rows(
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => {
-            // SAFETY: AVX-512F/BW/VL, FMA and F16C were detected at run time; sizes as above.
+            // SAFETY: AVX-512F/BW/VL, FMA and F16C checked by `gemv_impl`; sizes as above.
             unsafe {
                 match (acc.len(), int4) {
                     (1, false) => avx512::dot::<1, false>(row, c0, n, scale, x, x_stride, acc),
@@ -503,11 +541,28 @@ fn rows_per_task(out: usize, work_per_row: usize) -> usize {
 /// # Errors
 /// [`QuantError::ShapeMismatch`] when a slice is too small for the layout.
 pub fn host_gemv(w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
-    gemv_impl(isa(), w, x, m, y)
+    gemv_impl(Isa::detect(), w, x, m, y)
+}
+
+/// [`host_gemv`] on the instruction set `isa` instead of the detected one.
+///
+/// # Shapes
+/// - `x`: `[m, in]` row-major → `y`: `[m, out]` row-major
+///
+/// # Errors
+/// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`; as [`host_gemv`] otherwise.
+pub fn host_gemv_with(
+    isa: Isa,
+    w: &HostMatrix<'_>,
+    x: &[f32],
+    m: usize,
+    y: &mut [f32],
+) -> Result<()> {
+    gemv_impl(isa, w, x, m, y)
 }
 
 /// [`host_gemv`] forced onto the portable scalar code (what non-x86 CPUs, or x86 CPUs without
-/// AVX2/FMA/F16C, run): for testing the SIMD code against it.
+/// AVX2/FMA/F16C, run): `host_gemv_with(Isa::Scalar, ..)`.
 ///
 /// # Shapes
 /// - `x`: `[m, in]` row-major → `y`: `[m, out]` row-major
@@ -516,6 +571,7 @@ pub fn host_gemv_portable(w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]
 }
 
 fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -> Result<()> {
+    isa.check()?;
     w.validate()?;
     let l = w.layout;
     let (out, inp) = (l.out_features, l.in_features);
@@ -585,6 +641,18 @@ fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -
 /// # Shapes
 /// - `dst`: `[out, in]` row-major
 pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
+    host_dequantize_with(Isa::detect(), w, dst)
+}
+
+/// [`host_dequantize`] on the instruction set `isa` instead of the detected one.
+///
+/// # Shapes
+/// - `dst`: `[out, in]` row-major
+///
+/// # Errors
+/// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`; as [`host_dequantize`] otherwise.
+pub fn host_dequantize_with(isa: Isa, w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
+    isa.check()?;
     w.validate()?;
     let l = w.layout;
     let (out, inp) = (l.out_features, l.in_features);
@@ -598,7 +666,6 @@ pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
     if out == 0 || inp == 0 {
         return Ok(());
     }
-    let isa = isa();
     let int4 = l.scheme == QuantScheme::Int4;
     let per_shard = l.cols_per_shard();
     let row_bytes = l.row_bytes();
@@ -609,7 +676,9 @@ pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
             let c0 = s * per_shard;
             let done = match isa {
                 Isa::Scalar => 0,
-                // SAFETY: features detected; row covers every column, d has `inp` values.
+                #[cfg(not(target_arch = "x86_64"))]
+                Isa::Avx2 | Isa::Avx512 => 0,
+                // SAFETY: features checked above (`Isa::check`); row covers every column, d has `inp` values.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe {
                     if int4 {
@@ -618,7 +687,7 @@ pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
                         avx2::dequant_row::<false>(row, c0, per_shard, scale, d)
                     }
                 },
-                // SAFETY: as above, AVX-512 detected.
+                // SAFETY: as above, AVX-512 checked.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx512 => unsafe {
                     if int4 {

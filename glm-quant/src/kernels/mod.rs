@@ -1,7 +1,8 @@
 //! Kernels for `y = x · Wᵀ` with a quantized `W`:
 //! - [`reference`]: dequantize with generic tensor ops, then matmul (every backend);
-//! - [`host`]: the fused dequantize-GEMV on host slices (SIMD: AVX2+FMA+F16C when the CPU has it,
-//!   portable scalar code otherwise; multi-threaded with rayon), usable without burn;
+//! - [`host`]: the fused dequantize-GEMV on host slices (SIMD: AVX-512 or AVX2+FMA+F16C when the CPU
+//!   has it, portable scalar code otherwise, detected or chosen per call with
+//!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
 //! - `cpu` (feature `flex`): runs [`host`] in place on `Flex` tensors;
 //! - `cube` (feature `cubecl`): one CubeCL kernel for wgpu and CUDA.
 //!
