@@ -96,6 +96,24 @@ fn every_case_matches_logits_and_hidden_states_on_cpu() {
             "{}: logits max diff {d} > {tol_logits}",
             case.name
         );
+        // One hidden state per layer, as many as the fixture recorded (`hidden_layer0..`).
+        let recorded = case.json["tensors"]
+            .as_object()
+            .expect("tensors")
+            .keys()
+            .filter(|k| k.starts_with("hidden_layer"))
+            .count();
+        assert_eq!(
+            recorded, cfg.num_layers,
+            "{}: hidden states in the fixture",
+            case.name
+        );
+        assert_eq!(
+            out.hidden_states.len(),
+            cfg.num_layers,
+            "{}: hidden states returned",
+            case.name
+        );
         for (l, hidden) in out.hidden_states.into_iter().enumerate() {
             let (golden, _) = tensor_f32(
                 "cases.safetensors",
@@ -133,9 +151,11 @@ fn rotary_tables_are_bit_exact() {
     let (sin, _) = tensor_f32("cases.safetensors", keys[1].as_str().unwrap());
     let (inv, _) = tensor_f32("cases.safetensors", keys[2].as_str().unwrap());
     assert_eq!(cos_shape, vec![cfg.max_sequence_length, cfg.head_dim()]);
+    assert_eq!(sin.len(), cos.len(), "sin table size");
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&t.inv_freq), bits(&inv), "inv_freq");
     for (name, ours, golden) in [("cos", &t.cos, &cos), ("sin", &t.sin, &sin)] {
+        assert_eq!(ours.len(), golden.len(), "{name}: table size");
         let bad = ours
             .iter()
             .zip(golden.iter())
@@ -255,6 +275,12 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
             &tensor_key(case, "context_mem_kv_layer0"),
         );
         let ours_mem = to_vec(cache.sat_mem_kv(0).expect("layer 0 cached"));
+        assert_eq!(
+            ours_mem.len(),
+            mem.len(),
+            "{}: context mem_kv size",
+            case.name
+        );
         let d = ours_mem
             .iter()
             .zip(&mem)
@@ -275,7 +301,16 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
         let full = to_vec(model.forward(t, p, m));
         let v = cfg.vocab_size;
+        assert_eq!(
+            golden_steps.len(),
+            steps.len() * v,
+            "{}: step logits size",
+            case.name
+        );
+        assert_eq!(full.len(), n * v, "{}: full logits size", case.name);
+        assert!(!steps.is_empty(), "{}: no step", case.name);
         for (s, ours) in steps.iter().enumerate() {
+            assert_eq!(ours.len(), v, "{} step {s}: logits size", case.name);
             let g = &golden_steps[s * v..(s + 1) * v];
             let f = &full[(ctx - 1 + s) * v..(ctx + s) * v];
             let d_orig = ours
@@ -343,16 +378,18 @@ fn blank_builder_reproduces_the_original_layouts() {
         );
         checked += 1;
     }
-    assert!(checked >= 2);
+    assert!(checked > 0, "no single-sample case in cases.json");
 }
 
 #[test]
 fn batch_padding_matches_the_collate_function() {
     let cfg = config();
     let (cases, _) = cases();
+    let mut checked = 0;
     for case in cases.iter().filter(|c| c.batch > 1) {
         let seq = case.seq;
         let ctx = ints(&case.json["context_lengths"]);
+        assert_eq!(ctx.len(), case.batch, "{}: context lengths", case.name);
         let samples: Vec<GlmInput> = (0..case.batch)
             .map(|b| {
                 let n = ctx[b] as usize;
@@ -373,14 +410,17 @@ fn batch_padding_matches_the_collate_function() {
             .collect();
         let padded = GlmInput::pad_batch(&samples, 32, cfg.special_tokens.pad).unwrap();
         assert_eq!(padded, case.input, "{}", case.name);
+        checked += 1;
     }
+    assert!(checked > 0, "no batch case in cases.json");
 }
 
 #[test]
 fn f16_and_bf16_models_run_close_to_f32() {
     let device = Default::default();
     let (cases, _) = cases();
-    let case = &cases[0];
+    // Any case will do (f16/bf16 vs f32 on the same input): the first one.
+    let case = cases.first().expect("a case in cases.json");
     let reference: GlmModel<Cpu> = load_model(&device, ModelOptions::default());
     let (t, p, m) = case.input.to_tensors::<Cpu>(&device);
     let want = to_vec(reference.forward(t, p, m));

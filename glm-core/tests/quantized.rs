@@ -151,16 +151,23 @@ fn quantized_logits_match_the_original_with_biases() {
             "{scheme}: matches the zero-bias bug variant"
         );
         // Only the four linears are quantized: embedding, LayerNorms and biases stay F32.
+        let mut quantized_weights = 0;
         for (name, t) in model.named_tensors() {
             let quantized_weight = QUANTIZED_LINEARS
                 .iter()
                 .any(|l| name.ends_with(&format!("{l}.weight")));
             if quantized_weight {
                 assert_eq!(t.dtype, DType::I8, "{name}");
+                quantized_weights += 1;
             } else if !name.ends_with("_scale") {
                 assert_eq!(t.dtype, DType::F32, "{name}");
             }
         }
+        assert_eq!(
+            quantized_weights,
+            QUANTIZED_LINEARS.len() * config().num_layers,
+            "{scheme}: quantized weights"
+        );
     }
 }
 
@@ -200,7 +207,13 @@ fn quantized_checkpoints_load_and_save_bit_exact() {
         );
         let expected = exported_linears(&model);
         assert_eq!(expected.len(), 8 * config().num_layers);
-        for (k, v) in exported_linears(&on_load) {
+        let got = exported_linears(&on_load);
+        assert_eq!(
+            got.keys().collect::<Vec<_>>(),
+            expected.keys().collect::<Vec<_>>(),
+            "{scheme}: quantized tensors on load vs checkpoint"
+        );
+        for (k, v) in got {
             assert_eq!(v.as_bytes(), expected[&k].as_bytes(), "{k}");
             assert_eq!(
                 v.as_bytes(),
@@ -267,6 +280,11 @@ fn tp2_quantized_checkpoints_are_bit_exact_and_give_the_original_logits() {
         );
         assert_eq!(ours.quantization(), Some((scheme, tp)));
         let exported = exported_linears(&ours);
+        assert_eq!(
+            exported.len(),
+            2 * QUANTIZED_LINEARS.len() * config().num_layers,
+            "{scheme}: weights + scales"
+        );
         let mut row_parallel_scales = 0;
         for (name, data) in &exported {
             // Merged tensors equal.
@@ -355,10 +373,10 @@ fn quantizing_a_float_model_equals_quantizing_on_load() {
             .quantize(quant)
             .unwrap();
         let on_load = quantize_on_load(&model_file(), quant);
-        for ((ka, a), (kb, b)) in exported_linears(&q)
-            .iter()
-            .zip(exported_linears(&on_load).iter())
-        {
+        let (from_float, loaded) = (exported_linears(&q), exported_linears(&on_load));
+        assert_eq!(from_float.len(), loaded.len(), "{scheme}: tensor counts");
+        assert!(!from_float.is_empty());
+        for ((ka, a), (kb, b)) in from_float.iter().zip(loaded.iter()) {
             assert_eq!(ka, kb);
             assert_eq!(a.as_bytes(), b.as_bytes(), "{ka}");
         }
@@ -513,6 +531,14 @@ fn convert_checkpoint_writes_a_loadable_quantized_folder() {
     assert_eq!(report.tensor_parallel, 2);
     let ours = SafetensorsFile::open(&report.path).unwrap();
     let original = SatCheckpoint::open(fixtures().join("sat_tp2_int4")).unwrap();
+    // Every tensor of convert_tp.py's output (but the rotary buffer SAT never loads) is ours too.
+    let wanted: Vec<String> = original
+        .names()
+        .into_iter()
+        .filter(|n| !glm_core::weights::is_ignored_name(n))
+        .collect();
+    assert!(!wanted.is_empty());
+    assert_eq!(ours.names(), wanted, "tensor names vs sat_tp2_int4");
     for name in ours.names() {
         assert_eq!(
             ours.load(&name).unwrap().as_bytes(),

@@ -43,7 +43,9 @@ fn sat_tp1_and_tp2_load_identical_fp16_weights() {
     assert_eq!(tp1.tensor_parallel(), 1);
     assert_eq!(tp2.tensor_parallel(), 2);
     let cfg = config();
-    for spec in glm_core::weights::param_specs(&cfg) {
+    let specs = glm_core::weights::param_specs(&cfg);
+    assert!(!specs.is_empty());
+    for spec in specs {
         let a = tp1.load(&spec.name).unwrap();
         let b = tp2.load(&spec.name).unwrap();
         assert_eq!(a.dtype, DType::F16, "{}", spec.name);
@@ -103,7 +105,9 @@ fn sat_checkpoints_give_the_recorded_logits() {
             GlmModel::<Cpu>::from_source(&cfg, &src, &device, ModelOptions::default()).unwrap();
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
         let ours = to_vec(model.forward(t, p, m));
-        let (golden, _) = tensor_f32("sat_tp.safetensors", key);
+        let (golden, shape) = tensor_f32("sat_tp.safetensors", key);
+        assert_eq!(shape, vec![1, input.seq, cfg.vocab_size], "{key}");
+        assert_eq!(ours.len(), golden.len(), "{folder}: logits size");
         let d = ours
             .iter()
             .zip(&golden)
@@ -130,7 +134,13 @@ fn safetensors_save_load_round_trip_in_every_dtype() {
         let back =
             GlmModel::<Cpu>::from_source(model.config(), &file, &device, ModelOptions::default())
                 .unwrap();
-        for (name, data) in back.named_tensors() {
+        let tensors = back.named_tensors();
+        assert_eq!(
+            tensors.len(),
+            model_file().names().len(),
+            "{dtype:?}: tensors loaded back"
+        );
+        for (name, data) in tensors {
             let want = model_file()
                 .load(&name)
                 .unwrap()

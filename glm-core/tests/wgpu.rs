@@ -1,4 +1,6 @@
 //! The same model code on wgpu (lavapipe in CI): one golden case within 1e-3, and the KV cache.
+//! The case is picked by kind from the fixtures (single sample ending `[gMASK] <sop>`, specials
+//! from config.json), never by position or by the public set's ids.
 #![cfg(feature = "wgpu")]
 
 mod common;
@@ -13,7 +15,19 @@ fn gmask_case_matches_the_original_on_wgpu() {
     let device = burn::backend::wgpu::WgpuDevice::default();
     let model: GlmModel<Wgpu> = load_model(&device, ModelOptions::default());
     let json = read_json("cases.json");
-    let case = &json["cases"][0];
+    let specials = model.config().special_tokens;
+    // The left-to-right generation case: one sample whose context ends `[gMASK] <sop>`.
+    let case = json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| {
+            let t = ints2(&c["tokens"]);
+            t.len() == 1
+                && c.get("context_length").is_none()
+                && t[0].ends_with(&[specials.gmask, specials.sop])
+        })
+        .expect("a single-sample [gMASK] <sop> case in cases.json");
     let tokens = ints2(&case["tokens"]);
     let input = GlmInput {
         batch: tokens.len(),
@@ -41,12 +55,28 @@ fn gmask_case_matches_the_original_on_wgpu() {
     assert!(d <= 1e-3, "wgpu logits differ by {d}");
 
     // KV cache on wgpu: context pass + one step equals the full forward of context + token.
+    // The [gMASK] layout this relies on, checked on the fixture: positions 0..n, prefix = all
+    // before <sop> bidirectional.
     let n = input.seq;
+    assert_eq!(
+        input.position_ids,
+        (0..n as u32).collect::<Vec<_>>(),
+        "{}: [gMASK] position ids",
+        case["name"]
+    );
+    assert_eq!(
+        input.mask,
+        glm_core::blank::glm_attention_mask(n, n - 1),
+        "{}: [gMASK] attention mask",
+        case["name"]
+    );
     let mut cache = model.new_cache();
     let (t, p, m) = input.to_tensors::<Wgpu>(&device);
     let first = to_vec(model.forward_cached(t, p, m, &mut cache));
     assert_eq!(first.len(), n * model.config().vocab_size);
-    let next = 7u32;
+    // The next token: the case's first text token (an id of this fixture's vocabulary).
+    let next = input.tokens[0];
+    assert!((next as usize) < model.config().vocab_size);
     let mut longer = input.clone();
     longer.seq = n + 1;
     longer.tokens.push(next);
@@ -68,6 +98,8 @@ fn gmask_case_matches_the_original_on_wgpu() {
     let (t, p, m) = longer.to_tensors::<Wgpu>(&device);
     let full = to_vec(model.forward(t, p, m));
     let v = model.config().vocab_size;
+    assert_eq!(stepped.len(), v, "one step of logits");
+    assert_eq!(full.len(), (n + 1) * v, "full logits");
     let d = stepped
         .iter()
         .zip(&full[n * v..])

@@ -44,6 +44,7 @@ fn cubecl_kernels_match_reference_on_wgpu() {
         (5, 17, FUSED_MAX_ROWS + 2, 1, QuantScheme::Int4),
         (6, 24, FUSED_MAX_ROWS + 1, 3, QuantScheme::Int8),
     ];
+    let mut checked = 0;
     for (k, &(out, inp, rows, shards, scheme)) in shapes.iter().enumerate() {
         let w = TensorData::new(values(out * inp, 11 + k as u32), [out, inp]);
         let m = QuantizedMatrix::quantize("w", &w, shards, scheme).unwrap();
@@ -56,6 +57,11 @@ fn cubecl_kernels_match_reference_on_wgpu() {
             .expect("wgpu has a CubeCL kernel");
         let fused: Vec<f32> = fused.into_data().to_vec().unwrap();
         let expected = naive(&x, &deq, rows, out, inp);
+        assert_eq!(
+            fused.len(),
+            expected.len(),
+            "{scheme} {out}x{inp} rows {rows}: output size"
+        );
         let d = fused
             .iter()
             .zip(&expected)
@@ -68,6 +74,7 @@ fn cubecl_kernels_match_reference_on_wgpu() {
         if k == 1 {
             // The generic reference path on the same device, and its exact dequantization.
             let reference: Vec<f32> = q.forward_reference(xt).into_data().to_vec().unwrap();
+            assert_eq!(reference.len(), fused.len(), "reference output size");
             let d = reference
                 .iter()
                 .zip(&fused)
@@ -77,5 +84,7 @@ fn cubecl_kernels_match_reference_on_wgpu() {
             let dev_deq: Vec<f32> = q.dequantize().into_data().to_vec().unwrap();
             assert_eq!(dev_deq, deq, "device dequantize");
         }
+        checked += 1;
     }
+    assert_eq!(checked, shapes.len());
 }

@@ -87,6 +87,11 @@ pub fn max_diff_valid(
 ) -> f32 {
     assert_eq!(a.len(), batch * seq * width, "shape of ours");
     assert_eq!(b.len(), batch * seq * width, "shape of golden");
+    assert_eq!(valid.len(), batch, "one valid length per sample");
+    assert!(
+        valid.iter().all(|&v| v > 0 && v <= seq),
+        "valid lengths {valid:?} outside 1..={seq}"
+    );
     let mut m = 0f32;
     for (bi, &valid_len) in valid.iter().enumerate().take(batch) {
         for s in 0..valid_len {
