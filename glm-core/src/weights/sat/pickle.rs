@@ -212,7 +212,7 @@ impl Vm {
         Ok(())
     }
     fn set_items(&mut self, target: V, items: Vec<V>) -> PResult<()> {
-        if items.len() % 2 != 0 {
+        if !items.len().is_multiple_of(2) {
             return Err("pickle SETITEMS with an odd item count".into());
         }
         let mut pairs = Vec::with_capacity(items.len() / 2);

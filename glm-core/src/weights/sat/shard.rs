@@ -567,7 +567,7 @@ fn check_view(
             n
         }
         None => {
-            if size % esize != 0 {
+            if !size.is_multiple_of(esize) {
                 return Err(bad(format!(
                     "storage `{entry_name}` holds {size} bytes, not a whole number of {dtype:?} elements"
                 )));
