@@ -40,7 +40,10 @@ fn forward(c: &mut Criterion) {
     let model =
         GlmModel::<Flex>::random(&config, &device, ModelOptions::default(), 1).expect("model");
     let blank = prompt(&config, p);
-    let (tokens, positions, mask) = blank.to_input().to_tensors::<Flex>(&device);
+    let (tokens, positions, mask) = blank
+        .to_input(&config)
+        .expect("input")
+        .to_tensors::<Flex>(&device);
     let mut group = c.benchmark_group(format!(
         "glm-core/{}L-{}h",
         config.num_layers, config.hidden_size
@@ -48,13 +51,17 @@ fn forward(c: &mut Criterion) {
     group.sample_size(10);
     group.bench_function(format!("prefill_{p}"), |b| {
         b.iter(|| {
-            let logits = model.forward(tokens.clone(), positions.clone(), mask.clone());
+            let logits = model
+                .forward(tokens.clone(), positions.clone(), mask.clone())
+                .expect("forward");
             black_box(logits.argmax(2).into_data());
         })
     });
     // One decode step after the prompt: the cache is rebuilt outside the timed closure.
     let mut cache = model.new_cache();
-    let _ = model.forward_cached(tokens.clone(), positions.clone(), mask.clone(), &mut cache);
+    model
+        .forward_cached(tokens.clone(), positions.clone(), mask.clone(), &mut cache)
+        .expect("prefill");
     let step_tok = Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![11i64], [1, 1]), &device);
     let step_pos =
         Tensor::<Flex, 2, Int>::from_data(TensorData::new(vec![p as i64], [1, 1]), &device);
@@ -66,16 +73,18 @@ fn forward(c: &mut Criterion) {
         b.iter_batched(
             || cache.clone(),
             |mut cache| {
-                let logits = model.forward_with(
-                    step_tok.clone(),
-                    step_pos.clone(),
-                    step_mask.clone(),
-                    Some(&mut cache),
-                    glm_core::ForwardOptions {
-                        hidden_states: false,
-                        last_only: true,
-                    },
-                );
+                let logits = model
+                    .forward_with(
+                        step_tok.clone(),
+                        step_pos.clone(),
+                        step_mask.clone(),
+                        Some(&mut cache),
+                        glm_core::ForwardOptions {
+                            hidden_states: false,
+                            last_only: true,
+                        },
+                    )
+                    .expect("decode step");
                 black_box(logits.logits.argmax(2).into_data());
             },
             criterion::BatchSize::SmallInput,

@@ -9,7 +9,7 @@
 
 use burn::tensor::{backend::Backend, Bool, Int, Tensor, TensorData};
 
-use crate::config::SpecialTokens;
+use crate::config::{GlmConfig, SpecialTokens};
 use crate::error::{Error, Result};
 
 /// The kind of blank a prompt asks to fill.
@@ -52,14 +52,24 @@ impl MaskKind {
 
 /// Attention mask of the GLM layout, `[len, len]` row-major, `true` = blocked: key `j` is visible
 /// from query `i` iff `j < prefix_len` (bidirectional part) or `j ≤ i` (causal part).
+///
+/// Built without size arithmetic; `len` is the caller's (a validated input's length, at most
+/// `max_sequence_length`).
 pub fn glm_attention_mask(len: usize, prefix_len: usize) -> Vec<bool> {
-    let mut mask = vec![false; len * len];
-    for i in 0..len {
-        for j in 0..len {
-            mask[i * len + j] = !(j < prefix_len || j <= i);
-        }
+    (0..len)
+        .flat_map(|i| (0..len).map(move |j| !(j < prefix_len || j <= i)))
+        .collect()
+}
+
+/// `Err` naming `what` when `ids` holds an id ≥ `end` (`field` names the config limit).
+fn check_ids(what: &str, ids: &[u32], end: usize, field: &str) -> Result<()> {
+    match ids.iter().position(|&t| t as usize >= end) {
+        Some(at) => Err(Error::InvalidInput(format!(
+            "{what} {} at index {at} is outside 0..{end} ({field})",
+            ids[at]
+        ))),
+        None => Ok(()),
     }
-    mask
 }
 
 /// One blank-filling input: the context up to and including `<sop>`, the position of the mask
@@ -94,18 +104,69 @@ impl BlankInput {
         })
     }
 
+    /// Checks the public fields against `config`: at least a mask and `<sop>`, `<sop>` last,
+    /// `mask_position` inside the context and holding the mask token of `kind`, every id in the
+    /// vocabulary, at most `max_sequence_length` tokens.
+    pub fn validate(&self, config: &GlmConfig) -> Result<()> {
+        self.check_layout()?;
+        let specials = &config.special_tokens;
+        if self.tokens.last() != Some(&specials.sop) {
+            return Err(Error::InvalidInput(format!(
+                "blank input must end with <sop> ({}), ends with {:?}",
+                specials.sop,
+                self.tokens.last()
+            )));
+        }
+        let want = self.kind.token(specials);
+        let found = self.tokens.get(self.mask_position).copied();
+        if found != Some(want) {
+            return Err(Error::InvalidInput(format!(
+                "mask_position {} holds {found:?}, not the {:?} token {want}",
+                self.mask_position, self.kind
+            )));
+        }
+        if self.tokens.len() > config.max_sequence_length {
+            return Err(Error::InvalidInput(format!(
+                "blank input has {} tokens, max_sequence_length is {}",
+                self.tokens.len(),
+                config.max_sequence_length
+            )));
+        }
+        check_ids("token id", &self.tokens, config.vocab_size, "vocab_size")
+    }
+
+    /// The checks that need no config: a mask and `<sop>` at least, `mask_position` before `<sop>`.
+    fn check_layout(&self) -> Result<()> {
+        if self.tokens.len() < 2 {
+            return Err(Error::InvalidInput(format!(
+                "blank input needs a mask and <sop>, has {} tokens",
+                self.tokens.len()
+            )));
+        }
+        if self.mask_position + 1 >= self.tokens.len() {
+            return Err(Error::InvalidInput(format!(
+                "mask_position {} is not inside the context of {} tokens before <sop>",
+                self.mask_position,
+                self.tokens.len() - 1
+            )));
+        }
+        Ok(())
+    }
+
     /// Context length including `<sop>`.
     pub fn context_length(&self) -> usize {
         self.tokens.len()
     }
 
-    /// Position id of absolute index `i` (context or generated).
+    /// Position id of absolute index `i` (context or generated); saturates at `u32::MAX` (out of
+    /// every model's range, so the forward pass rejects it).
     pub fn position_id(&self, i: usize) -> u32 {
-        if self.kind.is_gmask() || i + 1 < self.context_length() {
-            i as u32
+        let p = if self.kind.is_gmask() || i.saturating_add(1) < self.context_length() {
+            i
         } else {
-            self.mask_position as u32
-        }
+            self.mask_position
+        };
+        u32::try_from(p).unwrap_or(u32::MAX)
     }
 
     /// Position ids of the first `len` indices.
@@ -116,19 +177,20 @@ impl BlankInput {
     /// Attention mask of the first `len` indices (`true` = blocked): keys before `<sop>` are
     /// visible to all, the rest causal.
     pub fn attention_mask(&self, len: usize) -> Vec<bool> {
-        glm_attention_mask(len, self.context_length() - 1)
+        glm_attention_mask(len, self.context_length().saturating_sub(1))
     }
 
-    /// The context as a batch-of-one [`GlmInput`].
-    pub fn to_input(&self) -> GlmInput {
+    /// The context as a batch-of-one [`GlmInput`], after [`validate`](Self::validate).
+    pub fn to_input(&self, config: &GlmConfig) -> Result<GlmInput> {
+        self.validate(config)?;
         let len = self.context_length();
-        GlmInput {
+        Ok(GlmInput {
             batch: 1,
             seq: len,
             tokens: self.tokens.clone(),
             position_ids: self.position_ids(len),
             mask: self.attention_mask(len),
-        }
+        })
     }
 }
 
@@ -148,6 +210,50 @@ pub struct GlmInput {
 }
 
 impl GlmInput {
+    /// Checks that the fields describe one consistent, non-empty batch: `batch, seq ≥ 1`,
+    /// `tokens` and `position_ids` of `batch·seq` and `mask` of `batch·seq·seq` entries (checked
+    /// arithmetic).
+    pub fn check_layout(&self) -> Result<()> {
+        if self.batch == 0 || self.seq == 0 {
+            return Err(Error::InvalidInput(format!(
+                "empty input: batch {} × seq {}",
+                self.batch, self.seq
+            )));
+        }
+        let overflow =
+            || Error::InvalidInput(format!("batch {} × seq {} overflows", self.batch, self.seq));
+        let n = self.batch.checked_mul(self.seq).ok_or_else(overflow)?;
+        let n_mask = n.checked_mul(self.seq).ok_or_else(overflow)?;
+        let fields = [
+            ("tokens", self.tokens.len(), n),
+            ("position_ids", self.position_ids.len(), n),
+            ("mask", self.mask.len(), n_mask),
+        ];
+        for (field, found, expected) in fields {
+            if found != expected {
+                return Err(Error::InvalidInput(format!(
+                    "{field} has {found} entries, batch {} × seq {} needs {expected}",
+                    self.batch, self.seq
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// [`check_layout`](Self::check_layout), then against `config`: every token id
+    /// `< vocab_size`, every position `< max_sequence_length` (the model's limit: rows beyond it
+    /// are fine as long as their positions are, e.g. padding). Host-side only.
+    pub fn validate(&self, config: &GlmConfig) -> Result<()> {
+        self.check_layout()?;
+        check_ids("token id", &self.tokens, config.vocab_size, "vocab_size")?;
+        check_ids(
+            "position id",
+            &self.position_ids,
+            config.max_sequence_length,
+            "max_sequence_length",
+        )
+    }
+
     /// Stacks inputs of different lengths, right-padding each to the longest length rounded up to
     /// `multiple` (the evaluation collate function uses 32): pad token `pad_id`, position 0, pad keys
     /// blocked for every row and pad rows fully blocked.
@@ -155,21 +261,34 @@ impl GlmInput {
         if inputs.is_empty() {
             return Err(Error::InvalidInput("empty batch".into()));
         }
-        if let Some(bad) = inputs.iter().find(|i| i.batch != 1) {
-            return Err(Error::InvalidInput(format!(
-                "pad_batch takes single samples, got a batch of {}",
-                bad.batch
-            )));
+        for (k, input) in inputs.iter().enumerate() {
+            if input.batch != 1 {
+                return Err(Error::InvalidInput(format!(
+                    "pad_batch takes single samples, sample {k} is a batch of {}",
+                    input.batch
+                )));
+            }
+            input
+                .check_layout()
+                .map_err(|e| Error::InvalidInput(format!("pad_batch sample {k}: {e}")))?;
         }
         let longest = inputs.iter().map(|i| i.seq).max().unwrap_or(0);
         let m = multiple.max(1);
-        let seq = longest.div_ceil(m) * m;
+        let too_big = || {
+            Error::InvalidInput(format!(
+                "pad_batch: {} samples of {longest} tokens (padded to a multiple of {m}) overflow",
+                inputs.len()
+            ))
+        };
+        let seq = longest.div_ceil(m).checked_mul(m).ok_or_else(too_big)?;
+        let n = inputs.len().checked_mul(seq).ok_or_else(too_big)?;
+        let n_mask = n.checked_mul(seq).ok_or_else(too_big)?;
         let mut out = GlmInput {
             batch: inputs.len(),
             seq,
-            tokens: Vec::with_capacity(inputs.len() * seq),
-            position_ids: Vec::with_capacity(inputs.len() * seq),
-            mask: Vec::with_capacity(inputs.len() * seq * seq),
+            tokens: Vec::with_capacity(n),
+            position_ids: Vec::with_capacity(n),
+            mask: Vec::with_capacity(n_mask),
         };
         for input in inputs {
             let n = input.seq;
@@ -177,26 +296,41 @@ impl GlmInput {
             out.tokens.extend(std::iter::repeat_n(pad_id, seq - n));
             out.position_ids.extend(&input.position_ids);
             out.position_ids.extend(std::iter::repeat_n(0, seq - n));
-            for i in 0..seq {
-                for j in 0..seq {
-                    out.mask.push(if i < n && j < n {
-                        input.mask[i * n + j]
-                    } else {
-                        true
-                    });
-                }
+            // Rows of the sample (each of its n rows, then blocked padding keys), then pad rows.
+            for row in input.mask.chunks_exact(n) {
+                out.mask.extend_from_slice(row);
+                out.mask.extend(std::iter::repeat_n(true, seq - n));
             }
+            out.mask.extend(std::iter::repeat_n(true, (seq - n) * seq));
         }
         Ok(out)
     }
 
+    /// Uploads to `device` after [`check_layout`](Self::check_layout): tokens and positions
+    /// `[batch, seq]`, mask `[batch, 1, seq, seq]`. Ids are checked against a model by
+    /// [`validate`](Self::validate), [`GlmModel::forward_input`](crate::GlmModel::forward_input)
+    /// or the model's tensor entry points.
+    #[allow(clippy::type_complexity)]
+    pub fn try_to_tensors<B: Backend>(
+        &self,
+        device: &B::Device,
+    ) -> Result<(Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 4, Bool>)> {
+        self.check_layout()?;
+        Ok(self.to_tensors(device))
+    }
+
     /// Uploads to `device`: tokens and positions `[batch, seq]`, mask `[batch, 1, seq, seq]`.
+    ///
+    /// # Panics
+    /// When the fields are inconsistent (`tokens`/`position_ids` not `batch·seq` long, `mask` not
+    /// `batch·seq·seq`): for inputs not built by this crate, use
+    /// [`try_to_tensors`](Self::try_to_tensors) or [`validate`](Self::validate) first.
     pub fn to_tensors<B: Backend>(
         &self,
         device: &B::Device,
     ) -> (Tensor<B, 2, Int>, Tensor<B, 2, Int>, Tensor<B, 4, Bool>) {
         let ints = |v: &[u32]| {
-            let v: Vec<i64> = v.iter().map(|&x| x as i64).collect();
+            let v: Vec<i64> = v.iter().map(|&x| i64::from(x)).collect();
             Tensor::<B, 2, Int>::from_data(TensorData::new(v, [self.batch, self.seq]), device)
         };
         let mask = Tensor::<B, 4, Bool>::from_data(

@@ -1,7 +1,9 @@
 //! KV cache for incremental decoding (SAT "mem_kv"): per layer the keys AFTER rotary and the
 //! values, concatenated along the sequence on every call.
 
-use burn::tensor::{backend::Backend, Int, Tensor};
+use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
+
+use crate::error::{Error, Result};
 
 /// Cached keys and values of one layer.
 ///
@@ -79,15 +81,75 @@ impl<B: Backend> KvCache<B> {
         (k, v)
     }
 
-    /// Keeps the batch rows `indices` (in that order), e.g. the parent beams of beam search.
-    ///
-    /// # Shapes
-    /// - `indices`: `[new_batch]`
-    pub fn select_batch(&mut self, indices: Tensor<B, 1, Int>) {
+    /// Keeps the batch rows `indices` (in that order, repeats allowed), e.g. the parent beams of
+    /// beam search. An empty list or an index ≥ the cached batch size is a typed error (checked on
+    /// the host; the cache is then unchanged). On an empty cache only the list is checked.
+    pub fn select_batch(&mut self, indices: &[usize]) -> Result<()> {
+        if indices.is_empty() {
+            return Err(Error::InvalidInput(
+                "select_batch: no rows to keep (empty index list)".into(),
+            ));
+        }
+        let Some(first) = self.layers.iter().flatten().next() else {
+            return Ok(());
+        };
+        let batch = first.k.dims()[0];
+        if let Some(&bad) = indices.iter().find(|&&i| i >= batch) {
+            return Err(Error::InvalidInput(format!(
+                "select_batch: row {bad} is outside the cached batch of {batch}"
+            )));
+        }
+        let ids: Vec<i64> = indices
+            .iter()
+            .map(|&i| i64::try_from(i).unwrap_or(i64::MAX))
+            .collect();
+        let device = first.k.device();
+        let indices =
+            Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [indices.len()]), &device);
         for kv in self.layers.iter_mut().flatten() {
             kv.k = kv.k.clone().select(0, indices.clone());
             kv.v = kv.v.clone().select(0, indices.clone());
         }
+        Ok(())
+    }
+
+    /// Checks that this cache can take a step of `batch` rows of a model with `num_layers` layers
+    /// of `heads` heads of size `head_dim`: no layer beyond `num_layers`, and either nothing
+    /// cached or every layer cached with the same `[batch, heads, len, head_dim]` keys and values.
+    pub fn check_compatible(
+        &self,
+        num_layers: usize,
+        heads: usize,
+        head_dim: usize,
+        batch: usize,
+    ) -> Result<()> {
+        if self.layers.iter().skip(num_layers).any(Option::is_some) {
+            return Err(Error::InvalidInput(format!(
+                "the KV cache holds layers beyond the model's {num_layers}"
+            )));
+        }
+        let filled = self.layers.iter().take(num_layers).flatten().count();
+        if filled == 0 {
+            return Ok(());
+        }
+        if filled != num_layers {
+            return Err(Error::InvalidInput(format!(
+                "the KV cache is partly filled ({filled} of {num_layers} layers)"
+            )));
+        }
+        let len = self.len();
+        let expected = [batch, heads, len, head_dim];
+        for (layer, kv) in self.layers.iter().take(num_layers).flatten().enumerate() {
+            if kv.k.dims() != expected || kv.v.dims() != expected {
+                return Err(Error::InvalidInput(format!(
+                    "KV cache layer {layer} holds keys {:?} / values {:?}, this step needs \
+                     {expected:?}",
+                    kv.k.dims(),
+                    kv.v.dims()
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// Layer `layer` in SAT's `mem_kv` layout: `[batch, cached_len, 2·hidden]`, last index

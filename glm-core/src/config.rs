@@ -9,6 +9,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::rotary::RotaryPrecision;
 
 /// Special token ids of the GLM blank-infilling vocabulary.
 ///
@@ -205,14 +206,21 @@ impl GlmConfig {
     }
 
     /// GeGLU inner size per branch (the explicit value, else SAT's `4h·2/3`).
+    ///
+    /// Computed without overflow: an absurd `hidden_size` saturates at `usize::MAX`, which
+    /// [`validate`](Self::validate) rejects.
     pub fn inner_size(&self) -> usize {
-        self.inner_hidden_size
-            .unwrap_or(4 * self.hidden_size * 2 / 3)
+        self.inner_hidden_size.unwrap_or_else(|| {
+            usize::try_from(self.hidden_size as u128 * 8 / 3).unwrap_or(usize::MAX)
+        })
     }
 
-    /// Size of one attention head (`hidden_size / num_attention_heads`).
+    /// Size of one attention head (`hidden_size / num_attention_heads`; 0 when there are no heads,
+    /// which [`validate`](Self::validate) rejects).
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.hidden_size
+            .checked_div(self.num_attention_heads)
+            .unwrap_or(0)
     }
 
     /// DeepNorm residual scale α = (2N)^½, computed in f64 as Python does.
@@ -220,7 +228,13 @@ impl GlmConfig {
         (2.0 * self.num_layers as f64).sqrt()
     }
 
-    /// Checks that the config describes a buildable model.
+    /// Checks that the config describes a buildable model: every size positive and within the
+    /// [`limits`] (so every size derived from it is computed without overflow), heads dividing
+    /// the hidden size into even head sizes, every parameter tensor and the rotary tables within
+    /// [`limits::MAX_TENSOR_ELEMENTS`], the parameter count within [`limits::MAX_PARAMETERS`].
+    ///
+    /// Nothing is allocated. The rotary precision is a model option, not part of the config: see
+    /// [`validate_rotary`](Self::validate_rotary), which model construction also runs.
     pub fn validate(&self) -> Result<()> {
         let positive = [
             ("num_layers", self.num_layers),
@@ -235,6 +249,34 @@ impl GlmConfig {
                 return Err(Error::InvalidConfig {
                     field,
                     reason: "must be positive".into(),
+                });
+            }
+        }
+        let bounded = [
+            ("num_layers", self.num_layers, limits::MAX_LAYERS),
+            ("hidden_size", self.hidden_size, limits::MAX_HIDDEN_SIZE),
+            (
+                "num_attention_heads",
+                self.num_attention_heads,
+                limits::MAX_HIDDEN_SIZE,
+            ),
+            (
+                "inner_hidden_size",
+                self.inner_size(),
+                limits::MAX_INNER_SIZE,
+            ),
+            ("vocab_size", self.vocab_size, limits::MAX_VOCAB_SIZE),
+            (
+                "max_sequence_length",
+                self.max_sequence_length,
+                limits::MAX_SEQUENCE_LENGTH,
+            ),
+        ];
+        for (field, value, limit) in bounded {
+            if value > limit {
+                return Err(Error::InvalidConfig {
+                    field,
+                    reason: format!("{value} exceeds the limit {limit}"),
                 });
             }
         }
@@ -259,25 +301,139 @@ impl GlmConfig {
                 reason: format!("must be a positive number, got {}", self.layernorm_epsilon),
             });
         }
-        if !(self.rotary_base.is_finite() && self.rotary_base > 1.0) {
+        if !(self.rotary_base.is_finite()
+            && self.rotary_base > 1.0
+            && self.rotary_base <= f64::from(f32::MAX))
+        {
             return Err(Error::InvalidConfig {
                 field: "rotary_base",
-                reason: format!("must be > 1, got {}", self.rotary_base),
+                reason: format!(
+                    "must be > 1 and a finite f32 (the tables are f32), got {}",
+                    self.rotary_base
+                ),
             });
         }
+        // The largest single tensors: the embedding, the fused QKV / h→4h weights, the rotary
+        // tables. Each must be addressable (isize) and within the sane cap.
+        let (h, i) = (self.hidden_size, self.inner_size());
+        let tensors: [(&'static str, &[usize]); 5] = [
+            ("vocab_size", &[self.vocab_size, h]),
+            ("hidden_size", &[3, h, h]),
+            ("inner_hidden_size", &[2, i, h]),
+            ("inner_hidden_size", &[h, i]),
+            (
+                "max_sequence_length",
+                &[self.max_sequence_length, self.head_dim()],
+            ),
+        ];
+        for (field, dims) in tensors {
+            limits::tensor_elements(field, dims)?;
+        }
+        self.checked_num_parameters()
+            .filter(|&n| n <= limits::MAX_PARAMETERS)
+            .ok_or_else(|| Error::InvalidConfig {
+                field: "num_layers",
+                reason: format!(
+                    "the model would have more than {} parameters",
+                    limits::MAX_PARAMETERS
+                ),
+            })?;
         Ok(())
+    }
+
+    /// Checks that rotary tables of `precision` can cover every position of this config:
+    /// fp16 tables ([`RotaryPrecision::Fp16Sat`]) hold positions only up to
+    /// [`RotaryPrecision::max_positions`] (65504 is the largest finite fp16; beyond it the angle is
+    /// infinite and cos/sin NaN). Such configs need [`RotaryPrecision::Fp32`] or
+    /// [`RotaryPrecision::Fp32SatBuffer`], chosen explicitly.
+    pub fn validate_rotary(&self, precision: RotaryPrecision) -> Result<()> {
+        match precision.max_positions() {
+            Some(max) if self.max_sequence_length > max => Err(Error::InvalidConfig {
+                field: "max_sequence_length",
+                reason: format!(
+                    "{} positions do not fit {precision:?} rotary tables (fp16 positions end at \
+                     {}); choose RotaryPrecision::Fp32 or Fp32SatBuffer explicitly",
+                    self.max_sequence_length,
+                    max - 1
+                ),
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Number of parameters, computed from shapes (nothing is allocated).
     ///
     /// Per layer: fused QKV (3h·h + 3h), dense (h·h + h), `dense_h_to_4h` (2i·h + 2i),
     /// `dense_4h_to_h` (h·i + h), two LayerNorms (4h); plus the tied embedding and the final LN.
+    /// Exact for every config [`validate`](Self::validate) accepts; saturates at `u64::MAX`
+    /// otherwise (see [`checked_num_parameters`](Self::checked_num_parameters)).
     pub fn num_parameters(&self) -> u64 {
-        let h = self.hidden_size as u64;
-        let i = self.inner_size() as u64;
-        let per_layer =
-            (3 * h * h + 3 * h) + (h * h + h) + (2 * i * h + 2 * i) + (h * i + h) + 4 * h;
-        per_layer * self.num_layers as u64 + self.vocab_size as u64 * h + 2 * h
+        self.checked_num_parameters().unwrap_or(u64::MAX)
+    }
+
+    /// [`num_parameters`](Self::num_parameters) with checked arithmetic: `None` when the count
+    /// does not fit `u64`.
+    pub fn checked_num_parameters(&self) -> Option<u64> {
+        let h = u64::try_from(self.hidden_size).ok()?;
+        let i = u64::try_from(self.inner_size()).ok()?;
+        let layers = u64::try_from(self.num_layers).ok()?;
+        let vocab = u64::try_from(self.vocab_size).ok()?;
+        let hh = h.checked_mul(h)?;
+        let ih = i.checked_mul(h)?;
+        // 3h·h + 3h + h·h + h + 2i·h + 2i + h·i + h + 4h = 4h·h + 3i·h + 2i + 9h
+        let per_layer = hh
+            .checked_mul(4)?
+            .checked_add(ih.checked_mul(3)?)?
+            .checked_add(i.checked_mul(2)?)?
+            .checked_add(h.checked_mul(9)?)?;
+        per_layer
+            .checked_mul(layers)?
+            .checked_add(vocab.checked_mul(h)?)?
+            .checked_add(h.checked_mul(2)?)
+    }
+}
+
+/// Explicit size limits of [`GlmConfig::validate`]: generous for GLM-130B (h 12288, inner 32768,
+/// vocab 150528, 2048 positions) and the largest published dense models, small enough that every
+/// size derived from a config is computed without overflow and no absurd allocation is attempted.
+pub mod limits {
+    use crate::error::{Error, Result};
+
+    /// Most transformer layers (GLM-130B: 70).
+    pub const MAX_LAYERS: usize = 4096;
+    /// Largest hidden size (GLM-130B: 12288); also bounds the head count.
+    pub const MAX_HIDDEN_SIZE: usize = 1 << 18;
+    /// Largest GeGLU inner size per branch (GLM-130B: 32768).
+    pub const MAX_INNER_SIZE: usize = 1 << 20;
+    /// Largest vocabulary (GLM-130B: 150528); ids must also fit the `u32` token type.
+    pub const MAX_VOCAB_SIZE: usize = 1 << 24;
+    /// Longest sequence (GLM-130B: 2048). Position ids are `u32` and turned into f32 angles,
+    /// exact up to 2^24.
+    pub const MAX_SEQUENCE_LENGTH: usize = 1 << 24;
+    /// Most elements of any single tensor (GLM-130B's largest, the embedding, has 1.85·10⁹).
+    pub const MAX_TENSOR_ELEMENTS: u64 = 1 << 36;
+    /// Most parameters of a model (GLM-130B: 1.3·10¹¹).
+    pub const MAX_PARAMETERS: u64 = 1 << 44;
+
+    /// Element count of a tensor of shape `dims` with checked arithmetic: a typed error naming
+    /// `field` when it overflows, exceeds [`MAX_TENSOR_ELEMENTS`] or its f32 bytes would not be
+    /// addressable (`isize`) on this machine.
+    pub fn tensor_elements(field: &'static str, dims: &[usize]) -> Result<usize> {
+        let too_big = || Error::InvalidConfig {
+            field,
+            reason: format!("a tensor of shape {dims:?} is too large"),
+        };
+        let n = dims
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .ok_or_else(too_big)?;
+        let bytes = n.checked_mul(4).ok_or_else(too_big)?;
+        if u64::try_from(n).map_or(true, |n| n > MAX_TENSOR_ELEMENTS)
+            || isize::try_from(bytes).is_err()
+        {
+            return Err(too_big());
+        }
+        Ok(n)
     }
 }
 

@@ -22,8 +22,8 @@
 //! let model = GlmModel::<Flex>::random(&config, &device, ModelOptions::default(), 42).unwrap();
 //! let specials = config.special_tokens;
 //! let input = BlankInput::from_context(&[11, 12, 13, specials.gmask], &specials).unwrap();
-//! let (tokens, positions, mask) = input.to_input().to_tensors::<Flex>(&device);
-//! let logits = model.forward(tokens, positions, mask);
+//! let (tokens, positions, mask) = input.to_input(&config).unwrap().to_tensors::<Flex>(&device);
+//! let logits = model.forward(tokens, positions, mask).unwrap();
 //! assert_eq!(logits.dims(), [1, 5, config.vocab_size]);
 //! ```
 

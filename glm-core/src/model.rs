@@ -9,6 +9,7 @@ use burn::module::{Module, Param};
 use burn::tensor::{backend::Backend, Bool, DType, Distribution, Int, Tensor, TensorData};
 
 use crate::attention::SelfAttention;
+use crate::blank::GlmInput;
 use crate::cache::KvCache;
 use crate::config::GlmConfig;
 use crate::dropout::Dropout;
@@ -86,6 +87,9 @@ impl<B: Backend> GlmModel<B> {
 
     /// Logits for the given inputs.
     ///
+    /// Checks the inputs first (see [`forward_with`](Self::forward_with)): a typed error, never a
+    /// backend panic or garbage, for inconsistent shapes or ids out of range.
+    ///
     /// # Shapes
     /// - `tokens`, `position_ids`: `[batch, seq]` (ids < vocab, positions < max_sequence_length)
     /// - `mask`: `[batch | 1, 1, seq, seq]`, `true` = blocked (the original boolean convention)
@@ -95,9 +99,10 @@ impl<B: Backend> GlmModel<B> {
         tokens: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
-    ) -> Tensor<B, 3> {
-        self.forward_with(tokens, position_ids, mask, None, ForwardOptions::default())
-            .logits
+    ) -> Result<Tensor<B, 3>> {
+        Ok(self
+            .forward_with(tokens, position_ids, mask, None, ForwardOptions::default())?
+            .logits)
     }
 
     /// Like [`forward`](Self::forward) through the KV cache: the new rows attend to every cached
@@ -113,19 +118,151 @@ impl<B: Backend> GlmModel<B> {
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
         cache: &mut KvCache<B>,
-    ) -> Tensor<B, 3> {
-        self.forward_with(
-            tokens,
-            position_ids,
-            mask,
-            Some(cache),
-            ForwardOptions::default(),
-        )
-        .logits
+    ) -> Result<Tensor<B, 3>> {
+        Ok(self
+            .forward_with(
+                tokens,
+                position_ids,
+                mask,
+                Some(cache),
+                ForwardOptions::default(),
+            )?
+            .logits)
     }
 
     /// The general forward pass (optional cache, hidden states, last-row logits).
+    ///
+    /// Before anything runs on the device, the inputs are checked (see
+    /// [`check_tensors`](Self::check_tensors)): shapes from the tensors' dims (free), id ranges
+    /// with one small min/max reduction read back to the host. On error the cache is untouched.
     pub fn forward_with(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+        options: ForwardOptions,
+    ) -> Result<ForwardOutput<B>> {
+        self.check_tensors(&tokens, &position_ids, &mask, cache.as_deref())?;
+        Ok(self.forward_checked(tokens, position_ids, mask, cache, options))
+    }
+
+    /// [`forward_with`](Self::forward_with) on host-side inputs: `input` is validated on the host
+    /// ([`GlmInput::validate`]: lengths, ids, positions; no device round trip) and uploaded.
+    pub fn forward_input(
+        &self,
+        input: &GlmInput,
+        options: ForwardOptions,
+    ) -> Result<ForwardOutput<B>> {
+        input.validate(&self.config)?;
+        let device = self.word_embeddings.val().device();
+        let (tokens, position_ids, mask) = input.try_to_tensors::<B>(&device)?;
+        Ok(self.forward_checked(tokens, position_ids, mask, None, options))
+    }
+
+    /// Checks device-side inputs against this model and `cache`: tokens and positions `[batch,
+    /// seq]` with `batch, seq ≥ 1`, mask `[batch | 1, 1, seq, cached + seq]`, the cache (if any)
+    /// of this model's layers and of the same batch, token ids in `0..vocab_size` and positions in
+    /// `0..max_sequence_length`.
+    ///
+    /// `max_sequence_length` bounds the positions (the rotary tables), not the number of rows:
+    /// padded evaluation batches and `[MASK]` generation (every generated row at the mask's
+    /// position) legitimately run longer, as in the original. Prompt lengths are checked where
+    /// prompts are built (glm-infer, [`BlankInput::validate`](crate::blank::BlankInput::validate)).
+    ///
+    /// Shapes are read from the tensors' dims; the id ranges take one min/max reduction over the
+    /// ids, read back to the host (a few bytes; ids live only on the device here).
+    pub fn check_tensors(
+        &self,
+        tokens: &Tensor<B, 2, Int>,
+        position_ids: &Tensor<B, 2, Int>,
+        mask: &Tensor<B, 4, Bool>,
+        cache: Option<&KvCache<B>>,
+    ) -> Result<()> {
+        let [batch, seq] = tokens.dims();
+        if batch == 0 || seq == 0 {
+            return Err(Error::InvalidInput(format!(
+                "empty input: tokens have shape [{batch}, {seq}]"
+            )));
+        }
+        if position_ids.dims() != [batch, seq] {
+            return Err(Error::InvalidInput(format!(
+                "position ids have shape {:?}, tokens [{batch}, {seq}]",
+                position_ids.dims()
+            )));
+        }
+        let cached = match cache {
+            Some(cache) => {
+                cache.check_compatible(
+                    self.layers.len(),
+                    self.config.num_attention_heads,
+                    self.config.head_dim(),
+                    batch,
+                )?;
+                cache.len()
+            }
+            None => 0,
+        };
+        let keys = cached.checked_add(seq).ok_or_else(|| {
+            Error::InvalidInput(format!("{cached} cached + {seq} new rows overflow"))
+        })?;
+        let [mask_batch, mask_heads, mask_rows, mask_keys] = mask.dims();
+        if !(mask_batch == batch || mask_batch == 1)
+            || mask_heads != 1
+            || mask_rows != seq
+            || mask_keys != keys
+        {
+            return Err(Error::InvalidInput(format!(
+                "mask has shape {:?}, expected [{batch} | 1, 1, {seq}, {keys}]",
+                mask.dims()
+            )));
+        }
+        // One reduction: [[min t, max t], [min p, max p]] over the flattened ids.
+        let n = batch * seq;
+        let ids = Tensor::cat(
+            vec![
+                tokens.clone().reshape([1, n]),
+                position_ids.clone().reshape([1, n]),
+            ],
+            0,
+        );
+        let bounds = Tensor::cat(vec![ids.clone().min_dim(1), ids.max_dim(1)], 1).into_data();
+        let bounds: Vec<i64> = bounds.iter::<i64>().collect();
+        let [t_min, t_max, p_min, p_max] = bounds[..] else {
+            return Err(Error::InvalidInput(format!(
+                "id range check returned {} values",
+                bounds.len()
+            )));
+        };
+        self.check_range(
+            "token id",
+            t_min,
+            t_max,
+            self.config.vocab_size,
+            "vocab_size",
+        )?;
+        self.check_range(
+            "position id",
+            p_min,
+            p_max,
+            self.config.max_sequence_length,
+            "max_sequence_length",
+        )
+    }
+
+    fn check_range(&self, what: &str, min: i64, max: i64, end: usize, field: &str) -> Result<()> {
+        let end_i64 = i64::try_from(end).unwrap_or(i64::MAX);
+        if min < 0 || max >= end_i64 {
+            let bad = if min < 0 { min } else { max };
+            return Err(Error::InvalidInput(format!(
+                "{what} {bad} is outside 0..{end} ({field})"
+            )));
+        }
+        Ok(())
+    }
+
+    /// The forward pass on inputs already checked against this model.
+    fn forward_checked(
         &self,
         tokens: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
@@ -133,7 +270,7 @@ impl<B: Backend> GlmModel<B> {
         mut cache: Option<&mut KvCache<B>>,
         options: ForwardOptions,
     ) -> ForwardOutput<B> {
-        let mut x = self.embed(tokens);
+        let mut x = self.embed_checked(tokens);
         let mut hidden_states = Vec::new();
         for layer in &self.layers {
             x = layer.forward(
@@ -149,7 +286,7 @@ impl<B: Backend> GlmModel<B> {
         }
         if options.last_only {
             let seq = x.dims()[1];
-            x = x.narrow(1, seq - 1, 1);
+            x = x.narrow(1, seq.saturating_sub(1), 1);
         }
         ForwardOutput {
             logits: self.logits(self.final_layernorm.forward(x)),
@@ -171,6 +308,11 @@ impl<B: Backend> GlmModel<B> {
     /// - `tokens`, `position_ids`: `[batch, seq]`
     /// - `mask`: `[batch | 1, 1, seq, seq]`, `true` = blocked
     /// - output: `[batch, seq, hidden]` (after the final LayerNorm)
+    ///
+    /// This is the training hot path and trusts its inputs: the batch must have been checked on the
+    /// host ([`GlmInput::validate`], what glm-train's batcher builds from) — out-of-range ids
+    /// panic in the backend's lookup or read garbage. [`try_forward_train`](Self::try_forward_train)
+    /// checks device-side inputs first.
     pub fn forward_train(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -179,7 +321,7 @@ impl<B: Backend> GlmModel<B> {
         shrink_alpha: f64,
         dropout: &mut Dropout,
     ) -> Tensor<B, 3> {
-        let mut x = self.embed(tokens);
+        let mut x = self.embed_checked(tokens);
         if shrink_alpha != 1.0 {
             x = x.clone() * shrink_alpha + x.detach() * (1.0 - shrink_alpha);
         }
@@ -197,11 +339,46 @@ impl<B: Backend> GlmModel<B> {
         self.final_layernorm.forward(x)
     }
 
-    /// Word-embedding lookup (no scaling, no position embedding).
+    /// [`forward_train`](Self::forward_train) after [`check_tensors`](Self::check_tensors) (one
+    /// min/max reduction over the ids).
+    pub fn try_forward_train(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        shrink_alpha: f64,
+        dropout: &mut Dropout,
+    ) -> Result<Tensor<B, 3>> {
+        self.check_tensors(&tokens, &position_ids, &mask, None)?;
+        Ok(self.forward_train(tokens, position_ids, mask, shrink_alpha, dropout))
+    }
+
+    /// Word-embedding lookup (no scaling, no position embedding); ids outside `0..vocab_size` are
+    /// a typed error (one min/max reduction read back to the host).
     ///
     /// # Shapes
     /// - `tokens`: `[batch, seq]` → `[batch, seq, hidden]`
-    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
+    pub fn embed(&self, tokens: Tensor<B, 2, Int>) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = tokens.dims();
+        if batch == 0 || seq == 0 {
+            return Err(Error::InvalidInput(format!(
+                "empty input: tokens have shape [{batch}, {seq}]"
+            )));
+        }
+        let flat = tokens.clone().reshape([1, batch * seq]);
+        let bounds = Tensor::cat(vec![flat.clone().min_dim(1), flat.max_dim(1)], 1).into_data();
+        let bounds: Vec<i64> = bounds.iter::<i64>().collect();
+        let [min, max] = bounds[..] else {
+            return Err(Error::InvalidInput(format!(
+                "id range check returned {} values",
+                bounds.len()
+            )));
+        };
+        self.check_range("token id", min, max, self.config.vocab_size, "vocab_size")?;
+        Ok(self.embed_checked(tokens))
+    }
+
+    fn embed_checked(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
         burn::tensor::module::embedding(self.word_embeddings.val(), tokens)
     }
 
@@ -234,6 +411,7 @@ impl<B: Backend> GlmModel<B> {
         options: ModelOptions,
     ) -> Result<Self> {
         config.validate()?;
+        config.validate_rotary(options.rotary)?;
         let specs = param_specs(config);
         check_source(source, &specs, config.num_layers, &|_| false)?;
         let fetch = |name: &str| load_float(source, name, options.dtype);
@@ -261,6 +439,7 @@ impl<B: Backend> GlmModel<B> {
         seed: u64,
     ) -> Result<Self> {
         config.validate()?;
+        config.validate_rotary(options.rotary)?;
         B::seed(device, seed);
         let beta = 1.0 / config.deepnorm_alpha();
         let h = config.hidden_size;
@@ -321,6 +500,8 @@ impl<B: Backend> GlmModel<B> {
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
         linear: &mut LinearLoader<'_, B>,
     ) -> Result<Self> {
+        config.validate()?;
+        config.validate_rotary(options.rotary)?;
         let h = config.hidden_size;
         let i = config.inner_size();
         let dtype = options.dtype;
@@ -371,7 +552,7 @@ impl<B: Backend> GlmModel<B> {
             config.max_sequence_length,
             config.rotary_base,
             options.rotary,
-        )
+        )?
         .to_device(device, options.dtype);
         Ok(Self {
             word_embeddings: Param::from_tensor(Tensor::from_data(emb, (device, dtype))),

@@ -250,6 +250,7 @@ impl<B: Backend> GlmModel<B> {
         quant: Option<QuantizeOptions>,
     ) -> Result<Self> {
         config.validate()?;
+        config.validate_rotary(options.rotary)?;
         let stored = source_scheme(source, config)?;
         let dtype = options.dtype;
         let fetch = |name: &str| load_float(source, name, dtype);

@@ -12,6 +12,9 @@ use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use half::f16;
 use serde::{Deserialize, Serialize};
 
+use crate::config::limits;
+use crate::error::{Error, Result};
+
 /// How the cos/sin tables are built.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub enum RotaryPrecision {
@@ -22,6 +25,19 @@ pub enum RotaryPrecision {
     Fp32,
     /// SAT after `model.float()`: the fp16-rounded `inv_freq` buffer, fp32 angles and cos/sin.
     Fp32SatBuffer,
+}
+
+impl RotaryPrecision {
+    /// How many positions (`0..n`) tables of this precision can hold: `Some(65505)` for
+    /// [`Fp16Sat`](Self::Fp16Sat), whose fp16 position ids end at 65504, the largest finite fp16
+    /// (past it the angle is infinite and cos/sin are NaN); `None` (no limit of its own) for the
+    /// fp32 modes.
+    pub fn max_positions(self) -> Option<usize> {
+        match self {
+            RotaryPrecision::Fp16Sat => Some(f16::MAX.to_f32() as usize + 1),
+            RotaryPrecision::Fp32 | RotaryPrecision::Fp32SatBuffer => None,
+        }
+    }
 }
 
 /// Host-side cos/sin tables, `[max_positions, head_dim]` row-major, row = position id.
@@ -41,7 +57,40 @@ pub struct RotaryTables {
 
 impl RotaryTables {
     /// Builds the tables for positions `0..max_positions` of a `dim`-wide rotation.
-    pub fn new(dim: usize, max_positions: usize, base: f64, precision: RotaryPrecision) -> Self {
+    ///
+    /// Errors (before allocating) when `dim` is zero or odd, the base is not a finite number > 1,
+    /// the tables would exceed [`limits::MAX_TENSOR_ELEMENTS`], or `precision` cannot represent
+    /// the positions (fp16 tables past position 65504, see [`RotaryPrecision::max_positions`]):
+    /// the tables never hold NaN or infinity.
+    pub fn new(
+        dim: usize,
+        max_positions: usize,
+        base: f64,
+        precision: RotaryPrecision,
+    ) -> Result<Self> {
+        if dim == 0 || !dim.is_multiple_of(2) {
+            return Err(Error::InvalidConfig {
+                field: "num_attention_heads",
+                reason: format!("rotary needs a positive even head size, got {dim}"),
+            });
+        }
+        if !(base.is_finite() && base > 1.0 && base <= f64::from(f32::MAX)) {
+            return Err(Error::InvalidConfig {
+                field: "rotary_base",
+                reason: format!("must be > 1 and a finite f32, got {base}"),
+            });
+        }
+        if let Some(max) = precision.max_positions().filter(|&m| max_positions > m) {
+            return Err(Error::InvalidConfig {
+                field: "max_sequence_length",
+                reason: format!(
+                    "{max_positions} positions do not fit {precision:?} rotary tables (fp16 \
+                     positions end at {}); choose RotaryPrecision::Fp32 or Fp32SatBuffer",
+                    max - 1
+                ),
+            });
+        }
+        let elements = limits::tensor_elements("max_sequence_length", &[max_positions, dim])?;
         let half = dim / 2;
         // torch: 1 / base ** (arange(0, dim, 2).float() / dim), all in fp32.
         let inv_freq_f32: Vec<f32> = (0..half)
@@ -54,8 +103,8 @@ impl RotaryTables {
                 .collect(),
             RotaryPrecision::Fp32 => inv_freq_f32,
         };
-        let mut cos = vec![0f32; max_positions * dim];
-        let mut sin = vec![0f32; max_positions * dim];
+        let mut cos = vec![0f32; elements];
+        let mut sin = vec![0f32; elements];
         for p in 0..max_positions {
             for (i, &freq) in inv_freq.iter().enumerate() {
                 let (c, s) = match precision {
@@ -80,13 +129,13 @@ impl RotaryTables {
                 sin[row + i + half] = s;
             }
         }
-        Self {
+        Ok(Self {
             max_positions,
             dim,
             inv_freq,
             cos,
             sin,
-        }
+        })
     }
 
     /// Uploads the tables as `[max_positions, dim]` tensors of the given float dtype.

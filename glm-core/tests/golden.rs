@@ -71,16 +71,18 @@ fn every_case_matches_logits_and_hidden_states_on_cpu() {
     let cfg = model.config().clone();
     for case in &cases {
         let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
-        let out = model.forward_with(
-            tokens,
-            positions,
-            mask,
-            None,
-            ForwardOptions {
-                hidden_states: true,
-                last_only: false,
-            },
-        );
+        let out = model
+            .forward_with(
+                tokens,
+                positions,
+                mask,
+                None,
+                ForwardOptions {
+                    hidden_states: true,
+                    last_only: false,
+                },
+            )
+            .expect("forward");
         let (golden, shape) = tensor_f32("cases.safetensors", &tensor_key(case, "logits"));
         assert_eq!(shape, vec![case.batch, case.seq, cfg.vocab_size]);
         let d = max_diff_valid(
@@ -146,7 +148,8 @@ fn rotary_tables_are_bit_exact() {
         cfg.max_sequence_length,
         cfg.rotary_base,
         RotaryPrecision::Fp16Sat,
-    );
+    )
+    .expect("rotary tables of the fixture config");
     let (cos, cos_shape) = tensor_f32("cases.safetensors", keys[0].as_str().unwrap());
     let (sin, _) = tensor_f32("cases.safetensors", keys[1].as_str().unwrap());
     let (inv, _) = tensor_f32("cases.safetensors", keys[2].as_str().unwrap());
@@ -184,7 +187,7 @@ fn fp32_sat_buffer_rotary_option_reproduces_the_diagnostic_variant() {
         })
         .expect("variant case");
     let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
-    let ours = to_vec(model.forward(tokens, positions, mask));
+    let ours = to_vec(model.forward(tokens, positions, mask).expect("forward"));
     let (golden, _) = tensor_f32(
         "cases.safetensors",
         &tensor_key(case, "logits_variant_rotary_fp32"),
@@ -210,7 +213,7 @@ fn fp32_sat_buffer_rotary_option_reproduces_the_diagnostic_variant() {
     let (tokens, positions, mask) = case.input.to_tensors::<Cpu>(&device);
     let (reference, _) = tensor_f32("cases.safetensors", &tensor_key(case, "logits"));
     let d = max_diff_valid(
-        &to_vec(exact.forward(tokens, positions, mask)),
+        &to_vec(exact.forward(tokens, positions, mask).expect("forward")),
         &reference,
         case.batch,
         case.seq,
@@ -268,7 +271,7 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
             )
         };
         let (t, p, m) = sub(0..ctx, ctx);
-        let first = model.forward_cached(t, p, m, &mut cache);
+        let first = model.forward_cached(t, p, m, &mut cache).expect("forward");
         let mut steps = vec![to_vec(first.narrow(1, ctx - 1, 1))];
         let (mem, _) = tensor_f32(
             "cases.safetensors",
@@ -293,13 +296,15 @@ fn kv_cache_steps_equal_the_original_loop_and_full_recompute() {
         );
         for i in ctx..n {
             let (t, p, m) = sub(i..i + 1, i + 1);
-            steps.push(to_vec(model.forward_cached(t, p, m, &mut cache)));
+            steps.push(to_vec(
+                model.forward_cached(t, p, m, &mut cache).expect("forward"),
+            ));
         }
         let (golden_steps, shape) =
             tensor_f32("cases.safetensors", &tensor_key(case, "step_logits"));
         assert_eq!(shape[0], steps.len(), "{}: step count", case.name);
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
-        let full = to_vec(model.forward(t, p, m));
+        let full = to_vec(model.forward(t, p, m).expect("forward"));
         let v = cfg.vocab_size;
         assert_eq!(
             golden_steps.len(),
@@ -423,7 +428,7 @@ fn f16_and_bf16_models_run_close_to_f32() {
     let case = cases.first().expect("a case in cases.json");
     let reference: GlmModel<Cpu> = load_model(&device, ModelOptions::default());
     let (t, p, m) = case.input.to_tensors::<Cpu>(&device);
-    let want = to_vec(reference.forward(t, p, m));
+    let want = to_vec(reference.forward(t, p, m).expect("forward"));
     for (dtype, tol) in [(DType::F16, 0.1f32), (DType::BF16, 0.6)] {
         let model: GlmModel<Cpu> = load_model(
             &device,
@@ -434,7 +439,7 @@ fn f16_and_bf16_models_run_close_to_f32() {
         );
         assert_eq!(model.dtype(), dtype);
         let (t, p, m) = case.input.to_tensors::<Cpu>(&device);
-        let logits = model.forward(t, p, m);
+        let logits = model.forward(t, p, m).expect("forward");
         assert_eq!(logits.dtype(), dtype);
         let got = to_vec(logits);
         let d = max_diff_valid(

@@ -48,7 +48,7 @@ fn case_a() -> GlmInput {
 
 fn logits(model: &GlmModel<Cpu>) -> Vec<f32> {
     let (tokens, positions, mask) = case_a().to_tensors::<Cpu>(&Default::default());
-    to_vec(model.forward(tokens, positions, mask))
+    to_vec(model.forward(tokens, positions, mask).expect("forward"))
 }
 
 fn max_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -423,11 +423,11 @@ fn quantized_decoding_through_the_cache_matches_the_full_forward() {
     );
     let vocab = config().vocab_size;
     let (t, p, m) = sub(0..seq, seq).to_tensors::<Cpu>(&device);
-    let full = to_vec(model.forward(t, p, m));
+    let full = to_vec(model.forward(t, p, m).expect("forward"));
     let mut cache = model.new_cache();
     // Prefix (bidirectional block): keys = the prefix itself.
     let (t, p, m) = sub(0..prefix, prefix).to_tensors::<Cpu>(&device);
-    let out = to_vec(model.forward_cached(t, p, m, &mut cache));
+    let out = to_vec(model.forward_cached(t, p, m, &mut cache).expect("forward"));
     let d = max_diff(&out, &full[..prefix * vocab]);
     assert!(d <= tol, "prefix: {d}");
     for s in prefix..seq {
@@ -444,7 +444,7 @@ fn quantized_decoding_through_the_cache_matches_the_full_forward() {
             TensorData::new(mask[s * seq..s * seq + s + 1].to_vec(), [1, 1, 1, s + 1]),
             &device,
         );
-        let out = to_vec(model.forward_cached(t, p, m, &mut cache));
+        let out = to_vec(model.forward_cached(t, p, m, &mut cache).expect("forward"));
         let d = max_diff(&out, &full[s * vocab..(s + 1) * vocab]);
         assert!(d <= tol, "step {s}: {d}");
     }
@@ -596,6 +596,7 @@ fn int4_model_on_wgpu_matches_the_original() {
     let (tokens, positions, mask) = case_a().to_tensors::<Wgpu>(&device);
     let ours: Vec<f32> = model
         .forward(tokens, positions, mask)
+        .expect("forward")
         .into_data()
         .convert::<f32>()
         .to_vec()

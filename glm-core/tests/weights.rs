@@ -104,7 +104,7 @@ fn sat_checkpoints_give_the_recorded_logits() {
         let model =
             GlmModel::<Cpu>::from_source(&cfg, &src, &device, ModelOptions::default()).unwrap();
         let (t, p, m) = input.to_tensors::<Cpu>(&device);
-        let ours = to_vec(model.forward(t, p, m));
+        let ours = to_vec(model.forward(t, p, m).expect("forward"));
         let (golden, shape) = tensor_f32("sat_tp.safetensors", key);
         assert_eq!(shape, vec![1, input.seq, cfg.vocab_size], "{key}");
         assert_eq!(ours.len(), golden.len(), "{folder}: logits size");

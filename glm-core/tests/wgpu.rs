@@ -41,7 +41,7 @@ fn gmask_case_matches_the_original_on_wgpu() {
         .map(|&v| v as usize)
         .collect();
     let (t, p, m) = input.to_tensors::<Wgpu>(&device);
-    let ours = to_vec(model.forward(t, p, m));
+    let ours = to_vec(model.forward(t, p, m).expect("forward"));
     let key = case["tensors"]["logits"]["key"].as_str().unwrap();
     let (golden, _) = tensor_f32("cases.safetensors", key);
     let d = max_diff_valid(
@@ -72,7 +72,7 @@ fn gmask_case_matches_the_original_on_wgpu() {
     );
     let mut cache = model.new_cache();
     let (t, p, m) = input.to_tensors::<Wgpu>(&device);
-    let first = to_vec(model.forward_cached(t, p, m, &mut cache));
+    let first = to_vec(model.forward_cached(t, p, m, &mut cache).expect("forward"));
     assert_eq!(first.len(), n * model.config().vocab_size);
     // The next token: the case's first text token (an id of this fixture's vocabulary).
     let next = input.tokens[0];
@@ -94,9 +94,9 @@ fn gmask_case_matches_the_original_on_wgpu() {
         burn::tensor::TensorData::new(vec![false; n + 1], [1, 1, 1, n + 1]),
         &device,
     );
-    let stepped = to_vec(model.forward_cached(t, p, m, &mut cache));
+    let stepped = to_vec(model.forward_cached(t, p, m, &mut cache).expect("forward"));
     let (t, p, m) = longer.to_tensors::<Wgpu>(&device);
-    let full = to_vec(model.forward(t, p, m));
+    let full = to_vec(model.forward(t, p, m).expect("forward"));
     let v = model.config().vocab_size;
     assert_eq!(stepped.len(), v, "one step of logits");
     assert_eq!(full.len(), (n + 1) * v, "full logits");

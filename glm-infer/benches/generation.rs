@@ -151,7 +151,9 @@ fn generate(model: &GlmModel<B>, rows: &[Vec<i64>], n: usize, last_row_only: boo
         .flat_map(|q| (0..p).map(move |k| k == p - 1 && q < p - 1))
         .collect();
     let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, p, p]), &device);
-    let out = model.forward_with(tokens, positions, mask, Some(&mut cache), options);
+    let out = model
+        .forward_with(tokens, positions, mask, Some(&mut cache), options)
+        .expect("forward");
     let mut next = argmax_last(out.logits, batch);
     let prefill_ms = t0.elapsed().as_secs_f64() * 1e3;
     let mut generated: Vec<Vec<i64>> = next.iter().map(|&t| vec![t]).collect();
@@ -170,7 +172,9 @@ fn generate(model: &GlmModel<B>, rows: &[Vec<i64>], n: usize, last_row_only: boo
             TensorData::new(vec![false; len], [1, 1, 1, len]),
             &device,
         );
-        let out = model.forward_with(tok, pos, mask, Some(&mut cache), options);
+        let out = model
+            .forward_with(tok, pos, mask, Some(&mut cache), options)
+            .expect("forward");
         next = argmax_last(out.logits, batch);
         for (g, &t) in generated.iter_mut().zip(&next) {
             g.push(t);

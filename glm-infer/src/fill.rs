@@ -43,6 +43,11 @@ pub struct FillResult {
 
 /// Fills every mask of `prompt.kind`, left to right. `out_seq_length` is the maximum total length
 /// (context + `<sop>` + generated) of every iteration, as `--out-seq-length`.
+///
+/// The prompt is checked first ([`Prompt::validate`]: non-empty, ids in the vocabulary, at least
+/// one mask of its kind, not longer than `max_sequence_length`), and `out_seq_length` must not
+/// exceed `max_sequence_length` and must leave a budget for every blank: typed errors, never a
+/// panic or an unchanged "answer".
 pub fn fill_blanks<B: Backend>(
     model: &GlmModel<B>,
     prompt: &Prompt,
@@ -50,7 +55,15 @@ pub fn fill_blanks<B: Backend>(
     out_seq_length: usize,
     on_step: &mut StepCallback<'_>,
 ) -> Result<FillResult> {
-    let specials = model.config().special_tokens;
+    let config = model.config();
+    prompt.validate(config)?;
+    if out_seq_length > config.max_sequence_length {
+        return Err(Error::Prompt(format!(
+            "out_seq_length {out_seq_length} exceeds the model's max_sequence_length {}",
+            config.max_sequence_length
+        )));
+    }
+    let specials = config.special_tokens;
     let mask_id = prompt.kind.token(&specials);
     let end_tokens = strategy.end_tokens().to_vec();
     let mut outputs: Vec<Vec<u32>> = vec![prompt.tokens.clone()];
@@ -73,7 +86,7 @@ pub fn fill_blanks<B: Backend>(
                 blank.context_length()
             ))
         })?;
-        let sample = GenerationSample::from_blank(&blank, max_gen_length);
+        let sample = GenerationSample::from_blank(&blank, max_gen_length, config)?;
         let hypotheses = batch_filling_sequence(model, &[sample], strategy, on_step)?
             .into_iter()
             .next()

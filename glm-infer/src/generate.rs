@@ -4,7 +4,7 @@
 //! strategy is done or the padded length is reached. Beam search reorders the cache rows.
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
-use glm_core::{ForwardOptions, GlmModel};
+use glm_core::{ForwardOptions, GlmConfig, GlmModel};
 
 use crate::error::{Error, Result};
 use crate::strategy::{Hypothesis, Strategy, DONE};
@@ -24,14 +24,39 @@ pub struct GenerationSample {
 
 impl GenerationSample {
     /// The generate.py layout of a blank-filling input with `max_gen_length` new tokens.
-    pub fn from_blank(blank: &glm_core::blank::BlankInput, max_gen_length: usize) -> Self {
-        let total = blank.context_length() + max_gen_length;
-        Self {
+    ///
+    /// Errors (before allocating the `[total, total]` mask) when `blank` does not fit `config`
+    /// ([`BlankInput::validate`](glm_core::blank::BlankInput::validate): ids, mask position,
+    /// `<sop>`), when `max_gen_length` is 0, or when context + budget exceeds
+    /// `max_sequence_length`.
+    pub fn from_blank(
+        blank: &glm_core::blank::BlankInput,
+        max_gen_length: usize,
+        config: &GlmConfig,
+    ) -> Result<Self> {
+        blank.validate(config)?;
+        if max_gen_length == 0 {
+            return Err(Error::Prompt(
+                "no generation budget: max_gen_length is 0".into(),
+            ));
+        }
+        let total = blank
+            .context_length()
+            .checked_add(max_gen_length)
+            .filter(|&t| t <= config.max_sequence_length)
+            .ok_or_else(|| {
+                Error::Prompt(format!(
+                    "{} context tokens + {max_gen_length} to generate exceed max_sequence_length {}",
+                    blank.context_length(),
+                    config.max_sequence_length
+                ))
+            })?;
+        Ok(Self {
             tokens: blank.tokens.clone(),
             context_length: blank.context_length(),
             position_ids: blank.position_ids(total),
             mask: blank.attention_mask(total),
-        }
+        })
     }
 
     /// The evaluation layout (`ModelForEvaluation.generate_text`): a context right-padded to the
@@ -90,24 +115,34 @@ pub fn batch_filling_sequence<B: Backend>(
         .ok_or_else(|| Error::Prompt("empty batch".into()))?;
     let width = first.tokens.len();
     let total = first.total();
-    for s in samples {
-        if s.tokens.len() != width || s.total() != total || s.mask.len() != total * total {
-            return Err(Error::Prompt(
-                "samples of a batch must share context width and total length".into(),
-            ));
-        }
-        if s.context_length == 0 || s.context_length > width {
-            return Err(Error::Prompt(format!(
-                "context length {} outside 1..={width}",
-                s.context_length
-            )));
-        }
-        model.check_input(&s.tokens, &s.position_ids)?;
+    if width == 0 {
+        return Err(Error::Prompt("empty context".into()));
     }
     if total <= width {
         return Err(Error::Prompt(format!(
             "no generation budget: total length {total} ≤ context length {width}"
         )));
+    }
+    for (k, s) in samples.iter().enumerate() {
+        if s.tokens.len() != width
+            || s.total() != total
+            || total.checked_mul(total) != Some(s.mask.len())
+        {
+            return Err(Error::Prompt(format!(
+                "sample {k}: {} tokens, {} positions and {} mask entries; samples of a batch \
+                 must share context width ({width}) and total length ({total}, mask {total}²)",
+                s.tokens.len(),
+                s.total(),
+                s.mask.len()
+            )));
+        }
+        if s.context_length == 0 || s.context_length > width {
+            return Err(Error::Prompt(format!(
+                "sample {k}: context length {} outside 1..={width}",
+                s.context_length
+            )));
+        }
+        model.check_input(&s.tokens, &s.position_ids)?;
     }
     let device = model.word_embeddings.val().device();
     let vocab = model.config().vocab_size;
@@ -127,7 +162,10 @@ pub fn batch_filling_sequence<B: Backend>(
         let mut pos = Vec::with_capacity(rows * n);
         let mut mask = Vec::with_capacity(rows * n * (counter + 1));
         for (r, row) in tokens.iter().enumerate() {
-            let s = &samples[row_sample[r]];
+            let s = row_sample
+                .get(r)
+                .and_then(|&k| samples.get(k))
+                .ok_or_else(|| Error::Strategy(format!("row {r} has no sample")))?;
             // Finished rows carry −1; the original's vocab-parallel embedding maps it to zeros,
             // any id works since those rows are never read again.
             tok.extend(
@@ -159,7 +197,7 @@ pub fn batch_filling_sequence<B: Backend>(
                     hidden_states: true,
                     last_only: true,
                 },
-            );
+            )?;
             let hidden = out
                 .hidden_states
                 .last()
@@ -186,7 +224,7 @@ pub fn batch_filling_sequence<B: Backend>(
                         hidden_states: false,
                         last_only: true,
                     },
-                )
+                )?
                 .logits
         };
         let host: Vec<f32> = logits
@@ -194,17 +232,31 @@ pub fn batch_filling_sequence<B: Backend>(
             .into_data()
             .to_vec::<f32>()
             .map_err(|e| Error::Prompt(format!("reading logits: {e:?}")))?;
-        debug_assert_eq!(host.len(), rows * vocab);
+        if rows.checked_mul(vocab) != Some(host.len()) {
+            return Err(Error::Prompt(format!(
+                "the model returned {} logits for {rows} rows of {vocab}",
+                host.len()
+            )));
+        }
         counter += 1;
         index = counter;
         if let Some(parents) = strategy.step(&host, vocab, &mut tokens) {
-            let idx: Vec<i64> = parents.iter().map(|&p| p as i64).collect();
-            let len = idx.len();
-            cache.select_batch(Tensor::<B, 1, Int>::from_data(
-                TensorData::new(idx, [len]),
-                &device,
-            ));
-            row_sample = parents.iter().map(|&p| row_sample[p]).collect();
+            if parents.len() != tokens.len() {
+                return Err(Error::Strategy(format!(
+                    "the strategy returned {} parents for {} rows",
+                    parents.len(),
+                    tokens.len()
+                )));
+            }
+            cache.select_batch(&parents)?;
+            row_sample = parents
+                .iter()
+                .map(|&p| {
+                    row_sample.get(p).copied().ok_or_else(|| {
+                        Error::Strategy(format!("parent row {p} of {rows} does not exist"))
+                    })
+                })
+                .collect::<Result<_>>()?;
         }
         on_step(&tokens);
         if strategy.is_done() {

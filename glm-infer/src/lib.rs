@@ -35,7 +35,7 @@ pub use beam::{BeamConfig, BeamSearchStrategy};
 pub use error::{Error, Result};
 pub use fill::{fill_blanks, FillIteration, FillResult};
 pub use generate::{batch_filling_sequence, generated_tokens, GenerationSample};
-pub use prompt::{build_prompt, IdCodec, Prompt, TextCodec};
+pub use prompt::{build_prompt, build_prompt_for, IdCodec, Prompt, TextCodec};
 pub use sampling::{BaseStrategy, SamplingConfig};
 pub use strategy::{Hypothesis, Strategy};
 pub use stream::TokenStream;

@@ -3,7 +3,7 @@
 //! prefix), append `[gMASK]` when there is no mask and eos when the text does not end in a mask.
 
 use glm_core::blank::MaskKind;
-use glm_core::SpecialTokens;
+use glm_core::{GlmConfig, SpecialTokens};
 
 use crate::error::{Error, Result};
 
@@ -58,6 +58,46 @@ pub struct Prompt {
     pub raw_text: String,
 }
 
+impl Prompt {
+    /// Checks the public fields against `config`: at least one token, every id in the
+    /// vocabulary, at most `max_sequence_length` tokens, at least one mask of `kind` (else there
+    /// is nothing to fill and the "answer" would be the prompt itself).
+    pub fn validate(&self, config: &GlmConfig) -> Result<()> {
+        if self.tokens.is_empty() {
+            return Err(Error::Prompt("empty prompt".into()));
+        }
+        check_prompt_ids(&self.tokens, config.vocab_size)?;
+        check_prompt_length(self.tokens.len(), config.max_sequence_length)?;
+        let mask_id = self.kind.token(&config.special_tokens);
+        if !self.tokens.contains(&mask_id) {
+            return Err(Error::Prompt(format!(
+                "the prompt holds no {:?} token ({mask_id}) to fill",
+                self.kind
+            )));
+        }
+        Ok(())
+    }
+}
+
+fn check_prompt_ids(tokens: &[u32], vocab_size: usize) -> Result<()> {
+    match tokens.iter().position(|&t| t as usize >= vocab_size) {
+        Some(at) => Err(Error::Prompt(format!(
+            "token id {} at index {at} is outside the vocabulary (0..{vocab_size})",
+            tokens[at]
+        ))),
+        None => Ok(()),
+    }
+}
+
+fn check_prompt_length(len: usize, max_sequence_length: usize) -> Result<()> {
+    if len > max_sequence_length {
+        return Err(Error::Prompt(format!(
+            "text too long: {len} tokens, the model takes at most {max_sequence_length}"
+        )));
+    }
+    Ok(())
+}
+
 const MASK_LITERALS: [(&str, MaskKind); 3] = [
     ("[MASK]", MaskKind::Mask),
     ("[sMASK]", MaskKind::SMask),
@@ -88,14 +128,19 @@ pub fn split_masks(text: &str) -> (Vec<&str>, Vec<MaskKind>) {
     }
 }
 
-/// Builds the context ids of `raw_text` by generate.py's rules; errors when longer than
-/// `max_sequence_length`.
+/// Builds the context ids of `raw_text` by generate.py's rules; errors when the text is empty
+/// (only whitespace) or the ids are longer than `max_sequence_length`. The vocabulary size is not
+/// known here: [`build_prompt_for`] also checks the ids, and [`fill_blanks`](crate::fill_blanks)
+/// checks every prompt against its model.
 pub fn build_prompt(
     raw_text: &str,
     codec: &dyn TextCodec,
     specials: &SpecialTokens,
     max_sequence_length: usize,
 ) -> Result<Prompt> {
+    if raw_text.trim().is_empty() {
+        return Err(Error::Prompt("empty prompt".into()));
+    }
     let kind = if raw_text.contains("[MASK]") {
         MaskKind::Mask
     } else if raw_text.contains("[sMASK]") {
@@ -118,17 +163,30 @@ pub fn build_prompt(
     if !raw.ends_with("MASK]") {
         tokens.push(specials.eos);
     }
-    if tokens.len() > max_sequence_length {
-        return Err(Error::Prompt(format!(
-            "text too long: {} tokens, the model takes at most {max_sequence_length}",
-            tokens.len()
-        )));
-    }
+    check_prompt_length(tokens.len(), max_sequence_length)?;
     Ok(Prompt {
         tokens,
         kind,
         raw_text: raw,
     })
+}
+
+/// [`build_prompt`] for a model's `config`: also checks every id (the codec's included) against
+/// the vocabulary, so a tokenizer that does not match the model is an error here, not in the
+/// forward pass.
+pub fn build_prompt_for(
+    raw_text: &str,
+    codec: &dyn TextCodec,
+    config: &GlmConfig,
+) -> Result<Prompt> {
+    let prompt = build_prompt(
+        raw_text,
+        codec,
+        &config.special_tokens,
+        config.max_sequence_length,
+    )?;
+    prompt.validate(config)?;
+    Ok(prompt)
 }
 
 #[cfg(test)]

@@ -133,7 +133,9 @@ fn decode_ms(model: &GlmModel<B>, ids: &[i64], steps: usize, reps: usize) -> (f6
             .collect();
         let mask = Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, p, p]), &device);
         let t = Instant::now();
-        let logits = model.forward_cached(tokens, pos, mask, &mut cache);
+        let logits = model
+            .forward_cached(tokens, pos, mask, &mut cache)
+            .expect("forward");
         let mut next = logits.narrow(1, p - 1, 1).argmax(2).reshape([1, 1]);
         let _ = next.to_data();
         if rep > 0 {
@@ -149,7 +151,9 @@ fn decode_ms(model: &GlmModel<B>, ids: &[i64], steps: usize, reps: usize) -> (f6
                 TensorData::new(vec![false; p + s + 1], [1, 1, 1, p + s + 1]),
                 &device,
             );
-            let logits = model.forward_cached(next, pos, mask, &mut cache);
+            let logits = model
+                .forward_cached(next, pos, mask, &mut cache)
+                .expect("forward");
             next = logits.argmax(2).reshape([1, 1]);
             let _ = next.to_data(); // sync: the step is done when the token is known
             if rep > 0 {
