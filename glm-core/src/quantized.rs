@@ -535,8 +535,12 @@ fn st_dtype(dtype: DType) -> Option<&'static str> {
 /// the four linears of every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16),
 /// every other tensor is converted to `float_dtype` (F16 like the original checkpoints, or F32).
 ///
-/// Streams one tensor at a time (memory: one tensor), writes the header first and renames a
-/// temporary file at the end. `progress` is called after every tensor.
+/// Streams one tensor at a time (memory: one tensor), writes the header first, through
+/// [`write_atomic_with`](crate::weights::write_atomic_with) (a temporary file renamed at the end).
+/// The config is written atomically too; a stale `output/config.json` is removed when the input
+/// has none. An output folder that is the input's own folder (compared as canonical paths, so
+/// `m` and `./m` or a symlink are the same) is refused: the float checkpoint would be replaced.
+/// `progress` is called after every tensor.
 pub fn convert_checkpoint(
     input: impl AsRef<Path>,
     output: impl AsRef<Path>,
@@ -625,12 +629,41 @@ pub fn convert_checkpoint(
         header.push(b' ');
     }
     std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    let input_dir = if input.is_dir() {
+        input
+    } else {
+        input
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, e));
+    if canonical(input_dir)? == canonical(output)? {
+        return Err(Error::InvalidInput(format!(
+            "{}: the output folder is the input's folder ({}); quantizing in place would replace \
+             the float checkpoint and its config, choose another output folder",
+            output.display(),
+            input_dir.display()
+        )));
+    }
+    let config = input_dir.join("config.json");
+    let config_bytes = if config.is_file() {
+        Some(std::fs::read(&config).map_err(|e| Error::io(&config, e))?)
+    } else {
+        None
+    };
+    // The old config goes first: a crash later leaves a model without a config (an error on
+    // load), never a new model next to a config of another run.
+    let config_dst = output.join("config.json");
+    match std::fs::remove_file(&config_dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&config_dst, e)),
+    }
     let path = output.join("model.safetensors");
-    let tmp = output.join(format!("model.safetensors.tmp-{}", std::process::id()));
-    let result = (|| -> Result<ConvertReport> {
-        let f = std::fs::File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        let mut w = BufWriter::with_capacity(8 << 20, f);
-        let io = |e| Error::io(&tmp, e);
+    let report = crate::weights::write_atomic_with(&path, |out| -> Result<ConvertReport> {
+        let mut w = BufWriter::with_capacity(8 << 20, out);
+        let io = |e| Error::io(&path, e);
         w.write_all(&(header.len() as u64).to_le_bytes())
             .map_err(io)?;
         w.write_all(&header).map_err(io)?;
@@ -675,12 +708,7 @@ pub fn convert_checkpoint(
                 bytes: written,
             });
         }
-        let f = w
-            .into_inner()
-            .map_err(|e| Error::io(&tmp, e.into_error()))?;
-        f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-        drop(f);
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io(&path, e))?;
+        w.flush().map_err(io)?;
         Ok(ConvertReport {
             path: path.clone(),
             tensors: total,
@@ -688,21 +716,9 @@ pub fn convert_checkpoint(
             bytes: written,
             tensor_parallel: tp,
         })
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    let report = result?;
-    let config = if input.is_dir() {
-        input.join("config.json")
-    } else {
-        input.with_file_name("config.json")
-    };
-    if config.is_file() {
-        let dst = output.join("config.json");
-        if config != dst {
-            std::fs::copy(&config, &dst).map_err(|e| Error::io(&dst, e))?;
-        }
+    })?;
+    if let Some(bytes) = config_bytes {
+        crate::weights::write_atomic(&config_dst, &bytes)?;
     }
     Ok(report)
 }

@@ -62,19 +62,50 @@ impl GenerationSample {
     /// The evaluation layout (`ModelForEvaluation.generate_text`): a context right-padded to the
     /// batch width `W` with its `[W, W]` mask, then one generated row per target position, each
     /// seeing the `<sop>` row's context mask and the generated rows causally.
+    ///
+    /// Errors ([`Error::Prompt`]) when the parts do not fit together: an empty context,
+    /// `context_length` outside `1..=W`, `W` position ids, a `[W, W]` mask, or a layout whose
+    /// mask size overflows.
     pub fn evaluation(
         tokens: Vec<u32>,
         context_length: usize,
         context_positions: Vec<u32>,
         context_mask: &[bool],
         target_position_ids: &[u32],
-    ) -> Self {
+    ) -> Result<Self> {
         let w = tokens.len();
         let g = target_position_ids.len();
-        let total = w + g;
+        if w == 0 {
+            return Err(Error::Prompt("evaluation sample: empty context".into()));
+        }
+        if context_length == 0 || context_length > w {
+            return Err(Error::Prompt(format!(
+                "evaluation sample: context length {context_length} outside 1..={w} (the context width)"
+            )));
+        }
+        if context_positions.len() != w {
+            return Err(Error::Prompt(format!(
+                "evaluation sample: {} context position ids for a context of width {w}",
+                context_positions.len()
+            )));
+        }
+        if w.checked_mul(w) != Some(context_mask.len()) {
+            return Err(Error::Prompt(format!(
+                "evaluation sample: context mask of {} entries, expected {w}×{w}",
+                context_mask.len()
+            )));
+        }
+        let total = w
+            .checked_add(g)
+            .filter(|t| t.checked_mul(*t).is_some())
+            .ok_or_else(|| {
+                Error::Prompt(format!(
+                    "evaluation sample: {w} context + {g} generated rows overflow the mask size"
+                ))
+            })?;
         let mut mask = vec![true; total * total];
-        for i in 0..w {
-            mask[i * total..i * total + w].copy_from_slice(&context_mask[i * w..(i + 1) * w]);
+        for (i, row) in context_mask.chunks_exact(w).enumerate() {
+            mask[i * total..i * total + w].copy_from_slice(row);
         }
         let sop_row = &context_mask[(context_length - 1) * w..context_length * w];
         for i in 0..g {
@@ -86,12 +117,12 @@ impl GenerationSample {
         }
         let mut position_ids = context_positions;
         position_ids.extend_from_slice(target_position_ids);
-        Self {
+        Ok(Self {
             tokens,
             context_length,
             position_ids,
             mask,
-        }
+        })
     }
 
     fn total(&self) -> usize {
@@ -278,4 +309,30 @@ pub fn generated_tokens(h: &Hypothesis, context_width: usize, end_tokens: &[u32]
         .iter()
         .map(|&t| t as u32)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inconsistent_evaluation_samples_are_errors() {
+        let mask = glm_core::blank::glm_attention_mask(3, 2);
+        let ok = GenerationSample::evaluation(vec![5, 6, 7], 3, vec![0, 1, 2], &mask, &[3, 4]);
+        assert_eq!(ok.map(|s| s.mask.len()).ok(), Some(25));
+        let zero = GenerationSample::evaluation(vec![5, 6, 7], 0, vec![0, 1, 2], &mask, &[3]);
+        assert!(
+            matches!(&zero, Err(Error::Prompt(m)) if m.contains("context length 0")),
+            "{zero:?}"
+        );
+        let long = GenerationSample::evaluation(vec![5, 6, 7], 4, vec![0, 1, 2], &mask, &[3]);
+        assert!(long.is_err());
+        let empty = GenerationSample::evaluation(vec![], 1, vec![], &[], &[3]);
+        assert!(empty.is_err());
+        let positions = GenerationSample::evaluation(vec![5, 6, 7], 3, vec![0, 1], &mask, &[3]);
+        assert!(positions.is_err());
+        let short_mask =
+            GenerationSample::evaluation(vec![5, 6, 7], 3, vec![0, 1, 2], &mask[..8], &[3]);
+        assert!(short_mask.is_err());
+    }
 }

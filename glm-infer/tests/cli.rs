@@ -1,6 +1,11 @@
 //! End-to-end tests of the `glm` binary: file and interactive mode on a small seeded random model
 //! whose vocabulary is the synthetic icetk tokenizer's (`GLM_TOKENIZER_DIR`, default
-//! `../shared/tokenizer`), determinism under a seed, and the error messages for bad arguments.
+//! `../shared/tokenizer`), determinism under a seed, and the error messages for bad arguments;
+//! beam search, greedy and sampling output files against the fixtures (`beam.json`,
+//! `greedy.json`) on the fixture model; `glm quantize` (INT8 / INT4 against `quant_extra`'s
+//! logits, in-place refusal, atomic config, stale outputs) and `init-random`'s size checks.
+
+mod common;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -212,6 +217,7 @@ fn bad_arguments_give_clear_errors() {
         &["generate", "--dtype", "f8", "--input-source"],
         &[&prompts, Path::new("--model"), model_dir()],
     );
+    assert!(!o.status.success());
     assert!(stderr(&o).contains("unknown dtype"), "{}", stderr(&o));
 
     // The fixture model (vocab 1024, specials at 1000) does not fit the icetk tokenizer.
@@ -258,33 +264,73 @@ fn bad_arguments_give_clear_errors() {
     std::fs::remove_dir_all(&work).ok();
 }
 
+/// The a_gmask prompt of `greedy.json` and its context length.
+fn a_gmask_prompt() -> (String, usize) {
+    let greedy = common::read_json("greedy.json");
+    let case = &greedy["a_gmask"];
+    (
+        case["prompt_text"].as_str().unwrap().to_string(),
+        case["context_length"].as_u64().unwrap() as usize,
+    )
+}
+
+/// argmax of row `row` of the `[1, seq, vocab]` logits `key` in `file`, checked to be decisive
+/// (top-1 − top-2 well above the 1e-4 logit tolerance).
+fn decisive_argmax(file: &str, key: &str, row: usize) -> u32 {
+    let (values, shape) = common::tensor_f32(file, key);
+    assert_eq!(shape.len(), 3, "{key}: shape {shape:?}");
+    let vocab = shape[2];
+    assert!(row < shape[1], "{key}: row {row} of {shape:?}");
+    let logits = &values[row * vocab..(row + 1) * vocab];
+    let mut order: Vec<usize> = (0..vocab).collect();
+    order.sort_by(|&a, &b| logits[b].total_cmp(&logits[a]));
+    assert!(
+        logits[order[0]] - logits[order[1]] > 1e-3,
+        "{key}: the fixture's top-2 logits are too close to decide a token"
+    );
+    order[0] as u32
+}
+
 #[test]
 fn quantize_then_generate_with_int8_and_int4() {
     let work = tmp("quant");
     let fixtures = glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").unwrap();
+    let (prompt_text, context_length) = a_gmask_prompt();
+    let prompt_words: Vec<&str> = prompt_text.split_whitespace().collect();
+    assert!(!prompt_words.is_empty());
     let prompts = work.join("p.txt");
-    std::fs::write(&prompts, "585 293 517 710 791 149 356 721 701 231\n").unwrap();
-    let out = run(
-        &[
-            "quantize",
-            "--quantization-bit-width",
-            "8",
-            "--float-dtype",
-            "f32",
-        ],
-        &[&fixtures, &work.join("int8")],
-    );
-    assert!(
-        out.status.success(),
-        "quantize: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        work.join("int8/model.safetensors").is_file() && work.join("int8/config.json").is_file()
-    );
-    let marker =
-        glm_core::quantized::read_quantization_marker(work.join("int8/model.safetensors")).unwrap();
-    assert_eq!(marker.map(|(s, _)| s.bits()), Some(8));
+    std::fs::write(&prompts, format!("{prompt_text}\n")).unwrap();
+    let quantize = |bits: &str, out: &Path| {
+        let o = run(
+            &[
+                "quantize",
+                "--quantization-bit-width",
+                bits,
+                "--float-dtype",
+                "f32",
+            ],
+            &[&fixtures, out],
+        );
+        assert!(
+            o.status.success(),
+            "quantize int{bits}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(out.join("model.safetensors").is_file() && out.join("config.json").is_file());
+        assert_eq!(
+            std::fs::read(out.join("config.json")).unwrap(),
+            std::fs::read(fixtures.join("config.json")).unwrap(),
+            "the config is copied unchanged"
+        );
+        let marker =
+            glm_core::quantized::read_quantization_marker(out.join("model.safetensors")).unwrap();
+        assert_eq!(
+            marker.map(|(s, _)| s.bits().to_string()),
+            Some(bits.to_string())
+        );
+    };
+    quantize("8", &work.join("int8"));
+    quantize("4", &work.join("int4"));
     let answer = |model: &Path, extra: &[&str], tag: &str| {
         let dir = work.join(tag);
         let mut cmd = glm();
@@ -303,26 +349,51 @@ fn quantize_then_generate_with_int8_and_int4() {
             "{tag}: {}",
             String::from_utf8_lossy(&o.stderr)
         );
-        std::fs::read_to_string(
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .next()
-                .unwrap()
-                .unwrap()
-                .path(),
-        )
-        .unwrap()
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{tag}: one answer file: {files:?}");
+        std::fs::read_to_string(&files[0]).unwrap()
     };
-    // A saved INT8 checkpoint and INT8 quantization on load give the same answer.
-    let saved = answer(&work.join("int8"), &[], "g8-saved");
-    let on_load = answer(&fixtures, &["--quantization-bit-width", "8"], "g8-load");
-    assert_eq!(saved.lines().count(), 1);
-    assert!(saved.starts_with("585 293 517"), "{saved}");
-    assert_eq!(
-        saved, on_load,
-        "a saved INT8 checkpoint (f32 floats) equals quantizing on load"
-    );
-    answer(&fixtures, &["--quantization-bit-width", "4"], "g4-load");
+    // The first generated token of each quantized model is the argmax of the original's
+    // quantized logits at the <sop> row (quant_extra.safetensors, case a_gmask).
+    let first_generated = |text: &str, tag: &str| -> u32 {
+        let words: Vec<&str> = text.split_whitespace().collect();
+        assert!(
+            words.len() > prompt_words.len() && words[..prompt_words.len()] == prompt_words[..],
+            "{tag}: the answer keeps the prompt: {text}"
+        );
+        words[prompt_words.len()].parse().unwrap()
+    };
+    for bits in ["8", "4"] {
+        // A saved checkpoint (f32 floats) and quantization on load give the same answer.
+        let saved = answer(
+            &work.join(format!("int{bits}")),
+            &[],
+            &format!("g{bits}-saved"),
+        );
+        let on_load = answer(
+            &fixtures,
+            &["--quantization-bit-width", bits],
+            &format!("g{bits}-load"),
+        );
+        assert_eq!(saved.lines().count(), 1, "{saved}");
+        assert_eq!(
+            saved, on_load,
+            "int{bits}: a saved checkpoint equals quantizing on load"
+        );
+        let want = decisive_argmax(
+            "quant_extra.safetensors",
+            &format!("a_gmask.logits_int{bits}"),
+            context_length - 1,
+        );
+        assert_eq!(
+            first_generated(&saved, &format!("int{bits}")),
+            want,
+            "int{bits}: first generated token"
+        );
+    }
     let o = run(
         &["generate", "--quantization-bit-width", "3", "--model"],
         &[&fixtures],
@@ -333,5 +404,267 @@ fn quantize_then_generate_with_int8_and_int4() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    std::fs::remove_dir_all(&work).ok();
+}
+
+/// Issue 10, defect 6: `glm quantize m ./m` used to truncate `m/config.json` (paths compared as
+/// spelled); a stale config of an earlier run survived next to a new model; the config copy was
+/// not atomic.
+#[test]
+fn quantize_never_destroys_or_leaves_stale_outputs() {
+    let work = tmp("quant-safety");
+    let fixtures = glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").unwrap();
+    let m = work.join("m");
+    std::fs::create_dir_all(&m).unwrap();
+    for f in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixtures.join(f), m.join(f)).unwrap();
+    }
+    let config_before = std::fs::read(m.join("config.json")).unwrap();
+    let model_before = std::fs::read(m.join("model.safetensors")).unwrap();
+    let quantize = |input: &Path, output: &Path, dir: &Path| {
+        glm()
+            .current_dir(dir)
+            .args(["quantize", "--quantization-bit-width", "8"])
+            .arg(input)
+            .arg(output)
+            .output()
+            .unwrap()
+    };
+    // In place, spelled differently (and through a symlink): refused, nothing touched.
+    let mut same: Vec<PathBuf> = vec![PathBuf::from("./m"), work.join("m/../m")];
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::symlink(&m, work.join("link")).unwrap();
+        same.push(PathBuf::from("link"));
+    }
+    for out in &same {
+        let o = quantize(Path::new("m"), out, &work);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "quantize m {}: succeeded",
+            out.display()
+        );
+        assert!(err.contains("input's folder"), "{err}");
+        assert_eq!(
+            std::fs::read(m.join("config.json")).unwrap(),
+            config_before,
+            "config.json survives `quantize m {}`",
+            out.display()
+        );
+        assert_eq!(
+            std::fs::read(m.join("model.safetensors")).unwrap(),
+            model_before,
+            "the float weights survive `quantize m {}`",
+            out.display()
+        );
+    }
+    // A config from an earlier run is replaced (atomically: no temporary file is left).
+    let out = work.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("config.json"), "{\"stale\": true}").unwrap();
+    let o = quantize(&m, &out, &work);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(
+        std::fs::read(out.join("config.json")).unwrap(),
+        config_before
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["config.json", "model.safetensors"]);
+    // An input without a config: the stale config of the earlier run must not survive next to
+    // the new weights.
+    let bare = work.join("bare");
+    std::fs::create_dir_all(&bare).unwrap();
+    std::fs::copy(m.join("model.safetensors"), bare.join("model.safetensors")).unwrap();
+    let o = quantize(&bare.join("model.safetensors"), &out, &work);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        !out.join("config.json").exists(),
+        "a config of another run stays next to the new weights"
+    );
+    assert!(out.join("model.safetensors").is_file());
+    std::fs::remove_dir_all(&work).ok();
+}
+
+/// Issue 10, defect 4: `init-random --vocab-size` is checked before any folder is created or any
+/// tensor allocated.
+#[test]
+fn init_random_refuses_absurd_vocabulary_sizes() {
+    let work = tmp("init-limits");
+    for (size, want) in [
+        ("18446744073709551615", "vocab_size"),
+        ("4611686018427387904", "vocab_size"),
+        ("3", "special token"),
+    ] {
+        let out = work.join(format!("m{size}"));
+        let o = glm()
+            .args([
+                "init-random",
+                "--preset",
+                "tiny",
+                "--vocab-size",
+                size,
+                "--out",
+            ])
+            .arg(&out)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "--vocab-size {size} accepted");
+        assert_eq!(o.status.code(), Some(1), "--vocab-size {size}: {err}");
+        assert!(
+            err.contains("--vocab-size") && err.contains(want),
+            "--vocab-size {size}: {err}"
+        );
+        assert!(!out.exists(), "--vocab-size {size}: a folder was created");
+    }
+    std::fs::remove_dir_all(&work).ok();
+}
+
+/// Beam search, greedy and sampling through `glm generate` on the fixture model (id prompts, no
+/// tokenizer): every beam of every `beam.json` run, the greedy answers of `greedy.json`, and
+/// sampled answers that keep their context and are reproducible under a seed.
+#[test]
+fn generate_files_match_the_fixture_beams_and_greedy_answers() {
+    let work = tmp("fixture-gen");
+    let fixtures = glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").unwrap();
+    let cfg = common::config();
+    let one_answer = |tag: &str, prompt: &str, args: &[String]| -> Vec<String> {
+        let dir = work.join(tag);
+        let prompts = work.join(format!("{tag}.txt"));
+        std::fs::write(&prompts, format!("{prompt}\n")).unwrap();
+        let o = glm()
+            .arg("generate")
+            .arg("--model")
+            .arg(&fixtures)
+            .arg("--input-source")
+            .arg(&prompts)
+            .arg("--output-path")
+            .arg(&dir)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{tag}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let files: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(files.len(), 1, "{tag}: {files:?}");
+        let body = std::fs::read_to_string(&files[0]).unwrap();
+        assert!(body.ends_with('\n'), "{tag}: {body:?}");
+        body.lines().map(str::to_string).collect()
+    };
+
+    // Every beam of every run, in order.
+    let beam = common::read_json("beam.json");
+    let runs = beam["runs"].as_array().unwrap();
+    assert!(!runs.is_empty());
+    for (k, r) in runs.iter().enumerate() {
+        let p = &beam["prompts"][r["prompt"].as_str().unwrap()];
+        let input_len = p["input_tokens"].as_array().unwrap().len();
+        let out_len = input_len + r["max_new_tokens"].as_u64().unwrap() as usize;
+        let args: Vec<String> = [
+            "--sampling-strategy",
+            "BeamSearchStrategy",
+            "--deterministic",
+            "--num-beams",
+            &r["num_beams"].to_string(),
+            "--length-penalty",
+            &r["length_penalty"].to_string(),
+            "--no-repeat-ngram-size",
+            &r["no_repeat_ngram_size"].to_string(),
+            "--min-gen-length",
+            &r["min_gen_length"].to_string(),
+            "--out-seq-length",
+            &out_len.to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let got = one_answer(&format!("beam{k}"), p["raw_text"].as_str().unwrap(), &args);
+        let want: Vec<String> = r["fill_blanks_answers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(got, want, "beam run {k}: every beam, best first");
+    }
+
+    // Greedy through the sampling strategy (top-k 1, any temperature): greedy.json's answers.
+    let greedy = common::read_json("greedy.json");
+    let mut checked = 0;
+    for (name, case) in greedy.as_object().unwrap() {
+        let Some(text) = case.get("prompt_text").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let out_len = case["context_length"].as_u64().unwrap() as usize
+            + case["generated_tokens"].as_array().unwrap().len();
+        let args: Vec<String> = ["--top-k", "1", "--temperature", "1.3", "--out-seq-length"]
+            .iter()
+            .map(|s| s.to_string())
+            .chain([out_len.to_string()])
+            .collect();
+        let got = one_answer(&format!("greedy-{name}"), text, &args);
+        assert_eq!(
+            got,
+            [case["fill_blanks_answer"].as_str().unwrap()],
+            "{name}: greedy answer"
+        );
+
+        // Nucleus sampling: the context around the blank is kept, the blank holds at most the
+        // budget of valid ids, and a seed reproduces the draw.
+        let sampling: Vec<String> = [
+            "--top-k",
+            "0",
+            "--top-p",
+            "0.9",
+            "--temperature",
+            "1.3",
+            "--seed",
+            "11",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain(["--out-seq-length".to_string(), out_len.to_string()])
+        .collect();
+        let s1 = one_answer(&format!("sample1-{name}"), text, &sampling);
+        let s2 = one_answer(&format!("sample2-{name}"), text, &sampling);
+        assert_eq!(s1, s2, "{name}: sampling is reproducible under a seed");
+        assert_eq!(s1.len(), 1, "{name}: one sampled answer");
+        let words: Vec<&str> = text.split_whitespace().collect();
+        let mask = words
+            .iter()
+            .position(|w| w.starts_with('[') && w.ends_with(']'));
+        let (before, after): (&[&str], &[&str]) = match mask {
+            Some(i) => (&words[..i], &words[i + 1..]),
+            None => (&words[..], &[]),
+        };
+        let got: Vec<&str> = s1[0].split_whitespace().collect();
+        assert!(
+            got.len() >= before.len() + after.len()
+                && got[..before.len()] == *before
+                && got[got.len() - after.len()..] == *after,
+            "{name}: the sampled answer keeps the context: {}",
+            s1[0]
+        );
+        let blank = &got[before.len()..got.len() - after.len()];
+        let budget = case["generated_tokens"].as_array().unwrap().len();
+        assert!(blank.len() <= budget, "{name}: {} > {budget}", blank.len());
+        for id in blank {
+            let id: usize = id.parse().unwrap();
+            assert!(id < cfg.vocab_size, "{name}: id {id}");
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "greedy.json has no prompt case");
     std::fs::remove_dir_all(&work).ok();
 }

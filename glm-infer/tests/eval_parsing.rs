@@ -198,3 +198,181 @@ fn generation_tasks_run_with_both_strategies() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Issue 10, defect 4: absurd lengths and batch sizes in a task file are typed errors naming the
+/// line and the field, raised while parsing (nothing allocated), and a generation budget the model
+/// cannot reach is refused before any data file is read.
+#[test]
+fn absurd_sizes_are_refused_before_allocation() {
+    use glm_infer::eval::config::{MAX_LENGTH_LIMIT, MAX_MICRO_BATCH_SIZE, MAX_NUM_BEAMS};
+    let too_long = MAX_LENGTH_LIMIT + 1;
+    let cases = [
+        (
+            "name: a\ntype: gen\npath: p\nmax_gen_length: 1000000000000000000\n".to_string(),
+            "task.yaml:4: field `max_gen_length`: must be at most".to_string(),
+        ),
+        (
+            format!("name: a\ntype: gen\npath: p\nmax-seq-length: {too_long}\n"),
+            "task.yaml:4: field `max-seq-length`: must be at most".into(),
+        ),
+        (
+            "name: a\ntype: lm\npath: p\nmax-seq-length: 99999999999999999999999999999999999999999\n"
+                .into(),
+            "task.yaml:4: field `max-seq-length`: must be at most".into(),
+        ),
+        (
+            format!("name: a\ntype: lm\npath: p\ngeneration-length: {too_long}\n"),
+            "task.yaml:4: field `generation-length`: must be at most".into(),
+        ),
+        (
+            format!(
+                "name: a\ntype: mul\npath: p\nmicro-batch-size: {}\n",
+                MAX_MICRO_BATCH_SIZE + 1
+            ),
+            "task.yaml:4: field `micro-batch-size`: must be at most".into(),
+        ),
+        (
+            format!(
+                "name: a\ntype: gen\npath: p\nnum_beams: {}\n",
+                MAX_NUM_BEAMS + 1
+            ),
+            "task.yaml:4: field `num_beams`: must be at most".into(),
+        ),
+        (
+            "name: a\ntype: gen\npath: p\nmin_gen_length: 18446744073709551615\n".into(),
+            "task.yaml:4: field `min_gen_length`: must be at most".into(),
+        ),
+        (
+            "name: a\ntype: gen\npath: p\nmax_seq_length: 8\nmax_gen_length: 6\n".into(),
+            "task.yaml:5: field `max_gen_length`: max_gen_length 6 + 2 leaves no room".into(),
+        ),
+    ];
+    for (text, want) in &cases {
+        let err = yaml_error(text);
+        assert!(
+            err.starts_with(want.as_str()),
+            "{text:?}: got `{err}`, want `{want}…`"
+        );
+    }
+
+    // Within the parser's limits but beyond the model: refused before the data folder is read
+    // (it does not exist here).
+    let model = tiny_model();
+    let max = model.config().max_sequence_length;
+    let dir = tmp("gen-budget");
+    let task = dir.join("gen.yaml");
+    write(
+        &task,
+        &format!(
+            "name: g\ntype: gen\npath: absent\nmax_seq_length: {}\nmax_gen_length: {}\n",
+            max + 10,
+            max
+        ),
+    );
+    let mut lines = CollectLines::default();
+    let tasks = eval::load_tasks(std::slice::from_ref(&task), &mut lines).unwrap();
+    let options = EvalOptions {
+        data_root: dir.clone(),
+        token_losses: false,
+    };
+    let err = eval::evaluate_tasks(&model, &IdCodec, &tasks, &options, &mut lines)
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        format!(
+            "{}:5: field `max_gen_length`: max_gen_length {max} + 2 exceeds the model's max_sequence_length {max}",
+            task.display()
+        )
+    );
+
+    // An lm document whose windows need more positions than the model has: a typed error
+    // naming the field and the file, before any window is scored.
+    let lm_task = dir.join("lm.yaml");
+    write(
+        &lm_task,
+        &format!(
+            "name: l\ntype: lm\npath: docs\nfile-pattern: \"*.txt\"\nmax_seq_length: {}\ngeneration_length: 1\n",
+            max + 1
+        ),
+    );
+    let doc: Vec<String> = (0..max + 5).map(|i| (i % 7 + 3).to_string()).collect();
+    write(&dir.join("docs/d.txt"), &doc.join(" "));
+    let tasks = eval::load_tasks(std::slice::from_ref(&lm_task), &mut lines).unwrap();
+    let err = eval::evaluate_tasks(&model, &IdCodec, &tasks, &options, &mut lines)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with(&format!("{}:5: field `max_seq_length`", lm_task.display()))
+            && err.contains("d.txt"),
+        "{err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Issue 10, defect 5: the public sample structs of the harness (multiple-choice samples, `lm`
+/// windows, generation contexts) with fields that do not fit together are typed errors, never a
+/// panic inside padding or the backend.
+#[test]
+fn inconsistent_public_samples_are_errors() {
+    use glm_infer::eval::gen::GenerationContext;
+    use glm_infer::eval::lm::{self, WindowLayout};
+    let model = tiny_model();
+    let specials = model.config().special_tokens;
+    let good = eval::data::ChoiceItem {
+        line: 3,
+        text: vec![5, 6, 7],
+        choices: vec![vec![8], vec![9, 10]],
+        label: 0,
+    };
+    let samples = mc::prepare_file(&[good], 64, false, &specials, Path::new("d.jsonl")).unwrap();
+    assert!(mc::score_batch(&model, &samples).is_ok());
+    let mut short_mask = samples[0].clone();
+    short_mask.mask.pop();
+    let mut no_targets = samples[0].clone();
+    no_targets.choice_target_ids.clear();
+    let mut empty_choice = samples[0].clone();
+    empty_choice.choices[1].clear();
+    let mut positions = samples[0].clone();
+    positions.position_ids.push(0);
+    for (what, bad) in [
+        ("short mask", short_mask),
+        ("no target rows", no_targets),
+        ("empty choice", empty_choice),
+        ("extra position", positions),
+    ] {
+        let err = mc::score_batch(&model, &[bad]);
+        assert!(
+            matches!(&err, Err(e) if e.to_string().contains("line 3")),
+            "{what}: {err:?}"
+        );
+    }
+
+    let layout = WindowLayout::new(16, 4, false, specials.gmask, specials.sop).unwrap();
+    let doc: Vec<u32> = (5..40).collect();
+    let window = layout.window(&doc, 1);
+    assert!(lm::window_losses(&model, &[&window]).is_ok());
+    let mut bad = window.clone();
+    bad.loss_mask.pop();
+    assert!(lm::window_losses(&model, &[&bad]).is_err());
+    let mut bad = window.clone();
+    bad.mask.truncate(3);
+    assert!(lm::window_losses(&model, &[&bad]).is_err());
+    let mut bad = window;
+    bad.tokens.clear();
+    assert!(lm::window_losses(&model, &[&bad]).is_err());
+
+    let ctx = eval::gen::build_generation_context(&[5, 6, 7], 4, true, false, &specials).unwrap();
+    assert!(ctx.to_sample(specials.pad).is_ok());
+    let mut bad: GenerationContext = ctx.clone();
+    bad.position_ids.pop();
+    assert!(bad.to_sample(specials.pad).is_err());
+    let mut bad = ctx.clone();
+    bad.mask.clear();
+    assert!(bad.to_sample(specials.pad).is_err());
+    let mut bad = ctx;
+    bad.tokens.clear();
+    bad.position_ids.clear();
+    bad.mask.clear();
+    assert!(bad.to_sample(specials.pad).is_err());
+}

@@ -102,11 +102,13 @@ fn batched_greedy_matches_the_evaluation_path() {
                     &masks[b],
                     &targets[b],
                 )
+                .expect("a consistent fixture sample")
             })
             .collect();
         let mut greedy = BaseStrategy::new(SamplingConfig::greedy(ends.clone())).unwrap();
         let out = batch_filling_sequence(&model, &samples, &mut greedy, &mut |_| {}).unwrap();
         let want = ints2(&case["generated_tokens"]);
+        assert_eq!(out.len(), want.len(), "{name}: samples");
         for (b, hyps) in out.iter().enumerate() {
             let got = generated_tokens(&hyps[0], tokens[b].len(), &ends);
             assert_eq!(got, want[b], "{name} sample {b}");
@@ -260,4 +262,89 @@ fn every_multimask_iteration_matches_the_original() {
             );
         }
     }
+}
+
+/// `beam.json` → `evaluation_path` of the [gMASK] runs: the same context through the evaluation
+/// code (`build_generation_sample` + `collate_fn` + `generate_text(return_all_beams=True)`), whose
+/// context is padded to a multiple of 32 and whose length penalty counts that padding.
+#[test]
+fn every_beam_of_the_evaluation_path_matches_the_original() {
+    use glm_infer::eval::gen::build_generation_context;
+    use glm_infer::TextCodec;
+    let model = model();
+    let cfg = config();
+    let json = read_json("beam.json");
+    let ends = end_tokens(&json);
+    let tol = 1e-4f32;
+    let mut checked = 0;
+    for (k, run) in json["runs"].as_array().unwrap().iter().enumerate() {
+        let Some(want) = run.get("evaluation_path") else {
+            continue;
+        };
+        let prompt_name = run["prompt"].as_str().unwrap();
+        let p = &json["prompts"][prompt_name];
+        let tag = format!(
+            "run {k} ({prompt_name} lp={} ng={} mgl={})",
+            run["length_penalty"], run["no_repeat_ngram_size"], run["min_gen_length"]
+        );
+        let text = IdCodec.tokenize(p["raw_text"].as_str().unwrap()).unwrap();
+        let max_new = run["max_new_tokens"].as_u64().unwrap() as usize;
+        let ctx = build_generation_context(
+            &text,
+            max_new,
+            p["use_gmask"].as_bool().unwrap(),
+            false,
+            &cfg.special_tokens,
+        )
+        .unwrap();
+        assert_eq!(ctx.tokens, ints(&p["input_tokens"]), "{tag}: context");
+        let (sample, width) = ctx.to_sample(cfg.special_tokens.pad).unwrap();
+        assert_eq!(
+            width as u64,
+            want["padded_context_length"].as_u64().unwrap(),
+            "{tag}: padded context"
+        );
+        let mut beam = BeamSearchStrategy::new(BeamConfig {
+            num_beams: run["num_beams"].as_u64().unwrap() as usize,
+            length_penalty: run["length_penalty"].as_f64().unwrap() as f32,
+            consider_end: true,
+            end_tokens: ends.clone(),
+            invalid_tokens: vec![],
+            no_repeat_ngram_size: run["no_repeat_ngram_size"].as_u64().unwrap() as usize,
+            min_gen_length: run["min_gen_length"].as_u64().unwrap() as usize,
+            deterministic: true,
+            seed: 0,
+        })
+        .unwrap();
+        let out = batch_filling_sequence(&model, &[sample], &mut beam, &mut |_| {}).unwrap();
+        assert_eq!(out.len(), 1, "{tag}: one sample");
+        let hyps = &out[0];
+        let beams = ints2(&want["beams"]);
+        let scores = want["penalized_scores"].as_array().unwrap();
+        let lengths = ints(&want["total_lengths"]);
+        assert_eq!(hyps.len(), beams.len(), "{tag}: beam count");
+        assert_eq!(scores.len(), beams.len(), "{tag}: fixture scores");
+        assert_eq!(lengths.len(), beams.len(), "{tag}: fixture lengths");
+        assert!(!beams.is_empty(), "{tag}: no beam");
+        for (i, h) in hyps.iter().enumerate() {
+            assert_eq!(
+                generated_tokens(h, width, &ends),
+                beams[i],
+                "{tag}: beam {i} tokens"
+            );
+            assert_eq!(
+                (width + generated_tokens(h, width, &[]).len()) as u32,
+                lengths[i],
+                "{tag}: beam {i} total length"
+            );
+            let got = h.penalized_score.unwrap();
+            let exp = scores[i].as_f64().unwrap() as f32;
+            assert!(
+                (got - exp).abs() <= tol,
+                "{tag}: beam {i} penalized {got} vs {exp}"
+            );
+        }
+        checked += 1;
+    }
+    assert!(checked > 0, "beam.json has no evaluation_path run");
 }

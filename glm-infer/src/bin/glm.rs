@@ -8,7 +8,7 @@
 //! ```
 
 use std::io::{BufRead, Write};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
@@ -211,12 +211,13 @@ fn init_random(args: InitArgs) -> Result<()> {
             )))
         }
     };
-    if let Some(v) = args.vocab_size {
-        config.vocab_size = v;
-    }
     if args.glm130b_specials {
         config.special_tokens = SpecialTokens::glm_130b();
     }
+    if let Some(v) = args.vocab_size {
+        config.vocab_size = v;
+    }
+    check_init_config(&config, args.vocab_size.is_some())?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::Io {
         path: args.out.clone(),
         source: e,
@@ -234,6 +235,43 @@ fn init_random(args: InitArgs) -> Result<()> {
         args.out.display(),
         config.num_parameters()
     );
+    Ok(())
+}
+
+/// Everything `init-random` checks before it creates a folder or allocates a tensor: the config
+/// within glm-core's limits (an absurd `--vocab-size` is refused here, not by the allocator) and
+/// every special-token id inside the vocabulary.
+fn check_init_config(config: &GlmConfig, vocab_from_flag: bool) -> Result<()> {
+    let flag = |e: String| {
+        if vocab_from_flag {
+            Error::Usage(format!("--vocab-size {}: {e}", config.vocab_size))
+        } else {
+            Error::Usage(e)
+        }
+    };
+    config.validate().map_err(|e| flag(e.to_string()))?;
+    let s = &config.special_tokens;
+    let specials = [
+        ("[MASK]", s.mask),
+        ("[gMASK]", s.gmask),
+        ("[sMASK]", s.smask),
+        ("eod", s.eod),
+        ("sop", s.sop),
+        ("eop", s.eop),
+        ("ENC", s.enc),
+        ("dBLOCK", s.dblock),
+        ("eos", s.eos),
+        ("pad", s.pad),
+    ];
+    if let Some((name, id)) = specials
+        .iter()
+        .find(|(_, id)| *id as usize >= config.vocab_size)
+    {
+        return Err(flag(format!(
+            "the special token {name} (id {id}) is outside a vocabulary of {} ids",
+            config.vocab_size
+        )));
+    }
     Ok(())
 }
 
@@ -428,7 +466,8 @@ fn process<B: Backend>(
     };
     let mut body = answers.join("\n");
     body.push('\n');
-    write_atomic(&args.output_path.join(name), body.as_bytes())
+    glm_core::weights::write_atomic(&args.output_path.join(name), body.as_bytes())?;
+    Ok(())
 }
 
 fn sanitize(s: &str) -> String {
@@ -441,8 +480,4 @@ fn sanitize(s: &str) -> String {
             }
         })
         .collect()
-}
-
-fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    glm_core::weights::write_atomic(path, bytes).map_err(Error::from)
 }

@@ -291,7 +291,23 @@ pub struct TaskConfig {
     /// Keys the original's task files carry that its config classes ignore (e.g. MMLU's
     /// `no-tokenized`), accepted with a warning.
     pub warnings: Vec<String>,
+    /// `(normalized key, key as written, line)` of every field of the file, so checks made
+    /// when the task runs (against the model) can name the field and its line.
+    #[serde(skip)]
+    pub field_lines: Vec<(String, String, usize)>,
 }
+
+/// Upper limit of every length field of a task file (`max_seq_length`, `max_gen_length`,
+/// `min_gen_length`, `no_repeat_ngram_size`, `generation_length`): 2^20 tokens, far beyond any GLM
+/// model (GLM-130B: 2048). Larger values are refused while parsing, before anything is allocated;
+/// the model's own `max_sequence_length` is checked when the task runs.
+pub const MAX_LENGTH_LIMIT: usize = 1 << 20;
+
+/// Upper limit of `micro_batch_size`.
+pub const MAX_MICRO_BATCH_SIZE: usize = 1 << 16;
+
+/// Upper limit of `num_beams`.
+pub const MAX_NUM_BEAMS: usize = 1 << 10;
 
 /// Keys that appear in the original task files but that no config class of the original reads
 /// (dataclass-wizard drops them silently). Accepted with a warning, never used.
@@ -440,19 +456,45 @@ impl<'a> Fields<'a> {
         })
     }
 
-    fn integer(&mut self, name: &str, default: usize, min: usize) -> EvalResult<(usize, usize)> {
+    /// An integer field in `min..=max` (default when absent); returns it with its line (0 when
+    /// absent). Values outside the range, or not integers, are errors naming line and key.
+    fn integer(
+        &mut self,
+        name: &str,
+        default: usize,
+        min: usize,
+        max: usize,
+    ) -> EvalResult<(usize, usize)> {
         let Some((key, line, node)) = self.take(name) else {
             return Ok((default, 0));
         };
-        let parsed = match &node {
-            Node::Scalar { value, .. } if !node.is_null() => {
-                value.trim().replace('_', "").parse::<i64>().ok()
-            }
-            _ => None,
+        let text = match &node {
+            Node::Scalar { value, .. } if !node.is_null() => value.trim().replace('_', ""),
+            _ => String::new(),
         };
+        let parsed = text.parse::<i128>().ok();
         match parsed {
-            Some(v) if v >= min as i64 => Ok((v as usize, line)),
-            Some(v) => Err(self.err(line, &key, format!("must be at least {min}, found {v}"))),
+            Some(v) if v < min as i128 => {
+                Err(self.err(line, &key, format!("must be at least {min}, found {v}")))
+            }
+            Some(v) if v > max as i128 => {
+                Err(self.err(line, &key, format!("must be at most {max}, found {v}")))
+            }
+            Some(v) => usize::try_from(v)
+                .map(|v| (v, line))
+                .map_err(|_| self.err(line, &key, format!("must be at most {max}, found {v}"))),
+            None if !text.is_empty()
+                && text
+                    .trim_start_matches(['-', '+'])
+                    .bytes()
+                    .all(|b| b.is_ascii_digit()) =>
+            {
+                Err(self.err(
+                    line,
+                    &key,
+                    format!("must be at most {max}, found {}", describe(&node)),
+                ))
+            }
             None => Err(self.err(
                 line,
                 &key,
@@ -505,6 +547,11 @@ impl TaskConfig {
     pub fn from_yaml_str(text: &str, path: &Path) -> EvalResult<Self> {
         let doc = yaml::parse(text, path)?;
         let mut f = Fields::new(path, doc)?;
+        let field_lines: Vec<(String, String, usize)> = f
+            .entries
+            .iter()
+            .map(|(key, norm, line, _)| (norm.clone(), key.clone(), *line))
+            .collect();
         let (_, _, name) = f.required("name")?;
         let (type_key, type_line, type_str) = f.required("type")?;
         let task_type = TaskType::parse(type_str.trim()).ok_or_else(|| {
@@ -614,7 +661,7 @@ impl TaskConfig {
                 "[MASK] doesn't support unidirectional attention: set use_task_mask: true",
             ));
         }
-        let (max_seq_length, msl_line) = f.integer("max_seq_length", 2048, 2)?;
+        let (max_seq_length, msl_line) = f.integer("max_seq_length", 2048, 2, MAX_LENGTH_LIMIT)?;
         let file_pattern = match f.take("file_pattern") {
             None => FilePattern::Single("**/*.json*".into()),
             Some((key, line, Node::Map { entries, .. })) => {
@@ -630,7 +677,8 @@ impl TaskConfig {
             }
             Some((key, line, node)) => FilePattern::Single(f.scalar(&key, line, &node)?),
         };
-        let (micro_batch_size, mbs_line) = f.integer("micro_batch_size", 1, 1)?;
+        let (micro_batch_size, mbs_line) =
+            f.integer("micro_batch_size", 1, 1, MAX_MICRO_BATCH_SIZE)?;
         let kind = match family {
             TaskType::MultiChoice => TaskKind::MultiChoice,
             TaskType::Generation => {
@@ -651,17 +699,22 @@ impl TaskConfig {
                         }
                     },
                 };
-                let (num_beams, _) = f.integer("num_beams", d.num_beams, 1)?;
+                let (num_beams, _) = f.integer("num_beams", d.num_beams, 1, MAX_NUM_BEAMS)?;
                 let length_penalty = f.float("length_penalty", d.length_penalty)?;
-                let (no_repeat_ngram_size, _) =
-                    f.integer("no_repeat_ngram_size", d.no_repeat_ngram_size, 0)?;
-                let (min_gen_length, _) = f.integer("min_gen_length", d.min_gen_length, 0)?;
+                let (no_repeat_ngram_size, _) = f.integer(
+                    "no_repeat_ngram_size",
+                    d.no_repeat_ngram_size,
+                    0,
+                    MAX_LENGTH_LIMIT,
+                )?;
+                let (min_gen_length, _) =
+                    f.integer("min_gen_length", d.min_gen_length, 0, MAX_LENGTH_LIMIT)?;
                 let (max_gen_length, mgl_line) =
-                    f.integer("max_gen_length", d.max_gen_length, 1)?;
+                    f.integer("max_gen_length", d.max_gen_length, 1, MAX_LENGTH_LIMIT)?;
                 if micro_batch_size != 1 {
                     return Err(f.err(mbs_line, &f.spelled("micro_batch_size"), "only micro batch size 1 is supported for generation tasks (as the original)"));
                 }
-                if max_gen_length + 2 >= max_seq_length {
+                if max_gen_length.saturating_add(2) >= max_seq_length {
                     let (line, key) = if mgl_line > 0 {
                         (mgl_line, "max_gen_length")
                     } else {
@@ -683,7 +736,8 @@ impl TaskConfig {
                 })
             }
             _ => {
-                let (generation_length, gl_line) = f.integer("generation_length", 256, 1)?;
+                let (generation_length, gl_line) =
+                    f.integer("generation_length", 256, 1, MAX_LENGTH_LIMIT)?;
                 if generation_length > max_seq_length - 1 {
                     let (line, key) = if gl_line > 0 {
                         (gl_line, "generation_length")
@@ -746,7 +800,40 @@ impl TaskConfig {
             micro_batch_size,
             kind,
             warnings,
+            field_lines,
         })
+    }
+
+    /// An error about field `name` (snake_case) of this task file, naming the key as written and
+    /// its line (line 0 and the snake_case name when the field was left at its default).
+    pub fn field_error(&self, name: &str, message: impl Into<String>) -> EvalError {
+        let (key, line) = self
+            .field_lines
+            .iter()
+            .find(|(n, _, _)| n == name)
+            .map(|(_, k, l)| (k.clone(), *l))
+            .unwrap_or_else(|| (name.to_string(), 0));
+        EvalError::task(&self.source, line, key, message)
+    }
+
+    /// Checks what the task alone decides against a model that accepts `max_positions`
+    /// positions (`max_sequence_length`): a `gen` sample reaches position `max_gen_length + 1`
+    /// at least, whatever the data. Run before any data is read, so an absurd `max_gen_length`
+    /// never allocates. (Window and sample lengths of `lm` / `mul` tasks depend on the data and
+    /// are checked per file.)
+    pub fn check_against_model(&self, max_positions: usize) -> EvalResult<()> {
+        if let TaskKind::Generation(g) = &self.kind {
+            if g.max_gen_length.saturating_add(2) > max_positions {
+                return Err(self.field_error(
+                    "max_gen_length",
+                    format!(
+                        "max_gen_length {} + 2 exceeds the model's max_sequence_length {max_positions}",
+                        g.max_gen_length
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// The config as the original prints it (`print(config)` of the dataclass), with `path`

@@ -11,6 +11,7 @@ use glm_core::{GlmModel, SpecialTokens};
 
 use super::config::{GenerationSettings, SamplingStrategyName};
 use super::error::{EvalError, EvalResult};
+use super::score::check_layout;
 use crate::beam::{BeamConfig, BeamSearchStrategy};
 use crate::generate::{batch_filling_sequence, generated_tokens, GenerationSample};
 use crate::prompt::TextCodec;
@@ -93,6 +94,12 @@ impl GenerationContext {
     /// The decoding-loop sample: context padded to a multiple of 32 (the evaluation collate
     /// function), generated rows after the padded block. Returns it with the padded width.
     pub fn to_sample(&self, pad_id: u32) -> EvalResult<(GenerationSample, usize)> {
+        check_layout(
+            "generation context",
+            self.tokens.len(),
+            self.position_ids.len(),
+            self.mask.len(),
+        )?;
         let single = GlmInput {
             batch: 1,
             seq: self.tokens.len(),
@@ -108,7 +115,7 @@ impl GenerationContext {
             padded.position_ids,
             &padded.mask,
             &self.target_position_ids,
-        );
+        )?;
         Ok((sample, width))
     }
 }

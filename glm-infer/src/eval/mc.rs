@@ -11,7 +11,7 @@ use glm_core::{GlmModel, SpecialTokens};
 
 use super::data::ChoiceItem;
 use super::error::{EvalError, EvalResult};
-use super::score::{token_log_probs, SoftmaxDtype};
+use super::score::{check_layout, token_log_probs, SoftmaxDtype};
 
 /// The model input of one multiple-choice item.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,11 +37,51 @@ pub struct ChoiceSample {
 }
 
 impl ChoiceSample {
-    /// `(row, token)` pairs whose log-probabilities make up the choice scores.
+    /// Checks that the public fields fit together (tokens / positions / mask, one non-empty
+    /// choice at least, target rows matching the choices); an error names the data line.
+    pub fn validate(&self) -> EvalResult<()> {
+        let what = format!("choice sample of line {}", self.line);
+        check_layout(
+            &what,
+            self.tokens.len(),
+            self.position_ids.len(),
+            self.mask.len(),
+        )?;
+        if self.choices.is_empty() || self.choices.iter().any(Vec::is_empty) {
+            return Err(EvalError::Usage(format!(
+                "{what}: needs at least one choice and no empty choice"
+            )));
+        }
+        let consistent = if self.is_single_token {
+            matches!(self.choice_target_ids.as_slice(), [rows] if rows.len() == 1)
+                && self.choices.iter().all(|c| c.len() == 1)
+        } else {
+            self.choice_target_ids.len() == self.choices.len()
+                && self
+                    .choice_target_ids
+                    .iter()
+                    .zip(&self.choices)
+                    .all(|(rows, c)| rows.len() == c.len())
+        };
+        if !consistent {
+            return Err(EvalError::Usage(format!(
+                "{what}: choice_target_ids do not match the choices"
+            )));
+        }
+        Ok(())
+    }
+
+    /// `(row, token)` pairs whose log-probabilities make up the choice scores (empty for an
+    /// inconsistent sample; see [`validate`](Self::validate)).
     pub fn pairs(&self) -> Vec<(usize, u32)> {
         if self.is_single_token {
-            let row = self.choice_target_ids[0][0];
-            self.choices.iter().map(|c| (row, c[0])).collect()
+            let Some(&row) = self.choice_target_ids.first().and_then(|r| r.first()) else {
+                return Vec::new();
+            };
+            self.choices
+                .iter()
+                .filter_map(|c| c.first().map(|&t| (row, t)))
+                .collect()
         } else {
             self.choice_target_ids
                 .iter()
@@ -57,10 +97,11 @@ impl ChoiceSample {
             return values.to_vec();
         }
         let mut out = Vec::with_capacity(self.choices.len());
-        let mut at = 0;
+        let mut at = 0usize;
         for c in &self.choices {
-            out.push(values[at..at + c.len()].iter().sum());
-            at += c.len();
+            let end = at.saturating_add(c.len()).min(values.len());
+            out.push(values.get(at..end).unwrap_or(&[]).iter().sum());
+            at = end;
         }
         out
     }
@@ -207,6 +248,9 @@ pub fn score_batch<B: Backend>(
     model: &GlmModel<B>,
     samples: &[ChoiceSample],
 ) -> EvalResult<Vec<Vec<f32>>> {
+    for s in samples {
+        s.validate()?;
+    }
     let inputs: Vec<GlmInput> = samples.iter().map(ChoiceSample::to_input).collect();
     let pad = model.config().special_tokens.pad;
     let batch = GlmInput::pad_batch(&inputs, 32, pad)?;

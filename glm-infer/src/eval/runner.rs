@@ -14,7 +14,7 @@ use super::data::{self, Document, TokenFields};
 use super::error::{EvalError, EvalResult};
 use super::files::{find_all_tasks, glob_files, relative};
 use super::gen::{self, GenerationContext, LambadaBans};
-use super::lm::{self, Window};
+use super::lm::{self, Window, WindowLayout};
 use super::mc::{self, ChoiceSample};
 use super::metrics::{self, GroupStats};
 use crate::prompt::TextCodec;
@@ -219,9 +219,11 @@ enum Dataset {
     Generation {
         items: Vec<(usize, GenerationContext, Vec<Vec<u32>>)>,
     },
+    /// Documents (token ids) only: windows are built batch by batch while scoring.
     Language {
         documents: Vec<Document>,
-        windows: Vec<(usize, Window)>,
+        layout: WindowLayout,
+        num_windows: usize,
     },
 }
 
@@ -230,7 +232,7 @@ impl Dataset {
         match self {
             Dataset::Choice { samples, .. } => samples.len(),
             Dataset::Generation { items } => items.len(),
-            Dataset::Language { windows, .. } => windows.len(),
+            Dataset::Language { num_windows, .. } => *num_windows,
         }
     }
 }
@@ -241,6 +243,7 @@ fn load_dataset(
     codec: &dyn TextCodec,
     specials: &glm_core::SpecialTokens,
     vocab_size: usize,
+    max_positions: usize,
 ) -> EvalResult<Dataset> {
     let fields = TokenFields {
         path,
@@ -290,8 +293,16 @@ fn load_dataset(
             } else {
                 specials.mask
             };
-            let mut windows = Vec::new();
-            for (d, doc) in documents.iter().enumerate() {
+            let layout = WindowLayout::new(
+                config.max_seq_length,
+                l.generation_length,
+                config.unidirectional,
+                mask_id,
+                specials.sop,
+            )
+            .map_err(|e| EvalError::task(&config.source, 0, "generation_length", e.to_string()))?;
+            let mut num_windows = 0usize;
+            for doc in &documents {
                 if doc.tokens.is_empty() {
                     return Err(EvalError::Data {
                         path: path.to_path_buf(),
@@ -300,17 +311,27 @@ fn load_dataset(
                         message: "the document has no tokens".into(),
                     });
                 }
-                let ws = lm::windows(
-                    &doc.tokens,
-                    config.max_seq_length,
-                    l.generation_length,
-                    config.unidirectional,
-                    mask_id,
-                    specials.sop,
-                );
-                windows.extend(ws.into_iter().map(|w| (d, w)));
+                // The longest window of this document: min(L, tokens + 1) positions.
+                let longest = config
+                    .max_seq_length
+                    .min(doc.tokens.len().saturating_add(1));
+                if longest > max_positions {
+                    return Err(config.field_error(
+                        "max_seq_length",
+                        format!(
+                            "{}{}: its windows need {longest} positions, the model has max_sequence_length {max_positions}",
+                            path.display(),
+                            if doc.line > 0 { format!(":{}", doc.line) } else { String::new() }
+                        ),
+                    ));
+                }
+                num_windows = num_windows.saturating_add(layout.num_windows(doc.tokens.len()));
             }
-            Ok(Dataset::Language { documents, windows })
+            Ok(Dataset::Language {
+                documents,
+                layout,
+                num_windows,
+            })
         }
     }
 }
@@ -424,13 +445,21 @@ pub fn evaluate_task<B: Backend>(
     let vocab = model.config().vocab_size;
     let data_path = options.data_root.join(&config.path);
     let data_display = data_path.display().to_string();
+    config.check_against_model(model.config().max_sequence_length)?;
     // Load every file first: data errors surface before any compute.
     let mut groups = Vec::new();
     let mut total = 0;
     for (group, pattern) in config.file_pattern.groups() {
         let mut files = Vec::new();
         for file in glob_files(&data_path, &pattern)? {
-            let dataset = load_dataset(config, &file, codec, &specials, vocab)?;
+            let dataset = load_dataset(
+                config,
+                &file,
+                codec,
+                &specials,
+                vocab,
+                model.config().max_sequence_length,
+            )?;
             total += dataset.len();
             files.push((relative(&file, &data_path), dataset));
         }
@@ -655,11 +684,34 @@ fn evaluate_file<B: Backend>(
                 details: FileDetails::Generation { samples: results },
             })
         }
-        Dataset::Language { documents, windows } => {
+        Dataset::Language {
+            documents,
+            layout,
+            num_windows: _,
+        } => {
             let mut per_doc: Vec<Vec<WindowResult>> = vec![Vec::new(); documents.len()];
-            for chunk in windows.chunks(mbs) {
+            // Windows are made lazily, across documents, and scored `mbs` at a time (the
+            // original's batches): only one micro-batch of windows (and masks) exists at once.
+            let mut all = documents
+                .iter()
+                .enumerate()
+                .flat_map(|(d, doc)| layout.windows(&doc.tokens).map(move |w| (d, w)));
+            let mut chunk: Vec<(usize, Window)> = Vec::new();
+            loop {
+                chunk.clear();
+                chunk.extend(all.by_ref().take(mbs));
+                if chunk.is_empty() {
+                    break;
+                }
                 let refs: Vec<&Window> = chunk.iter().map(|(_, w)| w).collect();
                 let losses = lm::window_losses(model, &refs)?;
+                if losses.len() != chunk.len() {
+                    return Err(EvalError::Usage(format!(
+                        "scored {} windows of a batch of {}",
+                        losses.len(),
+                        chunk.len()
+                    )));
+                }
                 for ((d, w), token_losses) in chunk.iter().zip(losses) {
                     let loss: f32 = token_losses.iter().sum();
                     per_doc[*d].push(WindowResult {

@@ -20,6 +20,25 @@ pub enum SoftmaxDtype {
     F32,
 }
 
+/// Checks that a public sample's parts fit together: at least one token, one position id per
+/// token and an `[n, n]` mask. `what` names the sample in the error.
+pub fn check_layout(what: &str, tokens: usize, positions: usize, mask: usize) -> EvalResult<()> {
+    if tokens == 0 {
+        return Err(EvalError::Usage(format!("{what}: no tokens")));
+    }
+    if positions != tokens {
+        return Err(EvalError::Usage(format!(
+            "{what}: {positions} position ids for {tokens} tokens"
+        )));
+    }
+    if tokens.checked_mul(tokens) != Some(mask) {
+        return Err(EvalError::Usage(format!(
+            "{what}: mask of {mask} entries, expected {tokens}×{tokens}"
+        )));
+    }
+    Ok(())
+}
+
 /// `log p(token | row)` for every `(row, token)` pair of every sample of a padded batch.
 ///
 /// `input` is a padded batch (see [`GlmInput::pad_batch`]); `pairs[b]` lists sample `b`'s rows and

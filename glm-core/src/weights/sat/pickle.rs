@@ -782,7 +782,7 @@ mod tests {
             &[][..],
             &[0x80],
             &[b'X', 255, 255, 255, 255],
-            &[b'a', b'.'],
+            b"a.",
             &[0xff],
         ] {
             assert!(parse(bad).is_err());
