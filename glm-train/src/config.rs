@@ -135,6 +135,34 @@ pub struct TrainConfig {
     pub validation_batches: usize,
 }
 
+/// Most sequences per micro-batch ([`TrainConfig::batch_size`]).
+pub const MAX_BATCH_SIZE: usize = 1 << 16;
+/// Most micro-batches accumulated per step ([`TrainConfig::grad_accumulation`]).
+pub const MAX_GRAD_ACCUMULATION: usize = 1 << 16;
+/// Most data-parallel replicas ([`TrainConfig::data_parallel`]).
+pub const MAX_DATA_PARALLEL: usize = 1 << 12;
+/// Most validation batches ([`TrainConfig::validation_batches`]).
+pub const MAX_VALIDATION_BATCHES: usize = 1 << 16;
+/// Most checkpoints kept ([`TrainConfig::keep_checkpoints`]).
+pub const MAX_KEEP_CHECKPOINTS: usize = 1 << 16;
+/// Most bytes of host memory the batches of one optimizer step (tokens, targets, the `L x L`
+/// attention masks) or the fixed validation batches may take: 16 GiB.
+pub const MAX_BATCH_BYTES: u64 = 16 << 30;
+
+/// Host bytes of `batches` batches of `batch` sequences of `seq` rows: per sequence an `L x L`
+/// boolean mask plus tokens, positions and targets (`u32`), the loss mask and a dropout seed.
+/// `None` on overflow.
+fn batch_bytes(batches: usize, batch: usize, seq: usize) -> Option<u64> {
+    let seq = seq as u64;
+    let per_seq = seq
+        .checked_mul(seq)?
+        .checked_add(seq.checked_mul(13)?)?
+        .checked_add(8)?;
+    per_seq
+        .checked_mul(batch as u64)?
+        .checked_mul(batches as u64)
+}
+
 fn default_shrink() -> f64 {
     0.1
 }
@@ -226,6 +254,55 @@ impl TrainConfig {
         }
         if self.keep_checkpoints == 0 {
             return Err(Error::config("keep_checkpoints", "must be at least 1"));
+        }
+        for (field, value, max) in [
+            ("batch_size", self.batch_size, MAX_BATCH_SIZE),
+            (
+                "grad_accumulation",
+                self.grad_accumulation,
+                MAX_GRAD_ACCUMULATION,
+            ),
+            ("data_parallel", self.data_parallel, MAX_DATA_PARALLEL),
+            (
+                "validation_batches",
+                self.validation_batches,
+                MAX_VALIDATION_BATCHES,
+            ),
+            (
+                "keep_checkpoints",
+                self.keep_checkpoints,
+                MAX_KEEP_CHECKPOINTS,
+            ),
+        ] {
+            if value > max {
+                return Err(Error::config(
+                    field,
+                    format!("{value} is above the limit {max}"),
+                ));
+            }
+        }
+        // The host memory of one step's micro-batches and of the validation set.
+        let micro = self.grad_accumulation * self.data_parallel; // both bounded above
+        for (field, batches) in [
+            ("batch_size", micro),
+            ("validation_batches", self.validation_batches.max(1)),
+        ] {
+            match batch_bytes(batches, self.batch_size, self.seq_len) {
+                Some(b) if b <= MAX_BATCH_BYTES => {}
+                found => {
+                    return Err(Error::config(
+                        field,
+                        format!(
+                            "{batches} batches of {} sequences of {} tokens need {} bytes of \
+                             host memory (attention masks included), more than the limit \
+                             {MAX_BATCH_BYTES}",
+                            self.batch_size,
+                            self.seq_len,
+                            found.map_or_else(|| "over 2^64".to_string(), |b| b.to_string())
+                        ),
+                    ))
+                }
+            }
         }
         Ok(())
     }

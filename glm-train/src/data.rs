@@ -10,11 +10,12 @@
 //!   [`Sequence`]s; its whole position is a small serialisable [`DataState`].
 
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use glm_core::dropout::splitmix64;
+use glm_core::weights::write_atomic_with;
 use glm_core::SpecialTokens;
 use memmap2::Mmap;
 use serde::{Deserialize, Serialize};
@@ -162,50 +163,57 @@ pub struct TokenStore {
     path: PathBuf,
 }
 
-fn fsync_dir(dir: &Path) {
-    if let Ok(f) = File::open(dir) {
-        let _ = f.sync_all();
-    }
-}
+/// Most documents a token store may hold (document indices are `u32`).
+pub const MAX_DOCUMENTS: u64 = u32::MAX as u64;
 
-/// Writes `bytes` to `path` atomically (temp file in the same folder, fsync, rename, fsync dir).
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(
-        ".{}.tmp{}",
-        path.file_name().and_then(|s| s.to_str()).unwrap_or("file"),
-        std::process::id()
-    ));
-    let mut f = File::create(&tmp).map_err(|e| Error::io(&tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io(&tmp, e))?;
-    f.sync_all().map_err(|e| Error::io(&tmp, e))?;
-    drop(f);
-    std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))?;
-    fsync_dir(dir);
-    Ok(())
-}
+/// Most tokens a token store may hold (its byte size must fit the address space).
+pub const MAX_TOKENS: u64 = (usize::MAX / 4) as u64;
 
 impl TokenStore {
     /// Writes documents to `PREFIX.tokens` / `PREFIX.offsets` (each file atomically; the offsets
     /// file is written last, so a store is complete iff it exists) and opens the result.
     pub fn write(prefix: &Path, docs: &[Vec<u32>]) -> Result<Self> {
-        let mut tokens: Vec<u8> = Vec::new();
-        let mut offsets: Vec<u8> = Vec::with_capacity((docs.len() + 1) * 8);
-        let mut total = 0u64;
-        offsets.extend_from_slice(&0u64.to_le_bytes());
-        for d in docs {
-            for &t in d {
-                tokens.extend_from_slice(&t.to_le_bytes());
-            }
-            total += d.len() as u64;
-            offsets.extend_from_slice(&total.to_le_bytes());
-        }
         let (tok_path, off_path) = Self::paths(prefix);
+        let cache = |reason: String| Error::Cache {
+            path: off_path.clone(),
+            reason,
+        };
+        if docs.len() as u64 > MAX_DOCUMENTS {
+            return Err(cache(format!(
+                "{} documents, at most {MAX_DOCUMENTS} fit a token store",
+                docs.len()
+            )));
+        }
+        let mut offsets: Vec<u64> = Vec::with_capacity(docs.len() + 1);
+        let mut total = 0u64;
+        offsets.push(0);
+        for d in docs {
+            total = total
+                .checked_add(d.len() as u64)
+                .filter(|&t| t <= MAX_TOKENS)
+                .ok_or_else(|| cache(format!("more than {MAX_TOKENS} tokens")))?;
+            offsets.push(total);
+        }
         if let Some(dir) = prefix.parent() {
             std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
         }
-        write_atomic(&tok_path, &tokens)?;
-        write_atomic(&off_path, &offsets)?;
+        write_atomic_with(&tok_path, |w| {
+            let mut bytes = Vec::new();
+            for d in docs {
+                bytes.clear();
+                bytes.extend(d.iter().flat_map(|t| t.to_le_bytes()));
+                w.write_all(&bytes).map_err(|e| Error::io(&tok_path, e))?;
+            }
+            Ok::<(), Error>(())
+        })?;
+        // The offsets file last: a store is complete iff it exists.
+        write_atomic_with(&off_path, |w| {
+            for o in &offsets {
+                w.write_all(&o.to_le_bytes())
+                    .map_err(|e| Error::io(&off_path, e))?;
+            }
+            Ok::<(), Error>(())
+        })?;
         Self::open(prefix)
     }
 
@@ -224,37 +232,92 @@ impl TokenStore {
         t.is_file() && o.is_file()
     }
 
-    /// Opens (memory-maps) a store and checks its index.
+    /// Opens (memory-maps) a store and checks its index: the offset table must start at 0, never
+    /// decrease, hold at most [`MAX_DOCUMENTS`] documents and end at the token file's length in
+    /// `u32`s. A damaged cache is an [`Error::Cache`] naming the file (sizes are checked before
+    /// anything is allocated).
     pub fn open(prefix: &Path) -> Result<Self> {
         let (tok_path, off_path) = Self::paths(prefix);
+        let bad = |path: &Path, reason: String| Error::Cache {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let off_len = std::fs::metadata(&off_path)
+            .map_err(|e| Error::io(&off_path, e))?
+            .len();
+        if !off_len.is_multiple_of(8) || off_len < 8 {
+            return Err(bad(
+                &off_path,
+                format!("{off_len} bytes is not a u64 offset table (a multiple of 8, at least 8)"),
+            ));
+        }
+        let docs = off_len / 8 - 1;
+        if docs > MAX_DOCUMENTS {
+            return Err(bad(
+                &off_path,
+                format!("{docs} documents, at most {MAX_DOCUMENTS} are supported"),
+            ));
+        }
         let off_bytes = std::fs::read(&off_path).map_err(|e| Error::io(&off_path, e))?;
-        if off_bytes.len() % 8 != 0 || off_bytes.len() < 8 {
-            return Err(Error::Data(format!(
-                "{}: not a u64 offset table",
-                off_path.display()
-            )));
+        if off_bytes.len() as u64 != off_len {
+            return Err(bad(
+                &off_path,
+                format!(
+                    "changed while read ({off_len} then {} bytes)",
+                    off_bytes.len()
+                ),
+            ));
         }
         let offsets: Vec<u64> = off_bytes
             .chunks_exact(8)
-            .map(|c| u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .map(|c| {
+                let mut b = [0u8; 8];
+                b.copy_from_slice(c);
+                u64::from_le_bytes(b)
+            })
             .collect();
+        if offsets.first() != Some(&0) {
+            return Err(bad(&off_path, "the first offset is not 0".into()));
+        }
+        if let Some(i) = offsets.windows(2).position(|w| w[1] < w[0]) {
+            return Err(bad(
+                &off_path,
+                format!("offset {} is smaller than offset {i}", i + 1),
+            ));
+        }
+        let total = offsets.last().copied().unwrap_or(0);
+        let want = total
+            .checked_mul(4)
+            .filter(|_| total <= MAX_TOKENS)
+            .ok_or_else(|| {
+                bad(
+                    &off_path,
+                    format!("{total} tokens, at most {MAX_TOKENS} are supported"),
+                )
+            })?;
         let file = File::open(&tok_path).map_err(|e| Error::io(&tok_path, e))?;
         let len = file.metadata().map_err(|e| Error::io(&tok_path, e))?.len();
-        let total = *offsets.last().unwrap_or(&0);
-        if len != total * 4 || offsets.windows(2).any(|w| w[1] < w[0]) {
-            return Err(Error::Data(format!(
-                "{}: {} bytes do not match the offset table ({} tokens)",
-                tok_path.display(),
-                len,
-                total
-            )));
+        if len != want {
+            return Err(bad(
+                &tok_path,
+                format!(
+                    "{len} bytes do not match the offset table ({total} tokens = {want} bytes)"
+                ),
+            ));
         }
         let tokens = if len == 0 {
             None
         } else {
             // SAFETY: the file is opened read-only and only read through this map; a concurrent
             // writer replaces the file by rename (a new inode) and never modifies it in place.
-            Some(unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tok_path, e))?)
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| Error::io(&tok_path, e))?;
+            if map.len() as u64 != want {
+                return Err(bad(
+                    &tok_path,
+                    format!("mapped {} bytes, expected {want}", map.len()),
+                ));
+            }
+            Some(map)
         };
         Ok(Self {
             tokens,
@@ -287,14 +350,32 @@ impl TokenStore {
     pub fn doc(&self, i: usize) -> &[u32] {
         let (Some(&a), Some(&b), Some(map)) = (
             self.offsets.get(i),
-            self.offsets.get(i + 1),
+            self.offsets.get(i.wrapping_add(1)),
             self.tokens.as_ref(),
         ) else {
             return &[];
         };
-        let bytes = &map[a as usize * 4..b as usize * 4];
+        // `open` checked every offset against the file size, so these cannot fail on a store it
+        // accepted; stay total anyway.
+        let range = usize::try_from(a)
+            .ok()
+            .and_then(|a| a.checked_mul(4))
+            .zip(usize::try_from(b).ok().and_then(|b| b.checked_mul(4)));
+        let Some(bytes) = range.and_then(|(a, b)| map.get(a..b)) else {
+            return &[];
+        };
         // The map is page aligned and every offset is a multiple of 4 bytes.
         bytemuck::try_cast_slice(bytes).unwrap_or(&[])
+    }
+
+    /// A fingerprint of the document boundaries (FNV-1a of the offset table, hex): documents
+    /// added, removed or resized change it. Cheap (the table is in memory).
+    pub fn fingerprint(&self) -> String {
+        let mut h = 0xcbf2_9ce4_8422_2325;
+        for o in &self.offsets {
+            h = fnv1a(&o.to_le_bytes(), h);
+        }
+        format!("{h:016x}")
     }
 }
 
@@ -465,18 +546,52 @@ impl DataStream {
         &self.state
     }
 
-    /// Continues from a saved position.
-    pub fn restore(&mut self, state: DataState) {
-        self.state = state;
+    /// Continues from a saved position. A position that does not fit this stream's documents
+    /// or instructions (the corpus changed since it was saved) is an [`Error::Data`] and leaves
+    /// the stream unchanged.
+    pub fn restore(&mut self, state: DataState) -> Result<()> {
+        let old = std::mem::replace(&mut self.state, state);
         self.reorder();
+        let s = &self.state;
+        let doc_len = self
+            .order
+            .get(s.cursor)
+            .map(|&d| self.store.doc(d as usize).len());
+        let problem = match doc_len {
+            None => Some(format!(
+                "document cursor {} is past the {} training documents",
+                s.cursor,
+                self.order.len()
+            )),
+            Some(len) if s.offset > len => Some(format!(
+                "token offset {} is past the end of the current document ({len} tokens)",
+                s.offset
+            )),
+            _ if s.mip_cursor > self.mip_order.len() => Some(format!(
+                "instruction cursor {} is past the {} instructions",
+                s.mip_cursor,
+                self.mip_order.len()
+            )),
+            _ => None,
+        };
+        if let Some(p) = problem {
+            self.state = old;
+            self.reorder();
+            return Err(Error::Data(format!(
+                "cannot restore the data position: {p}"
+            )));
+        }
+        Ok(())
     }
 
     fn current_text(&mut self) -> &[u32] {
         // Skip to a document with enough tokens left.
         let mut guard = 0usize;
         loop {
-            let doc = self.order[self.state.cursor] as usize;
-            let len = self.store.doc(doc).len();
+            let len = self
+                .order
+                .get(self.state.cursor)
+                .map_or(0, |&d| self.store.doc(d as usize).len());
             if len.saturating_sub(self.state.offset) > MIN_TEXT {
                 break;
             }
@@ -492,8 +607,13 @@ impl DataStream {
                 break;
             }
         }
-        let doc = self.order[self.state.cursor] as usize;
-        &self.store.doc(doc)[self.state.offset..]
+        let Some(&doc) = self.order.get(self.state.cursor) else {
+            return &[];
+        };
+        self.store
+            .doc(doc as usize)
+            .get(self.state.offset..)
+            .unwrap_or(&[])
     }
 
     fn next_instruction(&mut self) -> Option<&Instruction> {
@@ -505,7 +625,7 @@ impl DataStream {
             self.state.mip_epoch += 1;
             self.reorder();
         }
-        let i = self.mip_order[self.state.mip_cursor] as usize;
+        let i = *self.mip_order.get(self.state.mip_cursor)? as usize;
         self.state.mip_cursor += 1;
         self.mip.get(i)
     }

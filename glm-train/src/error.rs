@@ -40,6 +40,30 @@ pub enum Error {
         /// What is wrong.
         reason: String,
     },
+    /// A tokenized-corpus cache file (`NAME.tokens` / `NAME.offsets`) is damaged or too large.
+    #[error("token cache {}: {reason}", path.display())]
+    Cache {
+        /// The cache file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+    /// `--resume` found no checkpoint it can continue from.
+    #[error("--resume: no valid checkpoint in {}: {}", root.display(), describe_found(found))]
+    NothingToResume {
+        /// The checkpoint folder (`OUT/checkpoints`).
+        root: PathBuf,
+        /// Every checkpoint folder looked at, with why it was rejected.
+        found: Vec<(PathBuf, String)>,
+    },
+    /// A checkpoint was written for another corpus (documents added, removed or changed).
+    #[error("checkpoint {}: written for a different corpus: {reason}", path.display())]
+    CorpusChanged {
+        /// The checkpoint folder.
+        path: PathBuf,
+        /// What differs.
+        reason: String,
+    },
     /// A data-parallel step failed: a replica's forward/backward panicked or burn-collective's
     /// gradient all-reduce returned an error.
     #[error("data-parallel replica {replica}: {reason}")]
@@ -73,6 +97,17 @@ impl Error {
             reason: reason.into(),
         }
     }
+}
+
+fn describe_found(found: &[(PathBuf, String)]) -> String {
+    if found.is_empty() {
+        return "no checkpoint folder found".into();
+    }
+    found
+        .iter()
+        .map(|(p, why)| format!("{} ({why})", p.display()))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// `Result` with [`Error`].

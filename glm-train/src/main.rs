@@ -22,7 +22,8 @@ struct Args {
     /// Output folder (metrics, checkpoints, final model).
     #[arg(long)]
     out: PathBuf,
-    /// Continue from the newest checkpoint in OUT.
+    /// Continue from the newest valid checkpoint in OUT (an error listing what was found if none
+    /// verifies; nothing in OUT is changed then).
     #[arg(long)]
     resume: bool,
     /// No progress bar.

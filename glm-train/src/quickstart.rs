@@ -31,7 +31,9 @@ pub fn quickstart(config: &Path, out: &Path, progress: bool) -> Result<Quickstar
     let tokenizer = load_tokenizer(&config)?
         .ok_or_else(|| Error::config("data.tokenizer", "the quickstart needs a tokenizer"))?;
     let device = Default::default();
-    let resume = out.join("metrics.jsonl").exists() || out.join("checkpoints").exists();
+    // Continue a run that wrote a checkpoint (a run killed before its first checkpoint is
+    // reported by `Trainer::new`, never silently restarted).
+    let resume = out.join("checkpoints").exists();
     let mut trainer = Trainer::<B>::new(config, out, &device, resume)?;
     trainer.progress = progress;
     let metrics = trainer.run()?;

@@ -13,7 +13,7 @@ use glm_tokenizer::{Tokenizer, TokenizerOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
-use crate::checkpoint::{self, CheckpointMeta};
+use crate::checkpoint::{self, CheckpointMeta, CorpusInfo};
 use crate::config::{Precision, TrainConfig};
 use crate::data::{
     prepare_corpus, read_instructions, split_documents, DataStream, StreamConfig, TokenStore,
@@ -93,12 +93,15 @@ pub struct Trainer<B: AutodiffBackend> {
     /// The data-parallel replicas' devices (`config.data_parallel` of them); the first holds the
     /// master weights and the optimizer state.
     pub devices: Vec<B::Device>,
+    /// The corpus being trained on (recorded in checkpoints, checked on resume).
+    pub corpus: CorpusInfo,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
     /// Prepares data and model; with `resume`, continues from the newest valid checkpoint in
-    /// `out/checkpoints` (or starts fresh if there is none). Without `resume` an `out` that already
-    /// holds a run is an error. With `config.data_parallel` = n > 1, the n replicas all run on
+    /// `out/checkpoints` — if there is none, [`Error::NothingToResume`] lists every folder found
+    /// and why it was rejected, and nothing in `out` is changed. Without `resume` an `out` that
+    /// already holds a run is an error. With `config.data_parallel` = n > 1, the n replicas all run on
     /// `device` (several CPU workers); see [`Trainer::new_data_parallel`] for several devices.
     pub fn new(config: TrainConfig, out: &Path, device: &B::Device, resume: bool) -> Result<Self> {
         let devices = vec![device.clone(); config.data_parallel.max(1)];
@@ -171,6 +174,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             Some(p) => read_instructions(p, tokenize_ref)?,
             None => Vec::new(),
         };
+        let corpus = CorpusInfo {
+            documents: store.len() as u64,
+            tokens: store.num_tokens(),
+            fingerprint: store.fingerprint(),
+            instructions: mip.len() as u64,
+        };
         if let Some(bad) = mip
             .iter()
             .flat_map(|i| i.prompt.iter().chain(&i.target))
@@ -234,6 +243,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             step: 0,
             progress: false,
             devices,
+            corpus,
         };
         if resume {
             trainer.resume()?;
@@ -246,36 +256,47 @@ impl<B: AutodiffBackend> Trainer<B> {
     fn resume(&mut self) -> Result<()> {
         let root = self.out.join("checkpoints");
         let metrics = self.out.join("metrics.jsonl");
-        let step = match checkpoint::load_latest(&root) {
-            Some(ckpt) => {
-                if ckpt.meta.fingerprint != self.config.fingerprint() {
-                    return Err(Error::Checkpoint {
-                        path: ckpt.path.clone(),
-                        reason: "written by a run with a different configuration".into(),
-                    });
-                }
-                let inner = match self.state.optim.master.first() {
-                    Some(t) => t.device(),
-                    None => return Err(Error::Data("the model has no parameters".into())),
-                };
-                ckpt.restore_optim(&mut self.state.optim, &inner)?;
-                self.state.sync_model();
-                self.state.scaler = ckpt.meta.scaler.clone();
-                self.stream.restore(ckpt.meta.data.clone());
-                ckpt.meta.step
-            }
-            None => 0,
+        let scan = checkpoint::scan(&root);
+        let Some(ckpt) = scan.checkpoint else {
+            return Err(Error::NothingToResume {
+                root,
+                found: scan.rejected,
+            });
         };
-        self.step = step;
-        // Drop metrics of steps after the checkpoint (they will be recomputed) and torn lines.
-        let kept: Vec<String> = match std::fs::read_to_string(&metrics) {
-            Ok(text) => complete_lines(&text)
-                .filter(|l| serde_json::from_str::<MetricsLine>(l).is_ok_and(|m| m.step <= step))
-                .map(|l| format!("{l}\n"))
-                .collect(),
-            Err(_) => Vec::new(),
+        if ckpt.meta.fingerprint != self.config.fingerprint() {
+            return Err(Error::Checkpoint {
+                path: ckpt.path.clone(),
+                reason: "written by a run with a different configuration".into(),
+            });
+        }
+        if let Some(reason) = ckpt.meta.corpus.difference(&self.corpus) {
+            return Err(Error::CorpusChanged {
+                path: ckpt.path.clone(),
+                reason,
+            });
+        }
+        // Everything that can fail is checked before `metrics.jsonl` is touched.
+        let kept = metrics_up_to(&metrics, ckpt.meta.step)?;
+        let inner = match self.state.optim.master.first() {
+            Some(t) => t.device(),
+            None => return Err(Error::Data("the model has no parameters".into())),
         };
-        crate::data::write_atomic(&metrics, kept.concat().as_bytes())
+        ckpt.restore_optim(&mut self.state.optim, &inner)?;
+        self.stream
+            .restore(ckpt.meta.data.clone())
+            .map_err(|e| Error::CorpusChanged {
+                path: ckpt.path.clone(),
+                reason: e.to_string(),
+            })?;
+        self.state.sync_model();
+        self.state.scaler = ckpt.meta.scaler.clone();
+        self.step = ckpt.meta.step;
+        // History after the checkpoint is dropped (those steps are recomputed) together with a
+        // line torn by a kill; the old file stays until the new one is complete.
+        if let Some(text) = kept {
+            glm_core::weights::write_atomic(&metrics, text.as_bytes())?;
+        }
+        Ok(())
     }
 
     /// The forward settings of training steps.
@@ -392,8 +413,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             scaler: self.state.scaler.clone(),
             data: self.stream.state().clone(),
             fingerprint: self.config.fingerprint(),
-            checksum: String::new(),
+            corpus: self.corpus.clone(),
+            state_bytes: 0,
+            state_checksum: String::new(),
             params: Vec::new(),
+            checksum: String::new(),
         };
         checkpoint::save(
             &self.out.join("checkpoints"),
@@ -410,6 +434,32 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.config.model.save(self.out.join("config.json"))?;
         Ok(())
     }
+}
+
+/// The lines of `metrics.jsonl` up to `step` (a torn last line dropped): `Some(text)` if that
+/// differs from the file, `None` if the file is already exactly that. A complete line that is not
+/// a metrics record is an error naming the line (never silently dropped).
+fn metrics_up_to(path: &Path, step: u64) -> Result<Option<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(String::new())),
+        Err(e) => return Err(Error::io(path, e)),
+    };
+    let mut kept = String::with_capacity(text.len());
+    for (i, line) in complete_lines(&text).enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let m: MetricsLine = serde_json::from_str(line).map_err(|e| Error::Json {
+            path: path.to_path_buf(),
+            reason: format!("line {}: {e}", i + 1),
+        })?;
+        if m.step <= step {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    Ok((kept != text).then_some(kept))
 }
 
 fn check_vocab(store: &TokenStore, vocab: usize) -> Result<()> {

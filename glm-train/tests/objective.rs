@@ -14,8 +14,44 @@ use glm_train::objective::{
 use glm_train::rng::Rng;
 use serde_json::Value;
 
+fn fixture_dir() -> std::path::PathBuf {
+    glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").expect("fixtures")
+}
+
+/// The fixture model's special tokens (`config.json` → `special_tokens`).
 fn specials() -> SpecialTokens {
-    SpecialTokens::with_base(1000, 2)
+    glm_core::GlmConfig::from_file(fixture_dir().join("config.json"))
+        .expect("config.json")
+        .special_tokens
+}
+
+/// Text id number `i`: ids cycle through `[lo, num_text_tokens)`, where `lo` is above the
+/// `eos` and `[pad]` ids (`config.json`), so no text id is a special token.
+fn text_id(i: u32) -> u32 {
+    static RANGE: std::sync::OnceLock<(u32, u32)> = std::sync::OnceLock::new();
+    let &(lo, n) = RANGE.get_or_init(|| {
+        let config: Value = serde_json::from_str(
+            &std::fs::read_to_string(fixture_dir().join("config.json")).expect("config.json"),
+        )
+        .expect("json");
+        let n = config["num_text_tokens"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .expect("num_text_tokens");
+        let s = specials();
+        let lo = s.eos.max(s.pad) + 1;
+        assert!(
+            n > lo + 100,
+            "num_text_tokens {n} leaves too few text ids above {lo}"
+        );
+        (lo, n)
+    });
+    lo + i % (n - lo)
+}
+
+/// `count` consecutive text ids starting at text id number `first`.
+fn text_ids(first: u32, count: u32) -> Vec<u32> {
+    (first..first + count).map(text_id).collect()
 }
 
 fn check_mask_segment(text: &[u32], seg: &Segment, s: &SpecialTokens) {
@@ -83,7 +119,7 @@ fn check_mask_segment(text: &[u32], seg: &Segment, s: &SpecialTokens) {
 fn span_statistics_over_many_seeds() {
     let s = specials();
     let cfg = ObjectiveConfig::default();
-    let text: Vec<u32> = (0..400).map(|i| 10 + (i % 900)).collect();
+    let text: Vec<u32> = text_ids(0, 400);
     let (mut masked, mut total, mut spans, mut span_tokens) = (0usize, 0usize, 0usize, 0usize);
     let mut max_len = 0;
     for seed in 0..1000 {
@@ -114,7 +150,7 @@ fn span_statistics_over_many_seeds() {
 fn mask_segments_respect_the_window() {
     let s = specials();
     let cfg = ObjectiveConfig::default();
-    let text: Vec<u32> = (10..900).collect();
+    let text: Vec<u32> = text_ids(0, 890);
     for seed in 0..200 {
         let mut rng = Rng::new(seed);
         let window = 16 + (seed as usize % 100);
@@ -128,7 +164,7 @@ fn mask_segments_respect_the_window() {
 fn gmask_layout_agrees_with_glm_core_and_keeps_the_prefix_ratio() {
     let s = specials();
     let cfg = ObjectiveConfig::default();
-    let text: Vec<u32> = (10..110).collect();
+    let text: Vec<u32> = text_ids(0, 100);
     for seed in 0..300 {
         let mut rng = Rng::new(seed);
         let (seg, n) = gmask_segment(&text, 64, &cfg, &s, &mut rng).expect("segment");
@@ -157,7 +193,7 @@ fn gmask_layout_agrees_with_glm_core_and_keeps_the_prefix_ratio() {
 #[test]
 fn single_span_layout_agrees_with_glm_core() {
     let s = specials();
-    let text: Vec<u32> = (10..30).collect();
+    let text: Vec<u32> = text_ids(0, 20);
     let seg = build_mask_layout(&text, &[(5, 4)], &s, &mut Rng::new(1));
     let input = BlankInput::from_context(&seg.tokens[..seg.prefix_len], &s).expect("blank input");
     assert_eq!(input.mask_position, 5);
@@ -196,11 +232,16 @@ fn layouts_reproduce_the_fixture_batch() {
     let (prefix, target) = (u32s(&s1["prefix"]), u32s(&s1["target"]));
     let gtext: Vec<u32> = [prefix.clone(), target].concat();
     let gseg = gmask_layout(&gtext, prefix.len(), &s);
-    let batch = Batch::from_sequences(&[
-        Sequence::pack(&[mask_seg], 20, 0, 0),
-        Sequence::pack(&[gseg], 20, 0, 0),
-    ]);
+    // The sequence length is the fixture batch's row length.
     let b = &json["batch"];
+    let rows = b["tokens"].as_array().expect("tokens");
+    assert_eq!(rows.len(), 2, "one [MASK] and one [gMASK] sample");
+    let seq = rows[0].as_array().expect("row").len();
+    assert!(rows.iter().all(|r| r.as_array().map(Vec::len) == Some(seq)));
+    let batch = Batch::from_sequences(&[
+        Sequence::pack(&[mask_seg], seq, s.pad, 0),
+        Sequence::pack(&[gseg], seq, s.pad, 0),
+    ]);
     let flat =
         |v: &Value| -> Vec<u32> { v.as_array().expect("rows").iter().flat_map(u32s).collect() };
     assert_eq!(batch.input.tokens, flat(&b["tokens"]));
@@ -222,7 +263,7 @@ fn corpus(dir: &std::path::Path, docs: usize) -> Arc<TokenStore> {
     let docs: Vec<Vec<u32>> = (0..docs)
         .map(|_| {
             let len = 5 + rng.below(150);
-            (0..len).map(|_| 10 + rng.below(900) as u32).collect()
+            (0..len).map(|_| text_id(rng.below(900) as u32)).collect()
         })
         .collect();
     Arc::new(TokenStore::write(&dir.join("corpus"), &docs).expect("store"))
@@ -316,7 +357,8 @@ fn mixture_packing_and_resumable_determinism() {
     let saved = serde_json::to_string(a.state()).expect("state");
     let expect: Vec<Batch> = (0..5).map(|_| a.next_batch(3)).collect();
     let mut c = stream(store, Vec::new(), 64);
-    c.restore(serde_json::from_str(&saved).expect("state"));
+    c.restore(serde_json::from_str(&saved).expect("state"))
+        .expect("restore");
     let got: Vec<Batch> = (0..5).map(|_| c.next_batch(3)).collect();
     assert_eq!(got, expect);
     let _ = std::fs::remove_dir_all(dir);

@@ -5,11 +5,15 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::tmpdir;
+use glm_train::checkpoint;
 use glm_train::trainer::read_metrics;
+
+/// Steps of the shortened run.
+const STEPS: usize = 12;
 
 fn config(dir: &Path) -> PathBuf {
     let root = glm_core::data_dir::workspace_root();
@@ -23,7 +27,7 @@ fn config(dir: &Path) -> PathBuf {
     v["data"]["mip"] = serde_json::json!(root.join("glm-train/data/instructions.jsonl"));
     v["data"]["tokenizer"] = serde_json::json!(tokenizer.join("ice_text_synth.model"));
     v["data"]["cache_dir"] = serde_json::json!(dir.join("cache"));
-    v["steps"] = 12.into();
+    v["steps"] = STEPS.into();
     v["checkpoint_every"] = 2.into();
     v["validate_every"] = 4.into();
     v["batch_size"] = 2.into();
@@ -46,6 +50,37 @@ fn cli(config: &Path, out: &Path, resume: bool) -> Command {
     c
 }
 
+/// Waits until `out` holds `n` metric lines, waits `delay`, then SIGKILLs `child` and asserts it
+/// was still running (killed by the signal, not finished) and had written fewer lines than a
+/// complete run.
+fn kill_after(child: &mut Child, out: &Path, n: usize, delay: Duration) {
+    let start = Instant::now();
+    while lines(out) < n {
+        if let Some(status) = child.try_wait().expect("wait") {
+            panic!("the run ended ({status}) before {n} metric lines");
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(600),
+            "no {n} metric lines in time"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    std::thread::sleep(delay);
+    assert!(
+        child.try_wait().expect("wait").is_none(),
+        "the run finished before it could be killed"
+    );
+    child.kill().expect("SIGKILL");
+    let status = child.wait().expect("wait");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(status.signal(), Some(9), "killed by SIGKILL: {status}");
+    }
+    assert!(!status.success());
+    assert!(lines(out) < STEPS, "killed mid-run");
+}
+
 fn lines(out: &Path) -> usize {
     read_metrics(&out.join("metrics.jsonl"))
         .map(|m| m.len())
@@ -60,31 +95,48 @@ fn killed_and_resumed_run_repeats_the_losses_bit_for_bit() {
     let status = cli(&config, &reference, false).status().expect("run");
     assert!(status.success());
     let want = read_metrics(&reference.join("metrics.jsonl")).expect("metrics");
-    assert_eq!(want.len(), 12);
+    assert_eq!(want.len(), STEPS);
 
-    // Kill after a given number of metric lines, plus once with a timer that lands anywhere
-    // (possibly inside a checkpoint write).
+    // A run killed before its first checkpoint cannot be resumed: a clear error, and its history
+    // stays byte for byte.
+    let early = dir.join("early");
+    let mut child = cli(&config, &early, false).spawn().expect("spawn");
+    kill_after(&mut child, &early, 1, Duration::ZERO);
+    assert!(
+        checkpoint::load_latest(&early.join("checkpoints")).is_none(),
+        "killed before the first checkpoint"
+    );
+    let history = std::fs::read(early.join("metrics.jsonl")).expect("metrics");
+    let refused = cli(&config, &early, true)
+        .stderr(Stdio::piped())
+        .output()
+        .expect("resume");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(err.contains("no valid checkpoint"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+    assert_eq!(
+        std::fs::read(early.join("metrics.jsonl")).expect("metrics"),
+        history
+    );
+
+    // Kill after a given number of metric lines (the checkpoint of step 2 exists from line 3
+    // on; a kill right after an even line lands in that step's checkpoint write), plus once a
+    // few milliseconds after a line, wherever that is.
     let out = dir.join("killed");
-    let mut first = true;
-    for kill_after in [1usize, 4, 7, 0] {
-        let mut child = cli(&config, &out, !first).spawn().expect("spawn");
-        first = false;
-        let start = Instant::now();
-        loop {
-            let done = child.try_wait().expect("wait").is_some();
-            let n = lines(&out);
-            let timer = kill_after == 0 && start.elapsed() > Duration::from_millis(1500);
-            if done
-                || (kill_after > 0 && n >= kill_after)
-                || timer
-                || start.elapsed() > Duration::from_secs(300)
-            {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-        let _ = child.kill(); // SIGKILL
-        let _ = child.wait();
+    for (run, (after, delay)) in [(3usize, 0u64), (6, 0), (8, 0), (9, 40)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut child = cli(&config, &out, run > 0).spawn().expect("spawn");
+        kill_after(&mut child, &out, after, Duration::from_millis(delay));
+        let newest = checkpoint::load_latest(&out.join("checkpoints"))
+            .map(|c| c.meta.step)
+            .expect("a checkpoint exists");
+        assert!(
+            newest < want.len() as u64,
+            "run {run}: newest checkpoint {newest} is the final one"
+        );
     }
     let status = cli(&config, &out, true).status().expect("resume");
     assert!(status.success());

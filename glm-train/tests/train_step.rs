@@ -3,8 +3,9 @@
 //! global norm and the parameters after one clipped AdamW step.
 
 use burn::backend::{Autodiff, Flex};
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{activation, DType, Int, Tensor, TensorData};
 use glm_core::blank::GlmInput;
+use glm_core::dropout::Dropout;
 use glm_core::weights::{SafetensorsFile, WeightSource};
 use glm_core::{GlmConfig, GlmModel, ModelOptions};
 use glm_train::batch::Batch;
@@ -38,6 +39,28 @@ fn host(t: burn::tensor::Tensor<Flex, 1>) -> Vec<f32> {
 fn golden(file: &SafetensorsFile, key: &str) -> Vec<f32> {
     let d: TensorData = file.load(key).unwrap_or_else(|e| panic!("{e}"));
     d.convert::<f32>().to_vec::<f32>().expect("f32")
+}
+
+/// Cross entropy of every position of `batch` against its target (before the loss mask), in
+/// row order `[batch, seq]`, with the inference forward (no dropout, no shrink).
+fn token_losses(model: &GlmModel<B>, batch: &Batch) -> Vec<f32> {
+    let device = Default::default();
+    let (tokens, positions, mask) = batch.input.to_tensors::<B>(&device);
+    let hidden = model.forward_train(tokens, positions, mask, 1.0, &mut Dropout::disabled());
+    let [b, s, _] = hidden.dims();
+    let logits = model.logits(hidden);
+    let v = logits.dims()[2];
+    let logp = activation::log_softmax(logits.reshape([b * s, v]).cast(DType::F32), 1);
+    assert_eq!(batch.targets.len(), b * s);
+    let targets: Vec<i64> = batch.targets.iter().map(|&t| t as i64).collect();
+    let targets = Tensor::<B, 1, Int>::from_data(TensorData::new(targets, [b * s]), &device);
+    logp.gather(1, targets.reshape([b * s, 1]))
+        .neg()
+        .reshape([b * s])
+        .into_data()
+        .convert::<f32>()
+        .to_vec::<f32>()
+        .expect("f32")
 }
 
 fn state(json: &Value) -> (TrainState<B>, Batch) {
@@ -117,6 +140,48 @@ fn one_training_step_matches_the_original() {
         "loss {} vs {want_loss}",
         g.loss
     );
+
+    // Per-token cross entropy before the loss mask (`loss_per_token`, [batch, seq]); the loss is
+    // its mean over the loss mask (README §8.5). The README's tolerance is the loss's, 1e-5
+    // absolute; it holds for the masked mean (below). A single token's value (up to ~20 here)
+    // carries the f32 rounding of its own log-softmax, so each is held to 1e-5 relative to
+    // max(1, |value|): the loss tolerance at unit scale.
+    let want_tokens = golden(&tensors, "loss_per_token");
+    assert_eq!(
+        tensors.shape("loss_per_token"),
+        Some(vec![batch.input.batch, batch.input.seq])
+    );
+    let got_tokens = token_losses(&st.model, &batch);
+    assert_eq!(got_tokens.len(), want_tokens.len());
+    assert_eq!(batch.loss_mask.len(), want_tokens.len());
+    for (i, (g, w)) in got_tokens.iter().zip(&want_tokens).enumerate() {
+        assert!(
+            ((g - w).abs() as f64) <= 1e-5 * (w.abs() as f64).max(1.0),
+            "loss_per_token[{}][{}]: {g} vs {w}",
+            i / batch.input.seq,
+            i % batch.input.seq
+        );
+    }
+    let masked_mean = |values: &[f32]| -> (usize, f64) {
+        let masked: Vec<f64> = values
+            .iter()
+            .zip(&batch.loss_mask)
+            .filter(|(_, &m)| m)
+            .map(|(&l, _)| l as f64)
+            .collect();
+        (
+            masked.len(),
+            masked.iter().sum::<f64>() / masked.len().max(1) as f64,
+        )
+    };
+    for (what, values) in [("fixture", &want_tokens), ("ours", &got_tokens)] {
+        let (n, mean) = masked_mean(values);
+        assert_eq!(n, g.targets, "{what}");
+        assert!(
+            (mean - want_loss).abs() <= 1e-5,
+            "{what}: mean of loss_per_token over the loss mask {mean} vs loss {want_loss}"
+        );
+    }
 
     // Gradients (pre-clip) with the embedding shrink.
     let names: Vec<String> = st.optim.infos.iter().map(|i| i.name.clone()).collect();

@@ -114,9 +114,48 @@ fn layer_count(names: &[String]) -> Option<usize> {
         .map(|m| m + 1)
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename.
-/// A crash leaves either the old file or the new one, never a torn one.
+/// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename, fsync
+/// of the folder. A crash leaves either the old file or the new one, never a torn one; on any
+/// error the temporary file is removed and `path` is untouched. Safe to call from several threads
+/// and processes at once (each call has its own temporary name); the last rename wins.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(bytes).map_err(|e| Error::io(path, e)))
+}
+
+/// Counter that makes the temporary names of [`write_atomic_with`] unique within a process.
+static ATOMIC_WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Removes the temporary file on drop unless [`TempFile::keep`] was called (errors and panics
+/// in the writer never leave it behind).
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl TempFile {
+    fn keep(mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Like [`write_atomic`], streaming: `write` fills the new file through a buffered writer (for
+/// files too large to build in memory) and may return a value. If `write` fails (or panics) the
+/// temporary file is removed and `path` keeps its old contents. `write` reports its own errors
+/// (an I/O error of the writer is best named after `path`); failures of the temporary file, the
+/// fsync or the rename come back as [`Error::Io`] converted into `E`.
+pub fn write_atomic_with<T, E, F>(path: &Path, write: F) -> std::result::Result<T, E>
+where
+    F: FnOnce(&mut dyn Write) -> std::result::Result<T, E>,
+    E: From<Error>,
+{
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -124,22 +163,69 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let file_name = path
         .file_name()
         .ok_or_else(|| Error::InvalidInput(format!("{} is not a file path", path.display())))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp-{}", std::process::id()));
-    let tmp: PathBuf = dir.join(tmp_name);
-    let result = (|| {
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        std::fs::rename(&tmp, path)?;
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
+    // A fresh name per call (process id + counter); `create_new` never reuses an existing file.
+    let mut attempt = 0;
+    let (tmp, file) = loop {
+        let n = ATOMIC_WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut name = std::ffi::OsString::from(".");
+        name.push(file_name);
+        name.push(format!(".tmp-{}-{n}", std::process::id()));
+        let tmp = dir.join(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(f) => {
+                break (
+                    TempFile {
+                        path: tmp,
+                        armed: true,
+                    },
+                    f,
+                )
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempt < 16 => {
+                attempt += 1;
+            }
+            Err(e) => return Err(Error::io(&tmp, e).into()),
         }
+    };
+    let mut writer = std::io::BufWriter::new(file);
+    let value = write(&mut writer)?;
+    let file = writer
+        .into_inner()
+        .map_err(|e| Error::io(&tmp.path, e.into_error()))?;
+    file.sync_all().map_err(|e| Error::io(&tmp.path, e))?;
+    drop(file);
+    std::fs::rename(&tmp.path, path).map_err(|e| Error::io(path, e))?;
+    tmp.keep();
+    sync_dir(dir).map_err(|e| Error::io(dir, e))?;
+    Ok(value)
+}
+
+/// fsyncs a folder so a rename inside it is durable (a no-op where folders cannot be opened or
+/// synced, e.g. on Windows or file systems that refuse it).
+pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        let d = std::fs::File::open(dir)?;
+        match d.sync_all() {
+            Ok(()) => Ok(()),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::InvalidInput | std::io::ErrorKind::Unsupported
+                ) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = dir;
         Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
+    }
 }
