@@ -7,6 +7,7 @@
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 use glm_core::blank::GlmInput;
 
+use crate::error::{Error, Result};
 use crate::objective::Segment;
 
 /// One packed sequence (host side).
@@ -124,6 +125,41 @@ impl Batch {
             loss_mask,
             dropout_seeds: seqs.iter().map(|s| s.dropout_seed).collect(),
         }
+    }
+
+    /// Checks the loss fields against the input: `targets` and `loss_mask` one entry per row
+    /// (`batch·seq`), one dropout seed per sample, every target of a loss row below `vocab`.
+    pub fn check_targets(&self, vocab: usize) -> Result<()> {
+        let rows = self
+            .input
+            .batch
+            .checked_mul(self.input.seq)
+            .ok_or_else(|| Error::Data("batch × seq overflows".into()))?;
+        let fields = [
+            ("targets", self.targets.len(), rows),
+            ("loss_mask", self.loss_mask.len(), rows),
+            ("dropout_seeds", self.dropout_seeds.len(), self.input.batch),
+        ];
+        for (field, len, want) in fields {
+            if len != want {
+                return Err(Error::Data(format!(
+                    "batch field `{field}` has {len} entries, expected {want} (batch {} × seq {})",
+                    self.input.batch, self.input.seq
+                )));
+            }
+        }
+        let bad = self
+            .loss_mask
+            .iter()
+            .zip(&self.targets)
+            .enumerate()
+            .find(|(_, (&m, &t))| m && t as usize >= vocab);
+        if let Some((row, (_, &t))) = bad {
+            return Err(Error::Data(format!(
+                "batch target id {t} of row {row} is outside the vocabulary ({vocab})"
+            )));
+        }
+        Ok(())
     }
 
     /// Splits into `parts` batches of consecutive rows (`batch` must be divisible by `parts`).

@@ -46,9 +46,31 @@ impl ForwardConfig {
 /// Sum of the token cross-entropies over the loss rows of `batch` (f32 whatever the model dtype),
 /// `None` if the batch has no loss row.
 ///
+/// The batch's layout and ids are checked against the model on the host first
+/// ([`GlmInput::validate`](glm_core::blank::GlmInput::validate)): a hand-made batch with an id
+/// outside the vocabulary or inconsistent field lengths is a typed error, not a backend panic.
+///
 /// # Shapes
 /// - output: `[1]`
 pub fn loss_sum<B: Backend>(
+    model: &GlmModel<B>,
+    batch: &Batch,
+    forward: &ForwardConfig,
+) -> Result<Option<Tensor<B, 1>>> {
+    check_batch(model, batch)?;
+    Ok(loss_sum_checked(model, batch, forward))
+}
+
+/// Checks `batch` against `model` on the host: layout, token ids below the vocabulary, position
+/// ids below `max_sequence_length`, loss rows and targets inside the batch.
+pub fn check_batch<B: Backend>(model: &GlmModel<B>, batch: &Batch) -> Result<()> {
+    batch.input.validate(model.config())?;
+    batch.check_targets(model.config().vocab_size)?;
+    Ok(())
+}
+
+/// [`loss_sum`] for a batch already passed through [`check_batch`] (the step's hot path).
+fn loss_sum_checked<B: Backend>(
     model: &GlmModel<B>,
     batch: &Batch,
     forward: &ForwardConfig,
@@ -200,6 +222,9 @@ impl<B: AutodiffBackend> TrainState<B> {
         forward: &ForwardConfig,
         devices: &[B::Device],
     ) -> Result<StepGrads<B::InnerBackend>> {
+        for batch in micro_batches {
+            check_batch(&self.model, batch)?;
+        }
         let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
         let scale = self.scaler.scale;
         let factor = if denom == 0 {
@@ -211,7 +236,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             let mut acc: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
             let mut loss = 0.0f64;
             for batch in batches {
-                let Some(sum) = loss_sum(model, batch, forward) else {
+                let Some(sum) = loss_sum_checked(model, batch, forward) else {
                     continue;
                 };
                 let value: f32 = sum.clone().detach().into_scalar().elem();
@@ -384,15 +409,16 @@ impl<B: AutodiffBackend> TrainState<B> {
 }
 
 /// Mean loss of `batches` on an inference model (no dropout, no shrink); `None` without targets.
-pub fn eval_loss<B: Backend>(model: &GlmModel<B>, batches: &[Batch]) -> Option<f64> {
+/// Each batch is checked as in [`loss_sum`].
+pub fn eval_loss<B: Backend>(model: &GlmModel<B>, batches: &[Batch]) -> Result<Option<f64>> {
     let mut sum = 0.0f64;
     let mut n = 0usize;
     for b in batches {
-        if let Some(l) = loss_sum(model, b, &ForwardConfig::eval()) {
+        if let Some(l) = loss_sum(model, b, &ForwardConfig::eval())? {
             let v: f32 = l.into_scalar().elem();
             sum += v as f64;
             n += b.num_targets();
         }
     }
-    (n > 0).then(|| sum / n as f64)
+    Ok((n > 0).then(|| sum / n as f64))
 }

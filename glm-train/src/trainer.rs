@@ -326,9 +326,9 @@ impl<B: AutodiffBackend> Trainer<B> {
     }
 
     /// Validation loss of the current model (`None` without validation data).
-    pub fn validation_loss(&self) -> Option<f64> {
+    pub fn validation_loss(&self) -> Result<Option<f64>> {
         if self.validation.is_empty() {
-            return None;
+            return Ok(None);
         }
         eval_loss(&self.state.model.valid(), &self.validation)
     }
@@ -364,7 +364,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             let validate = self.config.validate_every > 0
                 && (self.step.is_multiple_of(self.config.validate_every) || self.step == total);
             let val_loss = if validate {
-                self.validation_loss()
+                self.validation_loss()?
             } else {
                 None
             };

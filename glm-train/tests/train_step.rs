@@ -274,3 +274,58 @@ fn one_training_step_matches_the_original() {
         .expect("f32");
     assert_eq!(emb, host(st.optim.master[index(key)].clone()));
 }
+
+/// Hand-made batches (public fields) are checked before they reach the backend: an id outside the
+/// vocabulary, a loss target outside it, or fields of the wrong length are typed errors from
+/// `loss_sum`, `eval_loss` and the training step, never a backend panic or garbage.
+#[test]
+fn hand_made_batches_are_checked_before_the_backend() {
+    use glm_train::step::{eval_loss, loss_sum};
+    let json: Value = serde_json::from_str(
+        &std::fs::read_to_string(fixtures().join("train_step.json")).expect("train_step.json"),
+    )
+    .expect("json");
+    let (state, good) = state(&json);
+    let vocab = state.model.config().vocab_size;
+    let forward = ForwardConfig::eval();
+    assert!(loss_sum(&state.model, &good, &forward)
+        .expect("the fixture batch is valid")
+        .is_some());
+
+    let loss_row = good
+        .loss_mask
+        .iter()
+        .position(|&m| m)
+        .expect("the fixture batch has a loss row");
+    let mut bad_token = good.clone();
+    bad_token.input.tokens[0] = vocab as u32;
+    let mut bad_target = good.clone();
+    bad_target.targets[loss_row] = vocab as u32;
+    let mut short_targets = good.clone();
+    short_targets.targets.pop();
+    let mut short_mask = good.clone();
+    short_mask.input.mask.pop();
+    let mut bad_position = good.clone();
+    bad_position.input.position_ids[0] = state.model.config().max_sequence_length as u32;
+    let cases = [
+        ("token id = vocab", bad_token, "vocab"),
+        ("target id = vocab", bad_target, "vocabulary"),
+        ("targets one short", short_targets, "targets"),
+        ("mask one short", short_mask, "mask"),
+        ("position id = max", bad_position, "position"),
+    ];
+    for (what, batch, needle) in &cases {
+        let e = loss_sum(&state.model, batch, &forward).expect_err(what);
+        assert!(e.to_string().contains(needle), "{what}: {e}");
+        assert!(
+            eval_loss(&state.model, std::slice::from_ref(batch)).is_err(),
+            "{what}: eval_loss"
+        );
+        assert!(
+            state
+                .grads(std::slice::from_ref(batch), &forward, &[])
+                .is_err(),
+            "{what}: training step"
+        );
+    }
+}
