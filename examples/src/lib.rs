@@ -4,6 +4,12 @@
 //!   with beam search, print every beam with its score:
 //!   `cargo run -p glm-examples --bin blank_filling [-- FIXTURE_DIR]`.
 //! - `quickstart`: train a small GLM on the bundled corpus, then fill `[MASK]` / `[gMASK]` prompts.
+//!
+//! [`fuzz`] is the fuzz harness for every parser of a user file (`benches/fuzz.rs`,
+//! `tests/fuzz.rs`).
+
+#[cfg(feature = "flex")]
+pub mod fuzz;
 
 /// Folder of the fixture model: the first CLI argument, else `GLM_FIXTURES`, else `../shared/fixtures`.
 pub fn fixture_dir() -> Result<std::path::PathBuf, glm_core::Error> {

@@ -137,18 +137,39 @@ impl MarkedEventReceiver for Builder {
     }
 }
 
+/// Deepest nesting of lists / mappings a task file may have (task files use two or three).
+pub const MAX_DEPTH: usize = 64;
+
 /// Parses `text` (read from `path`) into one document; an empty file is an empty mapping.
+///
+/// The events are pulled one by one rather than through `Parser::load`, which recurses once per
+/// nesting level: a file of a few thousand nested `- ` would overflow the stack. Nesting deeper
+/// than [`MAX_DEPTH`] is an error.
 pub fn parse(text: &str, path: &Path) -> EvalResult<Node> {
     let mut builder = Builder::default();
     let mut parser = Parser::new_from_str(text);
-    parser
-        .load(&mut builder, true)
-        .map_err(|e| EvalError::Task {
+    loop {
+        let (event, mark) = parser.next_token().map_err(|e| EvalError::Task {
             path: path.to_path_buf(),
             line: e.marker().line(),
             field: None,
             message: format!("invalid YAML: {}", e.info()),
         })?;
+        let opens = matches!(event, Event::SequenceStart(..) | Event::MappingStart(..));
+        if opens && builder.stack.len() >= MAX_DEPTH {
+            return Err(EvalError::Task {
+                path: path.to_path_buf(),
+                line: mark.line(),
+                field: None,
+                message: format!("lists and mappings nested deeper than {MAX_DEPTH} levels"),
+            });
+        }
+        let end = event == Event::StreamEnd;
+        builder.on_event(event, mark);
+        if end {
+            break;
+        }
+    }
     if let Some((line, message)) = builder.error {
         return Err(EvalError::Task {
             path: path.to_path_buf(),
@@ -196,6 +217,16 @@ mod tests {
             panic!("not a map")
         };
         assert_eq!((inner[0].0.as_str(), inner[0].1), ("test", 3));
+    }
+
+    #[test]
+    fn deep_nesting_is_an_error_not_a_stack_overflow() {
+        // `Parser::load` recursed once per level: this overflowed any thread's stack.
+        let text = "- ".repeat(200_000) + "x\n";
+        let err = parse(&text, Path::new("deep.yaml")).unwrap_err();
+        assert!(err.to_string().contains("nested deeper"), "{err}");
+        let ok = "- ".repeat(MAX_DEPTH) + "x\n";
+        assert!(parse(&ok, Path::new("ok.yaml")).is_ok());
     }
 
     #[test]
