@@ -27,6 +27,9 @@
 //! assert_eq!(logits.dims(), [1, 5, config.vocab_size]);
 //! ```
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod attention;
 pub mod blank;
 pub mod cache;

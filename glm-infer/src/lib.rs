@@ -20,6 +20,9 @@
 //! assert_eq!(out.blanks[0].len(), 1);
 //! ```
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod beam;
 pub mod cli;
 pub mod error;

@@ -34,6 +34,9 @@
 //! y.into_data().assert_approx_eq::<f32>(&r.into_data(), Default::default());
 //! ```
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod error;
 pub mod kernels;
 pub mod pack;

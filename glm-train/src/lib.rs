@@ -43,6 +43,9 @@
 //! assert!(report.loss > 0.0 && !report.skipped);
 //! ```
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 pub mod batch;
 pub mod checkpoint;
 pub mod config;

@@ -3,6 +3,9 @@
 //! With `data_parallel = n` in the config, the n replicas run on n CPU workers (`cpu`), on the one
 //! wgpu adapter (`wgpu`) or on CUDA devices 0..n (`cuda`).
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

@@ -7,6 +7,9 @@
 //! glm evaluate TASK.yaml|DIR ... --model DIR [--data-path ROOT] [--report FILE]
 //! ```
 
+// No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
