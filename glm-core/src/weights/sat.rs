@@ -59,67 +59,107 @@ pub fn split_rule(name: &str) -> SplitRule {
 }
 
 /// Merges the shards of one tensor (any dtype; works on raw bytes).
+///
+/// Every shard must have the same dtype and shape, and hold exactly `numel · dtype size` bytes
+/// (`TensorData`'s fields are public, so this is checked rather than trusted); otherwise, and when
+/// the merged size overflows, the result is [`Error::InvalidInput`] naming the tensor.
 pub fn merge_tp_shards(name: &str, rule: SplitRule, shards: Vec<TensorData>) -> Result<TensorData> {
     let bad = |reason: String| Error::InvalidInput(format!("tensor `{name}`: {reason}"));
     let first = shards.first().ok_or_else(|| bad("no shards".into()))?;
     let dtype = first.dtype;
     let shape = first.shape.to_vec();
-    for s in &shards {
+    let esize = dtype.size();
+    let shard_bytes = shape
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(esize))
+        .ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    for (rank, s) in shards.iter().enumerate() {
         if s.dtype != dtype || s.shape.to_vec() != shape {
             return Err(bad(format!(
                 "shards disagree: {:?} {:?} vs {:?} {:?}",
                 dtype, shape, s.dtype, s.shape
             )));
         }
+        if s.as_bytes().len() != shard_bytes {
+            return Err(bad(format!(
+                "shard {rank} holds {} bytes, shape {shape:?} of {dtype:?} needs {shard_bytes}",
+                s.as_bytes().len()
+            )));
+        }
     }
     let tp = shards.len();
-    if tp == 1 || rule == SplitRule::Replicated {
-        return Ok(shards.into_iter().next().unwrap_or_else(|| unreachable!()));
-    }
-    let rows = *shape
-        .first()
-        .ok_or_else(|| bad("scalar tensor cannot be split".into()))?;
-    let row_elems: usize = shape[1..].iter().product();
-    let esize = dtype.size();
-    let row_bytes = row_elems * esize;
-    let mut out = Vec::with_capacity(rows * row_bytes * tp);
+    let rule = if tp == 1 { SplitRule::Replicated } else { rule };
+    let (&rows, rest) = match shape.split_first() {
+        Some(split) => split,
+        None if rule == SplitRule::Replicated => (&1, &[][..]),
+        None => return Err(bad("scalar tensor cannot be split".into())),
+    };
+    // Each shard holds exactly `rows * row_bytes` bytes (checked above), so the slices below are
+    // in range.
+    let row_bytes = rest
+        .iter()
+        .try_fold(1usize, |a, &d| a.checked_mul(d))
+        .and_then(|n| n.checked_mul(esize));
+    let row_bytes = row_bytes.ok_or_else(|| bad(format!("shape {shape:?} overflows")))?;
+    let total = shard_bytes
+        .checked_mul(tp)
+        .ok_or_else(|| bad(format!("{tp} shards of shape {shape:?} overflow")))?;
+    let times_tp = |d: usize| {
+        d.checked_mul(tp)
+            .ok_or_else(|| bad(format!("{tp} shards of shape {shape:?} overflow")))
+    };
     let mut merged_shape = shape.clone();
-    match rule {
-        SplitRule::Replicated => unreachable!(),
+    let out = match rule {
+        SplitRule::Replicated => {
+            return shards
+                .into_iter()
+                .next()
+                .ok_or_else(|| bad("no shards".into()))
+        }
         SplitRule::Rows | SplitRule::PerShard => {
+            let mut out = Vec::with_capacity(total);
             for s in &shards {
                 out.extend_from_slice(s.as_bytes());
             }
-            if rule == SplitRule::PerShard {
-                merged_shape.insert(0, tp);
-            } else {
-                merged_shape[0] = rows * tp;
+            match (rule, merged_shape.first_mut()) {
+                (SplitRule::Rows, Some(d0)) => *d0 = times_tp(rows)?,
+                _ => merged_shape.insert(0, tp),
             }
+            out
         }
         SplitRule::Columns => {
-            if shape.len() != 2 {
+            let [_, cols] = shape[..] else {
                 return Err(bad(format!("column split needs a matrix, got {shape:?}")));
-            }
+            };
+            let mut out = Vec::with_capacity(total);
             for r in 0..rows {
                 for s in &shards {
-                    out.extend_from_slice(&s.as_bytes()[r * row_bytes..(r + 1) * row_bytes]);
+                    let row = s.as_bytes().chunks_exact(row_bytes.max(1)).nth(r);
+                    out.extend_from_slice(row.unwrap_or_default());
                 }
             }
-            merged_shape[1] = shape[1] * tp;
+            merged_shape = vec![rows, times_tp(cols)?];
+            out
         }
         SplitRule::GluHalves => {
             if rows % 2 != 0 {
                 return Err(bad(format!("GLU shard has an odd row count {rows}")));
             }
-            let half = rows / 2 * row_bytes;
+            let half = shard_bytes / 2;
+            let mut out = Vec::with_capacity(total);
             for part in 0..2 {
                 for s in &shards {
-                    out.extend_from_slice(&s.as_bytes()[part * half..(part + 1) * half]);
+                    let (value, gate) = s.as_bytes().split_at(half);
+                    out.extend_from_slice(if part == 0 { value } else { gate });
                 }
             }
-            merged_shape[0] = rows * tp;
+            if let Some(d0) = merged_shape.first_mut() {
+                *d0 = times_tp(rows)?;
+            }
+            out
         }
-    }
+    };
     Ok(TensorData::from_bytes_vec(out, merged_shape, dtype))
 }
 
@@ -239,8 +279,14 @@ impl WeightSource for SatCheckpoint {
         match split_rule(name) {
             SplitRule::Replicated => {}
             _ if tp == 1 => {}
-            SplitRule::Rows | SplitRule::GluHalves => *merged.first_mut()? *= tp,
-            SplitRule::Columns => *merged.get_mut(1)? *= tp,
+            SplitRule::Rows | SplitRule::GluHalves => {
+                let d = merged.first_mut()?;
+                *d = d.checked_mul(tp)?;
+            }
+            SplitRule::Columns => {
+                let d = merged.get_mut(1)?;
+                *d = d.checked_mul(tp)?;
+            }
             SplitRule::PerShard => merged.insert(0, tp),
         }
         Some(merged)
@@ -255,5 +301,61 @@ impl WeightSource for SatCheckpoint {
             .collect::<Result<Vec<_>>>()?;
         merge_tp_shards(name, split_rule(name), shards)
             .map_err(|e| Error::corrupt(&self.folder, e.to_string()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::DType;
+
+    fn shard(bytes: usize, shape: [usize; 2]) -> TensorData {
+        TensorData::from_bytes_vec(vec![0u8; bytes], shape, DType::F32)
+    }
+
+    #[test]
+    fn merge_refuses_shards_whose_bytes_do_not_match_their_shape() {
+        // `TensorData`'s fields are public: a shard may claim more elements than it holds.
+        for rule in [
+            SplitRule::Rows,
+            SplitRule::Columns,
+            SplitRule::GluHalves,
+            SplitRule::PerShard,
+        ] {
+            let shards = vec![shard(6, [2, 2]), shard(6, [2, 2])];
+            let err = merge_tp_shards("w", rule, shards).expect_err("short shard accepted");
+            let msg = err.to_string();
+            assert!(
+                msg.contains("`w`") && msg.contains("6 bytes"),
+                "{rule:?}: {msg}"
+            );
+        }
+    }
+
+    #[test]
+    fn merge_checks_the_merged_size() {
+        let huge = usize::MAX / 2 + 1;
+        let shards = vec![shard(0, [huge, 0]), shard(0, [huge, 0])];
+        let err = merge_tp_shards("w", SplitRule::Rows, shards).expect_err("overflow accepted");
+        assert!(err.to_string().contains("overflow"), "{err}");
+    }
+
+    #[test]
+    fn merge_concatenates_columns_and_glu_halves() {
+        let data = |v: &[f32], shape: [usize; 2]| TensorData::new(v.to_vec(), shape);
+        let a = data(&[1.0, 2.0, 3.0, 4.0], [2, 2]);
+        let b = data(&[5.0, 6.0, 7.0, 8.0], [2, 2]);
+        let cols = merge_tp_shards("w", SplitRule::Columns, vec![a.clone(), b.clone()]).unwrap();
+        assert_eq!(cols.shape.to_vec(), vec![2, 4]);
+        assert_eq!(
+            cols.to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]
+        );
+        let glu = merge_tp_shards("w", SplitRule::GluHalves, vec![a, b]).unwrap();
+        assert_eq!(glu.shape.to_vec(), vec![4, 2]);
+        assert_eq!(
+            glu.to_vec::<f32>().unwrap(),
+            vec![1.0, 2.0, 5.0, 6.0, 3.0, 4.0, 7.0, 8.0]
+        );
     }
 }
