@@ -28,7 +28,7 @@ pub fn unpack_pair(byte: u8) -> (i8, i8) {
 /// [`QuantError::ShapeMismatch`] when `values.len() != rows * cols`,
 /// [`QuantError::ValueOutOfRange`] for a value outside `[-8, 7]`.
 pub fn pack_int4(values: &[i8], rows: usize, cols: usize) -> Result<Vec<u8>> {
-    if values.len() != rows * cols {
+    if rows.checked_mul(cols) != Some(values.len()) {
         return Err(QuantError::ShapeMismatch {
             tensor: "int4 values".into(),
             expected: vec![rows, cols],
@@ -70,17 +70,24 @@ pub fn pack_int4(values: &[i8], rows: usize, cols: usize) -> Result<Vec<u8>> {
 /// [`QuantError::ShapeMismatch`] when `packed.len() != rows * ceil(cols/2)`.
 pub fn unpack_int4(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>> {
     let row_bytes = cols.div_ceil(2);
-    if packed.len() != rows * row_bytes {
+    if rows.checked_mul(row_bytes) != Some(packed.len()) {
         return Err(QuantError::ShapeMismatch {
             tensor: "packed int4".into(),
             expected: vec![rows, row_bytes],
             found: vec![packed.len()],
         });
     }
-    let mut out = Vec::with_capacity(rows * cols);
+    Ok(unpack_int4_rows(packed, cols))
+}
+
+/// Unpacks every whole row of `ceil(cols/2)` bytes in `packed` into `cols` sign-extended int4
+/// values (a trailing partial row is ignored; [`unpack_int4`] checks the length first).
+pub(crate) fn unpack_int4_rows(packed: &[u8], cols: usize) -> Vec<i8> {
+    let row_bytes = cols.div_ceil(2);
     if row_bytes == 0 {
-        return Ok(out);
+        return Vec::new();
     }
+    let mut out = Vec::with_capacity((packed.len() / row_bytes).saturating_mul(cols));
     for row in packed.chunks_exact(row_bytes) {
         for (k, &b) in row.iter().enumerate() {
             let (even, odd) = unpack_pair(b);
@@ -90,7 +97,7 @@ pub fn unpack_int4(packed: &[u8], rows: usize, cols: usize) -> Result<Vec<i8>> {
             }
         }
     }
-    Ok(out)
+    out
 }
 
 #[cfg(test)]
@@ -125,6 +132,18 @@ mod tests {
         ));
         assert!(matches!(
             unpack_int4(&[0, 0, 0], 1, 2),
+            Err(QuantError::ShapeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn absurd_shapes_are_errors_not_overflows() {
+        assert!(matches!(
+            pack_int4(&[0, 0], usize::MAX, 2),
+            Err(QuantError::ShapeMismatch { .. })
+        ));
+        assert!(matches!(
+            unpack_int4(&[0, 0], usize::MAX, 4),
             Err(QuantError::ShapeMismatch { .. })
         ));
     }
