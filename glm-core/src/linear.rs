@@ -119,27 +119,31 @@ impl<B: Backend> GlmLinear<B> {
     /// for a float weight; a quantized weight exports `{prefix}.weight` (I8 `[out, in]`, or packed
     /// int4 `[out, ceil(in/2)]`) and `{prefix}.weight_scale` (F16 `[out]`, or `[shards, out]`), the
     /// tensors of a SAT quantized checkpoint.
-    pub fn export(&self, prefix: &str, out: &mut BTreeMap<String, TensorData>) {
+    ///
+    /// A quantized weight whose device tensors no longer form a valid matrix is
+    /// [`Error::InvalidInput`](crate::error::Error::InvalidInput) naming it.
+    pub fn export(
+        &self,
+        prefix: &str,
+        out: &mut BTreeMap<String, TensorData>,
+    ) -> crate::error::Result<()> {
         match &self.weight {
             LinearWeight::Float(w) => {
                 out.insert(format!("{prefix}.weight"), w.val().into_data());
             }
             LinearWeight::Quantized(q) => {
                 let name = format!("{prefix}.weight");
-                match q.to_matrix(&name) {
-                    Ok(m) => {
-                        out.insert(
-                            format!("{name}{}", glm_quant::scheme::SCALE_SUFFIX),
-                            m.scale_data(),
-                        );
-                        out.insert(name, m.weight_data());
-                    }
-                    // The device tensors were built from a valid matrix; reading them back cannot
-                    // change their size.
-                    Err(e) => unreachable!("quantized weight `{name}` unreadable: {e}"),
-                }
+                let m = q
+                    .to_matrix(&name)
+                    .map_err(|e| crate::error::Error::InvalidInput(e.to_string()))?;
+                out.insert(
+                    format!("{name}{}", glm_quant::scheme::SCALE_SUFFIX),
+                    m.scale_data(),
+                );
+                out.insert(name, m.weight_data());
             }
         }
         out.insert(format!("{prefix}.bias"), self.bias.val().into_data());
+        Ok(())
     }
 }

@@ -563,8 +563,9 @@ impl<B: Backend> GlmModel<B> {
         })
     }
 
-    /// Every parameter under its original name (host copies, in the model dtype).
-    pub fn named_tensors(&self) -> BTreeMap<String, TensorData> {
+    /// Every parameter under its original name (host copies, in the model dtype). Fails only when
+    /// a quantized weight cannot be read back from its device tensors.
+    pub fn named_tensors(&self) -> Result<BTreeMap<String, TensorData>> {
         let mut out = BTreeMap::new();
         out.insert(
             "transformer.word_embeddings.weight".to_string(),
@@ -601,10 +602,10 @@ impl<B: Backend> GlmModel<B> {
                 ("mlp.dense_4h_to_h", &layer.mlp.dense_4h_to_h),
             ];
             for (name, lin) in linears {
-                lin.export(&format!("{p}{name}"), &mut out);
+                lin.export(&format!("{p}{name}"), &mut out)?;
             }
         }
-        out
+        Ok(out)
     }
 
     /// Saves every parameter as safetensors under the original names, converted to `dtype`
@@ -616,7 +617,7 @@ impl<B: Backend> GlmModel<B> {
             return self.save_quantized_safetensors(path, dtype);
         }
         let tensors = self
-            .named_tensors()
+            .named_tensors()?
             .into_iter()
             .map(|(k, v)| (k, v.convert_dtype(dtype)))
             .collect();

@@ -406,7 +406,7 @@ impl<B: Backend> GlmModel<B> {
         float_dtype: DType,
     ) -> Result<()> {
         let tensors: BTreeMap<String, TensorData> = self
-            .named_tensors()
+            .named_tensors()?
             .into_iter()
             .map(|(k, v)| {
                 let keep = !is_float(v.dtype) || k.ends_with(SCALE_SUFFIX);

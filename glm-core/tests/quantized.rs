@@ -114,6 +114,7 @@ impl WeightSource for Overlay {
 fn exported_linears(model: &GlmModel<Cpu>) -> BTreeMap<String, TensorData> {
     model
         .named_tensors()
+        .unwrap()
         .into_iter()
         .filter(|(k, _)| k.ends_with(".weight") || k.ends_with(".weight_scale"))
         .filter(|(k, _)| QUANTIZED_LINEARS.iter().any(|l| k.contains(l)))
@@ -152,7 +153,7 @@ fn quantized_logits_match_the_original_with_biases() {
         );
         // Only the four linears are quantized: embedding, LayerNorms and biases stay F32.
         let mut quantized_weights = 0;
-        for (name, t) in model.named_tensors() {
+        for (name, t) in model.named_tensors().unwrap() {
             let quantized_weight = QUANTIZED_LINEARS
                 .iter()
                 .any(|l| name.ends_with(&format!("{l}.weight")));
