@@ -104,14 +104,15 @@ pub fn load_float(source: &dyn WeightSource, name: &str, dtype: DType) -> Result
     })
 }
 
-/// `max(layer index) + 1` over names `transformer.layers.<i>.…`, or `None` when there are none.
+/// `max(layer index) + 1` over names `transformer.layers.<i>.…`, or `None` when there are none
+/// (saturating: an index of `usize::MAX` in a damaged file is a mismatch, not an overflow).
 fn layer_count(names: &[String]) -> Option<usize> {
     names
         .iter()
         .filter_map(|n| n.strip_prefix("transformer.layers."))
         .filter_map(|rest| rest.split('.').next()?.parse::<usize>().ok())
         .max()
-        .map(|m| m + 1)
+        .map(|m| m.saturating_add(1))
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same folder, fsync, rename, fsync
@@ -227,5 +228,21 @@ pub fn sync_dir(dir: &Path) -> std::io::Result<()> {
     {
         let _ = dir;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layer_count_of_a_huge_index_saturates() {
+        let names = |i: &str| vec![format!("transformer.layers.{i}.mlp.dense_4h_to_h.weight")];
+        assert_eq!(layer_count(&names("3")), Some(4));
+        assert_eq!(
+            layer_count(&names(&usize::MAX.to_string())),
+            Some(usize::MAX)
+        );
+        assert_eq!(layer_count(&names("x")), None);
     }
 }
