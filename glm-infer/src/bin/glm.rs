@@ -284,8 +284,10 @@ fn generate(args: GenerateArgs) -> Result<()> {
         type Output = ();
         type Error = Error;
         fn run<B: Backend>(self, devices: &[B::Device]) -> Result<()> {
-            // `dispatch` hands over at least one device.
-            run::<B>(&self.0, &devices[0])
+            let device = devices
+                .first()
+                .ok_or_else(|| Error::Usage("no device to run on".into()))?;
+            run::<B>(&self.0, device)
         }
     }
     glm_infer::cli::dispatch(args.device.parse()?, 1, Generate(args))
@@ -423,7 +425,10 @@ fn process<B: Backend>(
             let mut streamer: Option<(usize, TokenStream)> = None;
             let mut out = std::io::stdout();
             let r = fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |rows| {
-                let ctx = rows[0]
+                let Some(row) = rows.first() else {
+                    return;
+                };
+                let ctx = row
                     .iter()
                     .take_while(|&&t| t != config.special_tokens.sop as i64)
                     .count()

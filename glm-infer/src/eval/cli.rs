@@ -109,8 +109,10 @@ pub fn run(args: EvaluateArgs) -> EvalResult<()> {
         type Output = ();
         type Error = EvalError;
         fn run<B: Backend>(self, devices: &[B::Device]) -> EvalResult<()> {
-            // `dispatch` hands over at least one device.
-            run_on::<B>(&self.0, &devices[0])
+            let device = devices
+                .first()
+                .ok_or_else(|| EvalError::Usage("no device to run on".into()))?;
+            run_on::<B>(&self.0, device)
         }
     }
     let device: DeviceKind = args.device.parse()?;

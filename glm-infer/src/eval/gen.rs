@@ -37,9 +37,10 @@ pub struct GenerationContext {
 /// `GenerationTaskDataset.process_single_item`'s truncation: keep the last
 /// `max_seq_length − max_gen_length − 2` tokens when the text is too long.
 pub fn truncate_text(text: &[u32], max_seq_length: usize, max_gen_length: usize) -> &[u32] {
-    if text.len() + max_gen_length + 2 > max_seq_length {
+    let needed = text.len().saturating_add(max_gen_length).saturating_add(2);
+    if needed > max_seq_length {
         let keep = max_seq_length
-            .saturating_sub(max_gen_length + 2)
+            .saturating_sub(max_gen_length.saturating_add(2))
             .min(text.len());
         &text[text.len() - keep..]
     } else {
@@ -298,5 +299,7 @@ mod tests {
         assert!(u.mask[1], "unidirectional context is causal");
         assert!(build_generation_context(&[5, 1001], 2, true, false, &s).is_err());
         assert_eq!(truncate_text(&[1, 2, 3, 4, 5], 6, 2), &[4, 5]);
+        // An absurd generation length truncates everything instead of overflowing.
+        assert_eq!(truncate_text(&[1, 2, 3], 6, usize::MAX), &[] as &[u32]);
     }
 }

@@ -118,14 +118,24 @@ impl ChoiceSample {
     }
 }
 
-/// `build_multiple_choice_sample`: the layout of one item (text already truncated).
+/// The layout of one multiple-choice sample: `(tokens, position ids, [n, n] mask, target rows)`.
+pub type ChoiceLayout = (Vec<u32>, Vec<u32>, Vec<bool>, Vec<Vec<usize>>);
+
+/// `build_multiple_choice_sample`: the layout of one item (text already truncated). An item
+/// without choices or with an empty choice has no layout: the error says which.
 pub fn build_choice_sample(
     text: &[u32],
     choices: &[Vec<u32>],
     is_single_token: bool,
     use_multitask_encoding: bool,
     specials: &SpecialTokens,
-) -> (Vec<u32>, Vec<u32>, Vec<bool>, Vec<Vec<usize>>) {
+) -> Result<ChoiceLayout, String> {
+    if choices.is_empty() {
+        return Err("no choices".into());
+    }
+    if let Some(i) = choices.iter().position(Vec::is_empty) {
+        return Err(format!("choice {i} is empty"));
+    }
     let mut tokens = text.to_vec();
     let mut positions: Vec<u32> = (0..text.len() as u32).collect();
     let blank_filling = text.contains(&specials.mask);
@@ -151,7 +161,8 @@ pub fn build_choice_sample(
         targets.push((tokens.len()..tokens.len() + n).collect::<Vec<_>>());
         blocks.push((tokens.len(), n));
         tokens.push(specials.sop);
-        tokens.extend_from_slice(&choice[..n - 1]);
+        // `choice[:-1]`: every token but the last (choices are non-empty, checked above).
+        tokens.extend_from_slice(choice.split_last().map_or(&[][..], |(_, head)| head));
         if is_single_token {
             break;
         }
@@ -170,7 +181,7 @@ pub fn build_choice_sample(
             }
         }
     }
-    (tokens, positions, mask, targets)
+    Ok((tokens, positions, mask, targets))
 }
 
 /// `MultiChoiceTaskDataset`: truncation, the per-file single-token flag, and every sample's layout.
@@ -216,7 +227,7 @@ pub fn prepare_file(
         }
         truncated.push(text.to_vec());
     }
-    Ok(items
+    items
         .iter()
         .zip(truncated)
         .map(|(item, text)| {
@@ -226,8 +237,9 @@ pub fn prepare_file(
                 is_single_token,
                 use_multitask_encoding,
                 specials,
-            );
-            ChoiceSample {
+            )
+            .map_err(|reason| EvalError::data(path, item.line, "choices", reason))?;
+            Ok(ChoiceSample {
                 line: item.line,
                 text,
                 choices: item.choices.clone(),
@@ -237,9 +249,9 @@ pub fn prepare_file(
                 mask,
                 choice_target_ids,
                 is_single_token,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Scores a micro-batch: padded to a multiple of 32 (token 0, position 0, pads blocked), one
@@ -282,7 +294,7 @@ mod tests {
     fn blocks_see_the_context_but_not_each_other() {
         let s = SpecialTokens::with_base(1000, 2);
         let (tokens, pos, mask, targets) =
-            build_choice_sample(&[5, 6], &[vec![7, 8], vec![9]], false, false, &s);
+            build_choice_sample(&[5, 6], &[vec![7, 8], vec![9]], false, false, &s).unwrap();
         assert_eq!(tokens, vec![5, 6, 1000, 1004, 7, 1004]);
         assert_eq!(pos, vec![0, 1, 2, 2, 2, 2]);
         assert_eq!(targets, vec![vec![3, 4], vec![5]]);
@@ -300,10 +312,18 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_choice_is_an_error_not_a_panic() {
+        let s = SpecialTokens::with_base(1000, 2);
+        let e = build_choice_sample(&[5, 6], &[vec![7], vec![]], false, false, &s).unwrap_err();
+        assert!(e.contains("choice 1"), "{e}");
+        assert!(build_choice_sample(&[5, 6], &[], false, false, &s).is_err());
+    }
+
+    #[test]
     fn single_token_layout_has_one_sop() {
         let s = SpecialTokens::with_base(1000, 2);
         let (tokens, pos, _, targets) =
-            build_choice_sample(&[5, 1000, 6], &[vec![7], vec![9]], true, false, &s);
+            build_choice_sample(&[5, 1000, 6], &[vec![7], vec![9]], true, false, &s).unwrap();
         assert_eq!(tokens, vec![5, 1000, 6, 1004]);
         assert_eq!(pos, vec![0, 1, 2, 1]);
         assert_eq!(targets, vec![vec![3]]);
