@@ -533,11 +533,13 @@ impl DataStream {
         Ok(s)
     }
 
+    /// Epoch counters come from checkpoints (user data): they only seed the shuffles, so they
+    /// wrap instead of overflowing (identical to plain addition for every real run).
     fn reorder(&mut self) {
         self.order = self.docs.clone();
-        Rng::derive(self.config.seed, 1000 + self.state.epoch).shuffle(&mut self.order);
+        Rng::derive(self.config.seed, self.state.epoch.wrapping_add(1000)).shuffle(&mut self.order);
         self.mip_order = (0..self.mip.len() as u32).collect();
-        Rng::derive(self.config.seed, 1_000_000 + self.state.mip_epoch)
+        Rng::derive(self.config.seed, self.state.mip_epoch.wrapping_add(1_000_000))
             .shuffle(&mut self.mip_order);
     }
 
@@ -599,7 +601,7 @@ impl DataStream {
             self.state.cursor += 1;
             if self.state.cursor >= self.order.len() {
                 self.state.cursor = 0;
-                self.state.epoch += 1;
+                self.state.epoch = self.state.epoch.wrapping_add(1);
                 self.reorder();
             }
             guard += 1;
@@ -622,7 +624,7 @@ impl DataStream {
         }
         if self.state.mip_cursor >= self.mip_order.len() {
             self.state.mip_cursor = 0;
-            self.state.mip_epoch += 1;
+            self.state.mip_epoch = self.state.mip_epoch.wrapping_add(1);
             self.reorder();
         }
         let i = *self.mip_order.get(self.state.mip_cursor)? as usize;
@@ -676,7 +678,7 @@ impl DataStream {
             }
         }
         let dropout_seed = splitmix64(self.config.seed ^ splitmix64(self.state.sequences ^ 0xD50F));
-        self.state.sequences += 1;
+        self.state.sequences = self.state.sequences.wrapping_add(1);
         Sequence::pack(&segments, seq, self.config.specials.pad, dropout_seed)
     }
 
