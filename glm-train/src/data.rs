@@ -539,8 +539,11 @@ impl DataStream {
         self.order = self.docs.clone();
         Rng::derive(self.config.seed, self.state.epoch.wrapping_add(1000)).shuffle(&mut self.order);
         self.mip_order = (0..self.mip.len() as u32).collect();
-        Rng::derive(self.config.seed, self.state.mip_epoch.wrapping_add(1_000_000))
-            .shuffle(&mut self.mip_order);
+        Rng::derive(
+            self.config.seed,
+            self.state.mip_epoch.wrapping_add(1_000_000),
+        )
+        .shuffle(&mut self.mip_order);
     }
 
     /// The current position.
