@@ -31,9 +31,25 @@ pub fn quickstart(config: &Path, out: &Path, progress: bool) -> Result<Quickstar
     let tokenizer = load_tokenizer(&config)?
         .ok_or_else(|| Error::config("data.tokenizer", "the quickstart needs a tokenizer"))?;
     let device = Default::default();
-    // Continue a run that wrote a checkpoint (a run killed before its first checkpoint is
-    // reported by `Trainer::new`, never silently restarted).
+    // Continue a run that wrote a checkpoint. A demo run stopped before its first checkpoint has
+    // nothing to continue from: its metrics are kept aside (renamed, never deleted) and the
+    // quickstart starts over, instead of refusing the folder as `glm-train` does.
     let resume = out.join("checkpoints").exists();
+    let metrics_path = out.join("metrics.jsonl");
+    if !resume && metrics_path.exists() {
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let aside = out.join(format!("metrics.jsonl.interrupted-{stamp}"));
+        std::fs::rename(&metrics_path, &aside).map_err(|e| Error::io(&metrics_path, e))?;
+        eprintln!(
+            "quickstart: the earlier run in {} stopped before its first checkpoint; its metrics \
+             are kept as {} and training starts over",
+            out.display(),
+            aside.display()
+        );
+    }
     let mut trainer = Trainer::<B>::new(config, out, &device, resume)?;
     trainer.progress = progress;
     let metrics = trainer.run()?;
