@@ -100,7 +100,9 @@ impl<B: Backend> GlmLinear<B> {
     }
 
     /// Applies the layer to the last dimension. A quantized weight runs its fastest kernel for
-    /// the backend (see [`QuantizedWeight::forward`]).
+    /// the backend (see [`QuantizedWeight::forward`]); a float f32 weight on `Flex` with at most
+    /// 8 rows (decode) runs glm-quant's f32 skinny GEMM
+    /// ([`try_linear_f32`](glm_quant::kernels::try_linear_f32); `GLM_NO_FAST_GEMV` turns it off).
     ///
     /// # Shapes
     /// - `x`: `[batch, seq, in]` → `[batch, seq, out]`
@@ -108,10 +110,16 @@ impl<B: Backend> GlmLinear<B> {
         let [batch, seq, d_in] = x.dims();
         let x = x.reshape([batch * seq, d_in]);
         let y = match &self.weight {
-            LinearWeight::Float(w) => x.matmul(w.val().transpose()),
-            LinearWeight::Quantized(q) => q.forward(x),
+            LinearWeight::Float(w) => {
+                let (w, b) = (w.val(), self.bias.val());
+                // CPU decode fast path (Flex, f32, ≤ 8 rows); the generic matmul otherwise.
+                match glm_quant::kernels::try_linear_f32(x, &w, Some(&b)) {
+                    Ok(y) => y,
+                    Err(x) => x.matmul(w.transpose()) + b.unsqueeze::<2>(),
+                }
+            }
+            LinearWeight::Quantized(q) => q.forward(x) + self.bias.val().unsqueeze::<2>(),
         };
-        let y = y + self.bias.val().unsqueeze::<2>();
         y.reshape([batch, seq, self.d_out()])
     }
 

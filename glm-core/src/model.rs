@@ -389,10 +389,14 @@ impl<B: Backend> GlmModel<B> {
     pub fn logits(&self, normed: Tensor<B, 3>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = normed.dims();
         let vocab = self.config.vocab_size;
-        normed
-            .reshape([batch * seq, hidden])
-            .matmul(self.word_embeddings.val().transpose())
-            .reshape([batch, seq, vocab])
+        let x = normed.reshape([batch * seq, hidden]);
+        let w = self.word_embeddings.val();
+        // CPU decode fast path (Flex, f32, ≤ 8 rows); the generic matmul otherwise.
+        let y = match glm_quant::kernels::try_linear_f32(x, &w, None) {
+            Ok(y) => y,
+            Err(x) => x.matmul(w.transpose()),
+        };
+        y.reshape([batch, seq, vocab])
     }
 
     /// An empty KV cache sized for this model.

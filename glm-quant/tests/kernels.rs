@@ -1,6 +1,7 @@
 //! Kernel tests: pack/unpack round trip (property), the fused CPU kernels against the reference
 //! path on random shapes including odd sizes, several shards and prefill-sized inputs — on EVERY
-//! instruction set this CPU has (scalar, AVX2, AVX-512), selected per call, in the same run.
+//! instruction set this CPU has (scalar, AVX2, AVX-512), selected per call, in the same run; the f32
+//! skinny GEMM (`host_f32`) against its plain-loop reference the same way.
 
 use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
@@ -292,4 +293,106 @@ fn kernels_reject_bad_sizes() {
         QuantScheme::Int8,
     );
     assert!(matches!(nan, Err(glm_quant::QuantError::NonFinite { .. })));
+}
+
+/// The f32 skinny GEMM (decode path) equals its plain-loop reference on odd shapes, on every
+/// instruction set this CPU has. Both sum in f32 in different orders, so the bound is a rounding
+/// bound: each output may differ by `1e-5 · sqrt(k) · Σ_j |x_j|·|w_j|` (about `sqrt(k)` ulps of
+/// the absolute-value dot product for random-sign rounding errors, with a 10× margin) plus a tiny
+/// absolute floor.
+#[test]
+fn f32_gemv_equals_reference_on_odd_shapes_every_isa() {
+    use glm_quant::kernels::host_f32::{
+        gemv_f32, gemv_f32_reference, gemv_f32_with, F32_GEMV_MAX_ROWS,
+    };
+    let mut rng = Rng(0xD1B5_4A32_D192_ED03);
+    let isas = supported_isas();
+    let mut ran: Vec<(Isa, usize)> = isas.iter().map(|&i| (i, 0)).collect();
+    let ms = [1usize, 2, 3, 4, 5, 6, 7, 8, F32_GEMV_MAX_ROWS + 3];
+    let dims = [1usize, 7, 16, 33, 257];
+    let mut cases = 0;
+    for &m in &ms {
+        for &n in &dims {
+            for &k in &dims {
+                let x = rng.vec(m * k, 2.0);
+                let w = rng.vec(n * k, 0.5);
+                let bias = rng.vec(n, 1.0);
+                let b = if (m + n + k) % 2 == 0 {
+                    Some(bias.as_slice())
+                } else {
+                    None
+                };
+                let want = gemv_f32_reference(&x, &w, b, m, n, k).unwrap();
+                assert_eq!(want.len(), m * n);
+                let check = |what: String, y: &[f32]| {
+                    assert_eq!(y.len(), want.len(), "{what}");
+                    for i in 0..m {
+                        for r in 0..n {
+                            let absdot: f32 = (0..k)
+                                .map(|j| (x[i * k + j] * w[r * k + j]).abs())
+                                .sum::<f32>()
+                                + b.map_or(0.0, |b| b[r].abs());
+                            let tol = 1e-5 * (k as f32).sqrt() * absdot + 1e-6;
+                            let (got, exp) = (y[i * n + r], want[i * n + r]);
+                            assert!(
+                                (got - exp).abs() <= tol,
+                                "{what} m={m} n={n} k={k} row {i} col {r}: {got} vs {exp} (tol {tol})"
+                            );
+                        }
+                    }
+                };
+                for (isa, count) in ran.iter_mut() {
+                    let y = gemv_f32_with(*isa, &x, &w, b, m, n, k).unwrap();
+                    check(isa.name().to_string(), &y);
+                    *count += 1;
+                }
+                check("detected".into(), &gemv_f32(&x, &w, b, m, n, k).unwrap());
+                cases += 1;
+            }
+        }
+    }
+    assert_eq!(cases, ms.len() * dims.len() * dims.len());
+    for (isa, count) in ran {
+        assert_eq!(count, cases, "{} ran on every case", isa.name());
+    }
+    // Shape errors are typed, never a panic.
+    assert!(gemv_f32_reference(&[0.0; 3], &[0.0; 4], None, 1, 2, 2).is_err());
+    assert!(gemv_f32_with(Isa::Scalar, &[0.0; 2], &[0.0; 4], Some(&[0.0]), 1, 2, 2).is_err());
+}
+
+/// On `Flex`, the dispatching linear gives the generic matmul's result (within f32 rounding) for
+/// 1..=8 rows and declines more rows.
+#[test]
+fn f32_linear_dispatch_on_flex_matches_matmul() {
+    use glm_quant::kernels::try_linear_f32;
+    let device = Default::default();
+    let mut rng = Rng(0x2545_F491_4F6C_DD1D);
+    let (n, k) = (37, 129);
+    let w = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(n * k, 0.5), [n, k]), &device);
+    let b = Tensor::<Flex, 1>::from_data(TensorData::new(rng.vec(n, 1.0), [n]), &device);
+    let mut fast = 0;
+    for m in 1..=10usize {
+        let x = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(m * k, 2.0), [m, k]), &device);
+        let want = x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>();
+        let want: Vec<f32> = want.into_data().to_vec().unwrap();
+        match try_linear_f32(x, &w, Some(&b)) {
+            Ok(y) => {
+                assert!(m <= 8 && std::env::var_os("GLM_NO_FAST_GEMV").is_none());
+                assert_eq!(y.dims(), [m, n]);
+                let y: Vec<f32> = y.into_data().to_vec().unwrap();
+                assert_eq!(y.len(), want.len());
+                let d = y
+                    .iter()
+                    .zip(&want)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0f32, f32::max);
+                assert!(d <= 1e-4, "m={m}: max diff {d}");
+                fast += 1;
+            }
+            Err(_) => assert!(m > 8 || std::env::var_os("GLM_NO_FAST_GEMV").is_some()),
+        }
+    }
+    if std::env::var_os("GLM_NO_FAST_GEMV").is_none() {
+        assert_eq!(fast, 8, "the fast path ran for every m in 1..=8");
+    }
 }

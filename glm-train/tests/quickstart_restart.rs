@@ -29,7 +29,8 @@ fn an_interrupted_quickstart_starts_over_and_keeps_its_old_metrics() {
             .expect("tokenizer file name")
             .to_owned();
     cfg["data"]["tokenizer"] = Value::from(tokenizer_dir.join(tokenizer_file).to_string_lossy());
-    for key in ["train"] {
+    {
+        let key = "train";
         let files: Vec<Value> = cfg["data"][key]
             .as_array()
             .expect("train files")

@@ -14,6 +14,7 @@ use burn_flex::FlexTensor;
 
 use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
+use super::host_f32::{gemv_f32, F32_GEMV_MAX_ROWS};
 use crate::weight::QuantLayout;
 
 fn flex_float<B: Backend>(t: Tensor<B, 2>) -> Option<FlexTensor> {
@@ -91,4 +92,50 @@ fn run<B: Backend>(
         let w = to_backend::<B>(TensorData::new(w, [out, layout.in_features]))?;
         Some(x.cast(DType::F32).matmul(w.transpose()))
     }
+}
+
+/// Runs the f32 skinny GEMM of [`host_f32`](super::host_f32) when `B` is `Flex`, `x` and `w` are
+/// f32 and `x` has at most [`F32_GEMV_MAX_ROWS`] rows; gives `x` back otherwise.
+pub(crate) fn try_linear_f32<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return Err(x);
+    }
+    let [m, k] = x.dims();
+    let [n, kw] = w.dims();
+    let f32_only = x.dtype() == DType::F32
+        && w.dtype() == DType::F32
+        && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [n]);
+    if m == 0 || m > F32_GEMV_MAX_ROWS || k != kw || !f32_only {
+        return Err(x);
+    }
+    match run_f32::<B>(x.clone(), w, bias, m, n, k) {
+        Some(y) => Ok(y),
+        None => Err(x),
+    }
+}
+
+fn run_f32<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Option<Tensor<B, 2>> {
+    let xt = contiguous(flex_float::<B>(x)?);
+    let wt = contiguous(flex_float::<B>(w.clone())?);
+    let bt = match bias {
+        Some(b) => Some(contiguous(flex_float::<B>(b.clone().unsqueeze::<2>())?)),
+        None => None,
+    };
+    let b = match &bt {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let y = gemv_f32(xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, b, m, n, k).ok()?;
+    to_backend::<B>(TensorData::new(y, [m, n]))
 }

@@ -3,13 +3,16 @@
 //! - [`host`]: the fused dequantize-GEMV on host slices (SIMD: AVX-512 or AVX2+FMA+F16C when the CPU
 //!   has it, portable scalar code otherwise, detected or chosen per call with
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
-//! - `cpu` (feature `flex`): runs [`host`] in place on `Flex` tensors;
+//! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
+//! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
+//!   ([`try_linear_f32`] for float linears);
 //! - `cube` (feature `cubecl`): one CubeCL kernel for wgpu and CUDA.
 //!
 //! Every kernel reproduces the dequantized weight `f16(q · scale)` exactly; only the summation
 //! order differs from the reference.
 
 pub mod host;
+pub mod host_f32;
 pub mod reference;
 
 #[cfg(feature = "flex")]
@@ -17,6 +20,31 @@ pub(crate) mod cpu;
 
 #[cfg(feature = "cubecl")]
 pub mod cube;
+
+/// `y = x · Wᵀ (+ b)` through the f32 skinny GEMM of [`host_f32`] when the backend is `Flex`, every
+/// tensor is f32 and `x` has at most [`host_f32::F32_GEMV_MAX_ROWS`] rows (decode); `Err(x)` (the
+/// caller runs its generic path) otherwise, and always when the environment variable
+/// `GLM_NO_FAST_GEMV` is set (read once per process, to compare against the generic path).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[n, k]`, `bias`: `[n]` → `[m, n]`
+pub fn try_linear_f32<B: burn::tensor::backend::Backend>(
+    x: burn::tensor::Tensor<B, 2>,
+    w: &burn::tensor::Tensor<B, 2>,
+    bias: Option<&burn::tensor::Tensor<B, 1>>,
+) -> Result<burn::tensor::Tensor<B, 2>, burn::tensor::Tensor<B, 2>> {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *OFF.get_or_init(|| std::env::var_os("GLM_NO_FAST_GEMV").is_some()) {
+        return Err(x);
+    }
+    #[cfg(feature = "flex")]
+    return cpu::try_linear_f32::<B>(x, w, bias);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (w, bias);
+        Err(x)
+    }
+}
 
 /// `value` as a `T` when it is one: how the backend-specific paths recognise their tensor
 /// primitives behind burn's generic `Backend` types.
