@@ -62,7 +62,7 @@ pub fn glm_attention_mask(len: usize, prefix_len: usize) -> Vec<bool> {
 }
 
 /// `Err` naming `what` when `ids` holds an id ≥ `end` (`field` names the config limit).
-fn check_ids(what: &str, ids: &[u32], end: usize, field: &str) -> Result<()> {
+pub(crate) fn check_ids(what: &str, ids: &[u32], end: usize, field: &str) -> Result<()> {
     match ids.iter().position(|&t| t as usize >= end) {
         Some(at) => Err(Error::InvalidInput(format!(
             "{what} {} at index {at} is outside 0..{end} ({field})",

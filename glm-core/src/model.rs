@@ -630,24 +630,12 @@ impl<B: Backend> GlmModel<B> {
 
     /// Checks host-side inputs against this model (ids < vocab, positions < max length).
     pub fn check_input(&self, tokens: &[u32], position_ids: &[u32]) -> Result<()> {
-        if let Some(&t) = tokens
-            .iter()
-            .find(|&&t| t as usize >= self.config.vocab_size)
-        {
-            return Err(Error::InvalidInput(format!(
-                "token id {t} is outside the vocabulary ({} ids)",
-                self.config.vocab_size
-            )));
-        }
-        if let Some(&p) = position_ids
-            .iter()
-            .find(|&&p| p as usize >= self.config.max_sequence_length)
-        {
-            return Err(Error::InvalidInput(format!(
-                "position id {p} is beyond max_sequence_length {}",
-                self.config.max_sequence_length
-            )));
-        }
-        Ok(())
+        crate::blank::check_ids("token id", tokens, self.config.vocab_size, "vocab_size")?;
+        crate::blank::check_ids(
+            "position id",
+            position_ids,
+            self.config.max_sequence_length,
+            "max_sequence_length",
+        )
     }
 }
