@@ -364,7 +364,7 @@ fn layouts_match_the_original_datasets() {
         let samples = mc::prepare_file(
             &items,
             task.max_seq_length,
-            task.use_multitask_encoding,
+            task.choice_encoding(),
             &specials,
             &path,
         )

@@ -143,7 +143,14 @@ fn batching_and_padding_do_not_change_scores() {
             label: 0,
         })
         .collect();
-    let samples = mc::prepare_file(&items, 64, false, &specials, Path::new("d.jsonl")).unwrap();
+    let samples = mc::prepare_file(
+        &items,
+        64,
+        Default::default(),
+        &specials,
+        Path::new("d.jsonl"),
+    )
+    .unwrap();
     let batched = mc::score_batch(&model, &samples).unwrap();
     for (s, b) in samples.iter().zip(&batched) {
         let alone = mc::score_batch(&model, std::slice::from_ref(s)).unwrap();
@@ -325,7 +332,14 @@ fn inconsistent_public_samples_are_errors() {
         choices: vec![vec![8], vec![9, 10]],
         label: 0,
     };
-    let samples = mc::prepare_file(&[good], 64, false, &specials, Path::new("d.jsonl")).unwrap();
+    let samples = mc::prepare_file(
+        &[good],
+        64,
+        Default::default(),
+        &specials,
+        Path::new("d.jsonl"),
+    )
+    .unwrap();
     assert!(mc::score_batch(&model, &samples).is_ok());
     let mut short_mask = samples[0].clone();
     short_mask.mask.pop();

@@ -752,7 +752,7 @@ impl Target for TaskYaml {
         let _ = mc::prepare_file(
             &self.items,
             task.max_seq_length,
-            task.use_multitask_encoding,
+            task.choice_encoding(),
             specials,
             &self.file,
         );
@@ -862,11 +862,16 @@ impl Target for EvalData {
                 vocab_size,
             };
             note(read_choice_file(&fields).map_err(err).and_then(|items| {
-                for multitask in [false, true] {
+                for (use_multitask_encoding, use_task_mask) in
+                    [(false, false), (true, false), (false, true)]
+                {
                     mc::prepare_file(
                         &items,
                         self.max_seq_length,
-                        multitask,
+                        mc::ChoiceEncoding {
+                            use_multitask_encoding,
+                            use_task_mask,
+                        },
                         specials,
                         &self.jsonl,
                     )

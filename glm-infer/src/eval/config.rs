@@ -75,6 +75,12 @@ pub enum TaskHandler {
     LanguageModel,
     /// `tasks.language-modeling.pile.Pile`: tokenized JSONL documents, bits per byte per subset.
     Pile,
+    /// `tasks.ethnic.crows-pair.tasks.CrowsPairTask`: CrowS-Pairs, per-category share of pairs
+    /// whose first sentence scores at least as high as the second (see [`super::bias`]).
+    CrowsPair,
+    /// `tasks.ethnic.stereoset.tasks.StereoSetTask`: StereoSet intrasentence, LMS / SS / ICAT per
+    /// domain and overall from length-normalised choice scores (see [`super::bias`]).
+    StereoSet,
 }
 
 impl TaskHandler {
@@ -92,6 +98,12 @@ impl TaskHandler {
             "tasks.mmlu.task.MMLU" => Some(Self::Mmlu),
             "tasks.lambada.task.LAMBADA" => Some(Self::Lambada),
             "tasks.language-modeling.pile.Pile" => Some(Self::Pile),
+            // The current path, and the folder spellings of earlier revisions of the repository.
+            "tasks.ethnic.crows-pair.tasks.CrowsPairTask"
+            | "tasks.ethnic.CROWS_PAIR.tasks.CrowsPairTask" => Some(Self::CrowsPair),
+            "tasks.ethnic.stereoset.tasks.StereoSetTask"
+            | "tasks.ethnic.StereoSet.tasks.StereoSetTask"
+            | "tasks.ethnic.tasks.StereoSetTask" => Some(Self::StereoSet),
             _ => None,
         }
     }
@@ -108,7 +120,9 @@ impl TaskHandler {
     /// The config class the original loads for this handler.
     pub fn family(self) -> TaskType {
         match self {
-            Self::MultiChoice | Self::Mmlu => TaskType::MultiChoice,
+            Self::MultiChoice | Self::Mmlu | Self::CrowsPair | Self::StereoSet => {
+                TaskType::MultiChoice
+            }
             Self::Generation | Self::Lambada => TaskType::Generation,
             Self::LanguageModel | Self::Pile => TaskType::LanguageModel,
         }
@@ -137,6 +151,12 @@ pub enum Metric {
     /// Bits per UTF-8 byte per Pile subset.
     #[serde(rename = "BPB")]
     Bpb,
+    /// CrowS-Pairs: per bias type, the share of pairs whose first sentence scores ≥ the second.
+    #[serde(rename = "CP")]
+    Cp,
+    /// StereoSet: LMS, SS and ICAT per domain and overall.
+    #[serde(rename = "SS_ICAT")]
+    SsIcat,
 }
 
 impl Metric {
@@ -150,6 +170,8 @@ impl Metric {
             "F1" => Some(Self::F1),
             "PPL" => Some(Self::Ppl),
             "BPB" => Some(Self::Bpb),
+            "CP" => Some(Self::Cp),
+            "SS_ICAT" => Some(Self::SsIcat),
             _ => None,
         }
     }
@@ -165,6 +187,8 @@ impl Metric {
             Self::F1 => "F1",
             Self::Ppl => "PPL",
             Self::Bpb => "BPB",
+            Self::Cp => "CP",
+            Self::SsIcat => "SS_ICAT",
         }
     }
 
@@ -175,7 +199,7 @@ impl Metric {
             }
             Self::Em | Self::F1 => family == TaskType::Generation,
             Self::Ppl => family == TaskType::LanguageModel,
-            Self::Bpb => false,
+            Self::Bpb | Self::Cp | Self::SsIcat => false,
         }
     }
 }
@@ -537,6 +561,14 @@ fn describe(node: &Node) -> String {
 }
 
 impl TaskConfig {
+    /// The flags that shape this task's multiple-choice samples.
+    pub fn choice_encoding(&self) -> super::mc::ChoiceEncoding {
+        super::mc::ChoiceEncoding {
+            use_multitask_encoding: self.use_multitask_encoding,
+            use_task_mask: self.use_task_mask,
+        }
+    }
+
     /// Reads and parses a task file.
     pub fn from_file(path: &Path) -> EvalResult<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EvalError::io(path, e))?;
@@ -572,7 +604,9 @@ impl TaskConfig {
                         &key,
                         format!(
                             "custom task module `{m}` is not implemented in this port (known: tasks.mmlu.task.MMLU, \
-                             tasks.lambada.task.LAMBADA, tasks.language-modeling.pile.Pile, evaluation.*Task)"
+                             tasks.lambada.task.LAMBADA, tasks.language-modeling.pile.Pile, \
+                             tasks.ethnic.crows-pair.tasks.CrowsPairTask, \
+                             tasks.ethnic.stereoset.tasks.StereoSetTask, evaluation.*Task)"
                         ),
                     )
                 })?;
@@ -606,6 +640,8 @@ impl TaskConfig {
         let mut metrics = match handler {
             TaskHandler::Lambada => vec![Metric::Accuracy],
             TaskHandler::Pile => vec![Metric::Bpb],
+            TaskHandler::CrowsPair => vec![Metric::Cp],
+            TaskHandler::StereoSet => vec![Metric::SsIcat],
             _ => match family {
                 TaskType::MultiChoice => vec![Metric::Accuracy],
                 TaskType::Generation => vec![Metric::Em, Metric::F1],
@@ -629,25 +665,33 @@ impl TaskConfig {
                     ))
                 }
             };
-            let mut parsed = Vec::new();
-            for (n, l) in names {
-                let m = Metric::parse(n.trim()).ok_or_else(|| {
-                    f.err(l, &key, format!("unknown metric `{n}` (Accuracy, Precision, Recall, F1_mul, EM, F1, PPL)"))
-                })?;
-                if !m.applies_to(family) {
-                    return Err(f.err(
-                        l,
-                        &key,
-                        format!(
-                            "metric `{n}` does not apply to a `{}` task",
-                            family.as_str()
-                        ),
-                    ));
+            // LAMBADA, Pile and the bias tasks define their metrics in code (`self.metrics`
+            // overrides `config.metrics` there): their YAML list is not read.
+            let overridden = matches!(
+                handler,
+                TaskHandler::Lambada
+                    | TaskHandler::Pile
+                    | TaskHandler::CrowsPair
+                    | TaskHandler::StereoSet
+            );
+            if !overridden {
+                let mut parsed = Vec::new();
+                for (n, l) in names {
+                    let m = Metric::parse(n.trim()).ok_or_else(|| {
+                        f.err(l, &key, format!("unknown metric `{n}` (Accuracy, Precision, Recall, F1_mul, EM, F1, PPL)"))
+                    })?;
+                    if !m.applies_to(family) {
+                        return Err(f.err(
+                            l,
+                            &key,
+                            format!(
+                                "metric `{n}` does not apply to a `{}` task",
+                                family.as_str()
+                            ),
+                        ));
+                    }
+                    parsed.push(m);
                 }
-                parsed.push(m);
-            }
-            // LAMBADA and Pile define their metrics in code; the YAML list is overridden there.
-            if !matches!(handler, TaskHandler::Lambada | TaskHandler::Pile) {
                 metrics = parsed;
             }
         }

@@ -121,13 +121,31 @@ impl ChoiceSample {
 /// The layout of one multiple-choice sample: `(tokens, position ids, [n, n] mask, target rows)`.
 pub type ChoiceLayout = (Vec<u32>, Vec<u32>, Vec<bool>, Vec<Vec<usize>>);
 
+/// The task flags that shape a multiple-choice sample.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChoiceEncoding {
+    /// `use_multitask_encoding`: with `[MASK]` appended (no blank filling), choice positions count
+    /// up from the mask instead of repeating it.
+    pub use_multitask_encoding: bool,
+    /// `use_task_mask`: `[gMASK]` instead of `[MASK]`; the choice blocks' positions count up from
+    /// `division` (spec §9.2; StereoSet's YAML sets it).
+    pub use_task_mask: bool,
+}
+
 /// `build_multiple_choice_sample`: the layout of one item (text already truncated). An item
 /// without choices or with an empty choice has no layout: the error says which.
+///
+/// With `use_task_mask` the `[gMASK]` is appended after the text (a `[MASK]` inside the text stays
+/// an ordinary context token, as StereoSet's blanks do) and each choice block's positions are
+/// `division, division + 1, …` (spec §9.2, the revision of `evaluation/dataset.py` these tasks
+/// ran with; the repository's last revision starts one lower, at the `[gMASK]`'s own position,
+/// but there the bias tasks no longer load). A `[gMASK]` already inside the text is refused, as
+/// the original asserts ("Blank filling only support MASK").
 pub fn build_choice_sample(
     text: &[u32],
     choices: &[Vec<u32>],
     is_single_token: bool,
-    use_multitask_encoding: bool,
+    encoding: ChoiceEncoding,
     specials: &SpecialTokens,
 ) -> Result<ChoiceLayout, String> {
     if choices.is_empty() {
@@ -136,14 +154,22 @@ pub fn build_choice_sample(
     if let Some(i) = choices.iter().position(Vec::is_empty) {
         return Err(format!("choice {i} is empty"));
     }
+    let mask_id = if encoding.use_task_mask {
+        specials.gmask
+    } else {
+        specials.mask
+    };
+    if encoding.use_task_mask && text.contains(&mask_id) {
+        return Err("the text holds [gMASK]: blank filling only supports [MASK]".into());
+    }
     let mut tokens = text.to_vec();
     let mut positions: Vec<u32> = (0..text.len() as u32).collect();
-    let blank_filling = text.contains(&specials.mask);
-    let mask_position = match text.iter().position(|&t| t == specials.mask) {
+    let blank_filling = text.contains(&mask_id);
+    let mask_position = match text.iter().position(|&t| t == mask_id) {
         Some(p) => p,
         None => {
             let p = tokens.len();
-            tokens.push(specials.mask);
+            tokens.push(mask_id);
             positions.push(p as u32);
             p
         }
@@ -153,7 +179,9 @@ pub fn build_choice_sample(
     let mut targets = Vec::new();
     for choice in choices {
         let n = choice.len();
-        if blank_filling || !use_multitask_encoding {
+        if encoding.use_task_mask {
+            positions.extend((division..division + n).map(|p| p as u32));
+        } else if blank_filling || !encoding.use_multitask_encoding {
             positions.extend(std::iter::repeat_n(mask_position as u32, n));
         } else {
             positions.extend((mask_position..mask_position + n).map(|p| p as u32));
@@ -188,7 +216,7 @@ pub fn build_choice_sample(
 pub fn prepare_file(
     items: &[ChoiceItem],
     max_seq_length: usize,
-    use_multitask_encoding: bool,
+    encoding: ChoiceEncoding,
     specials: &SpecialTokens,
     path: &std::path::Path,
 ) -> EvalResult<Vec<ChoiceSample>> {
@@ -214,7 +242,7 @@ pub fn prepare_file(
             let keep = (max_seq_length as i64 - tgt as i64 - 2).max(0) as usize;
             text = &text[text.len() - keep.min(text.len())..];
         }
-        if use_multitask_encoding && text.contains(&specials.mask) {
+        if encoding.use_multitask_encoding && text.contains(&specials.mask) {
             return Err(EvalError::data(
                 path,
                 item.line,
@@ -231,14 +259,9 @@ pub fn prepare_file(
         .iter()
         .zip(truncated)
         .map(|(item, text)| {
-            let (tokens, position_ids, mask, choice_target_ids) = build_choice_sample(
-                &text,
-                &item.choices,
-                is_single_token,
-                use_multitask_encoding,
-                specials,
-            )
-            .map_err(|reason| EvalError::data(path, item.line, "choices", reason))?;
+            let (tokens, position_ids, mask, choice_target_ids) =
+                build_choice_sample(&text, &item.choices, is_single_token, encoding, specials)
+                    .map_err(|reason| EvalError::data(path, item.line, "choices", reason))?;
             Ok(ChoiceSample {
                 line: item.line,
                 text,
@@ -293,8 +316,14 @@ mod tests {
     #[test]
     fn blocks_see_the_context_but_not_each_other() {
         let s = SpecialTokens::with_base(1000, 2);
-        let (tokens, pos, mask, targets) =
-            build_choice_sample(&[5, 6], &[vec![7, 8], vec![9]], false, false, &s).unwrap();
+        let (tokens, pos, mask, targets) = build_choice_sample(
+            &[5, 6],
+            &[vec![7, 8], vec![9]],
+            false,
+            ChoiceEncoding::default(),
+            &s,
+        )
+        .unwrap();
         assert_eq!(tokens, vec![5, 6, 1000, 1004, 7, 1004]);
         assert_eq!(pos, vec![0, 1, 2, 2, 2, 2]);
         assert_eq!(targets, vec![vec![3, 4], vec![5]]);
@@ -314,19 +343,52 @@ mod tests {
     #[test]
     fn an_empty_choice_is_an_error_not_a_panic() {
         let s = SpecialTokens::with_base(1000, 2);
-        let e = build_choice_sample(&[5, 6], &[vec![7], vec![]], false, false, &s).unwrap_err();
+        let e = build_choice_sample(
+            &[5, 6],
+            &[vec![7], vec![]],
+            false,
+            ChoiceEncoding::default(),
+            &s,
+        )
+        .unwrap_err();
         assert!(e.contains("choice 1"), "{e}");
-        assert!(build_choice_sample(&[5, 6], &[], false, false, &s).is_err());
+        assert!(build_choice_sample(&[5, 6], &[], false, ChoiceEncoding::default(), &s).is_err());
     }
 
     #[test]
     fn single_token_layout_has_one_sop() {
         let s = SpecialTokens::with_base(1000, 2);
-        let (tokens, pos, _, targets) =
-            build_choice_sample(&[5, 1000, 6], &[vec![7], vec![9]], true, false, &s).unwrap();
+        let (tokens, pos, _, targets) = build_choice_sample(
+            &[5, 1000, 6],
+            &[vec![7], vec![9]],
+            true,
+            ChoiceEncoding::default(),
+            &s,
+        )
+        .unwrap();
         assert_eq!(tokens, vec![5, 1000, 6, 1004]);
         assert_eq!(pos, vec![0, 1, 2, 1]);
         assert_eq!(targets, vec![vec![3]]);
         assert_eq!(argmax(&[1.0, 3.0, 3.0]), 1);
+    }
+
+    #[test]
+    fn task_mask_appends_gmask_and_counts_positions_from_division() {
+        let s = SpecialTokens::with_base(1000, 2);
+        let enc = ChoiceEncoding {
+            use_task_mask: true,
+            ..Default::default()
+        };
+        // The [MASK] inside the text stays a context token; [gMASK] is appended.
+        let (tokens, pos, mask, targets) =
+            build_choice_sample(&[5, s.mask, 6], &[vec![7, 8], vec![9]], false, enc, &s).unwrap();
+        assert_eq!(tokens, vec![5, s.mask, 6, s.gmask, s.sop, 7, s.sop]);
+        assert_eq!(pos, vec![0, 1, 2, 3, 4, 5, 4]);
+        assert_eq!(targets, vec![vec![4, 5], vec![6]]);
+        let n = tokens.len();
+        let sees = |i: usize, j: usize| !mask[i * n + j];
+        assert!(sees(6, 3) && !sees(6, 5) && !sees(3, 4));
+        let e = build_choice_sample(&[5, s.gmask], &[vec![7]], false, enc, &s).unwrap_err();
+        assert!(e.contains("[gMASK]"), "{e}");
     }
 }

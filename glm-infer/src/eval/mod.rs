@@ -6,6 +6,7 @@
 //! - [`data`]: JSONL items with token ids or `*_pretokenized` text, raw text documents.
 //! - [`mc`]: multiple-choice log-probability sums (single-token shortcut at `<sop>`, `[MASK]`).
 //! - [`gen`]: generation through glm-infer's decoding loop and strategies; LAMBADA's task class.
+//! - [`bias`]: CrowS-Pairs and StereoSet, the paper's bias benchmarks (their metrics and reports).
 //! - [`lm`]: strided windows, loss, perplexity, bits per byte.
 //! - [`metrics`]: Accuracy, EM, F1, PPL, BPB and the max / median / average summary.
 //! - [`runner`]: tasks → files → batches, the original's report lines and a JSON [`runner::Report`].
@@ -22,11 +23,12 @@
 //! let config = GlmConfig::tiny();
 //! let model = GlmModel::<Flex>::random(&config, &Default::default(), ModelOptions::default(), 1).unwrap();
 //! let items = vec![glm_infer::eval::data::ChoiceItem { line: 1, text: vec![5, 6, 7], choices: vec![vec![8], vec![9]], label: 0 }];
-//! let samples = mc::prepare_file(&items, 64, false, &config.special_tokens, "d.jsonl".as_ref()).unwrap();
+//! let samples = mc::prepare_file(&items, 64, Default::default(), &config.special_tokens, "d.jsonl".as_ref()).unwrap();
 //! let scores = mc::score_batch(&model, &samples).unwrap();
 //! assert_eq!(scores[0].len(), 2);
 //! ```
 
+pub mod bias;
 pub mod cli;
 pub mod config;
 pub mod data;

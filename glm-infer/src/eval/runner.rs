@@ -9,6 +9,7 @@ use std::time::Instant;
 use burn::tensor::backend::Backend;
 use glm_core::GlmModel;
 
+use super::bias::{self, BiasItems, BiasReport};
 use super::config::{Metric, TaskConfig, TaskHandler, TaskKind};
 use super::data::{self, Document, TokenFields};
 use super::error::{EvalError, EvalResult};
@@ -154,6 +155,9 @@ pub struct FileReport {
     /// Pile: bits per byte per subset.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub bits_per_byte: Vec<MetricValue>,
+    /// CrowS-Pairs / StereoSet: their per-category metric.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bias: Option<BiasReport>,
     /// Items.
     pub details: FileDetails,
 }
@@ -215,6 +219,8 @@ enum Dataset {
     Choice {
         is_single_token: bool,
         samples: Vec<ChoiceSample>,
+        /// CrowS-Pairs / StereoSet: their extra fields, line by line.
+        bias: Option<BiasItems>,
     },
     Generation {
         items: Vec<(usize, GenerationContext, Vec<Vec<u32>>)>,
@@ -256,14 +262,49 @@ fn load_dataset(
             let samples = mc::prepare_file(
                 &items,
                 config.max_seq_length,
-                config.use_multitask_encoding,
+                config.choice_encoding(),
                 specials,
                 path,
             )?;
             let is_single_token = samples.first().is_none_or(|s| s.is_single_token);
+            let bias = match config.handler {
+                TaskHandler::CrowsPair => Some(BiasItems::Crows(bias::read_crows(path)?)),
+                TaskHandler::StereoSet => {
+                    let extra = bias::read_stereoset(path)?;
+                    for (item, e) in items.iter().zip(&extra) {
+                        if e.goal_label.len() < item.choices.len() {
+                            return Err(EvalError::data(
+                                path,
+                                e.line,
+                                "goal_label",
+                                format!(
+                                    "{} labels for {} choices",
+                                    e.goal_label.len(),
+                                    item.choices.len()
+                                ),
+                            ));
+                        }
+                    }
+                    Some(BiasItems::Stereo(extra))
+                }
+                _ => None,
+            };
+            if let Some(b) = &bias {
+                let lines: Vec<usize> = match b {
+                    BiasItems::Crows(v) => v.iter().map(|x| x.line).collect(),
+                    BiasItems::Stereo(v) => v.iter().map(|x| x.line).collect(),
+                };
+                if !lines.iter().copied().eq(items.iter().map(|i| i.line)) {
+                    return Err(EvalError::Usage(format!(
+                        "{}: the bias fields and the choice items were read from different lines",
+                        path.display()
+                    )));
+                }
+            }
             Ok(Dataset::Choice {
                 is_single_token,
                 samples,
+                bias,
             })
         }
         TaskKind::Generation(g) => {
@@ -496,7 +537,11 @@ pub fn evaluate_task<B: Backend>(
                 &mut strategy,
                 observer,
             )?;
-            if config.handler != TaskHandler::Pile {
+            // Pile, CrowS-Pairs and StereoSet override `report_single_metrics` to print nothing.
+            if !matches!(
+                config.handler,
+                TaskHandler::Pile | TaskHandler::CrowsPair | TaskHandler::StereoSet
+            ) {
                 let mut line = format!("        Finish {name}");
                 for m in &report.metrics {
                     line.push_str(&format!(", {} = {:.3}", m.metric, m.value));
@@ -528,6 +573,16 @@ pub fn evaluate_task<B: Backend>(
                 observer.line(&format!("        {} = {:.3}", v.metric, v.value));
             }
             observer.line("");
+        } else if matches!(
+            config.handler,
+            TaskHandler::CrowsPair | TaskHandler::StereoSet
+        ) {
+            // `report_group_metrics`: every file's lines, no group or file name.
+            for f in &g.files {
+                for l in f.bias.iter().flat_map(BiasReport::report_lines) {
+                    observer.line(&l);
+                }
+            }
         } else {
             for l in stats_line("    ", &g.name, &g.stats) {
                 observer.line(&l);
@@ -596,19 +651,65 @@ fn evaluate_file<B: Backend>(
         Dataset::Choice {
             is_single_token,
             samples,
+            bias,
         } => {
             let mut results = Vec::with_capacity(samples.len());
             for chunk in samples.chunks(mbs) {
                 let scores = mc::score_batch(model, chunk)?;
+                if scores.len() != chunk.len() {
+                    return Err(EvalError::Usage(format!(
+                        "scored {} samples of a batch of {}",
+                        scores.len(),
+                        chunk.len()
+                    )));
+                }
                 for (s, lp) in chunk.iter().zip(scores) {
+                    let prediction = if config.handler == TaskHandler::StereoSet {
+                        bias::stereoset_prediction(&lp, &s.choices)
+                    } else {
+                        mc::argmax(&lp)
+                    };
                     results.push(ChoiceResult {
                         line: s.line,
-                        prediction: mc::argmax(&lp),
+                        prediction,
                         choice_log_probs: lp,
                         label: s.label,
                     });
                 }
                 observer.advance(chunk.len());
+            }
+            if let Some(items) = bias {
+                let report = match items {
+                    BiasItems::Crows(items) => {
+                        let first: Vec<f32> = results
+                            .iter()
+                            .map(|r| r.choice_log_probs.first().copied().unwrap_or(0.0))
+                            .collect();
+                        BiasReport::CrowsPairs {
+                            categories: bias::crows_pair_metric(&first, &items)?,
+                        }
+                    }
+                    BiasItems::Stereo(items) => {
+                        let preds: Vec<usize> = results.iter().map(|r| r.prediction).collect();
+                        BiasReport::StereoSet(bias::stereoset_metric(
+                            &preds,
+                            &items,
+                            Path::new(name),
+                        )?)
+                    }
+                };
+                observer.line(report.metric_line());
+                return Ok(FileReport {
+                    file: name.into(),
+                    num_samples,
+                    metrics: Vec::new(),
+                    bits_per_byte: Vec::new(),
+                    bias: Some(report),
+                    details: FileDetails::MultiChoice {
+                        is_single_token,
+                        samples: results,
+                    },
+                });
             }
             let preds: Vec<usize> = results.iter().map(|r| r.prediction).collect();
             let labels: Vec<i64> = results.iter().map(|r| r.label).collect();
@@ -626,6 +727,7 @@ fn evaluate_file<B: Backend>(
                 num_samples,
                 metrics,
                 bits_per_byte: Vec::new(),
+                bias: None,
                 details: FileDetails::MultiChoice {
                     is_single_token,
                     samples: results,
@@ -681,6 +783,7 @@ fn evaluate_file<B: Backend>(
                 num_samples,
                 metrics,
                 bits_per_byte: Vec::new(),
+                bias: None,
                 details: FileDetails::Generation { samples: results },
             })
         }
@@ -744,6 +847,7 @@ fn evaluate_file<B: Backend>(
                     num_samples,
                     metrics: Vec::new(),
                     bits_per_byte: Vec::new(),
+                    bias: None,
                     details: FileDetails::LanguageModel {
                         documents: docs.clone(),
                     },
@@ -768,6 +872,7 @@ fn evaluate_file<B: Backend>(
                 num_samples,
                 metrics: metric_values,
                 bits_per_byte: bpb,
+                bias: None,
                 details: FileDetails::LanguageModel { documents: docs },
             })
         }
