@@ -6,7 +6,7 @@
 use std::collections::BTreeMap;
 
 use burn::module::{Module, Param};
-use burn::tensor::{backend::Backend, Bool, DType, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 
 use crate::attention::SelfAttention;
 use crate::blank::GlmInput;
@@ -433,65 +433,19 @@ impl<B: Backend> GlmModel<B> {
         )
     }
 
-    /// A model with random weights (DeepNorm-style init, seeded through the backend's RNG):
-    /// weights N(0, std) with std = gain/sqrt(fan_in), biases 0, LayerNorm γ=1 β=0.
-    /// `gain` is (2N)^-½ for the value/output projections and the MLP, 1 elsewhere (spec §8).
+    /// A model with random weights: GLM's DeepNorm init drawn on the host by
+    /// [`RandomSource`](crate::weights::RandomSource) (weights N(0, gain/√fan_in) with gain
+    /// (2N)^-½ for the value rows, `attention.dense` and the MLP, 1 elsewhere; biases 0;
+    /// LayerNorm γ=1 β=0; spec §8). The same seed gives the same weights as the checkpoint
+    /// `glm init-random` streams to disk, on every backend.
     pub fn random(
         config: &GlmConfig,
         device: &B::Device,
         options: ModelOptions,
         seed: u64,
     ) -> Result<Self> {
-        config.validate()?;
-        config.validate_rotary(options.rotary)?;
-        B::seed(device, seed);
-        let beta = 1.0 / config.deepnorm_alpha();
-        let h = config.hidden_size;
-        let hn = config.head_dim();
-        let init = |name: &str, shape: &[usize]| -> Result<TensorData> {
-            let n: usize = shape.iter().product();
-            let data = if name.ends_with("layernorm.weight") {
-                TensorData::new(vec![1f32; n], shape.to_vec())
-            } else if name.ends_with(".bias") {
-                TensorData::new(vec![0f32; n], shape.to_vec())
-            } else {
-                let fan_in = shape[1] as f64;
-                let gain = if name.contains("attention.dense") || name.contains("mlp.") {
-                    beta
-                } else {
-                    1.0
-                };
-                let std = gain / fan_in.sqrt();
-                let mut t = Tensor::<B, 2>::random(
-                    [shape[0], shape[1]],
-                    Distribution::Normal(0.0, std),
-                    device,
-                );
-                if name.ends_with("query_key_value.weight") {
-                    // DeepNorm scales only the value rows of the fused per-head [q|k|v] layout.
-                    let rows = Tensor::<B, 1, Int>::arange(0..(3 * h) as i64, device);
-                    let is_v = rows
-                        .remainder_scalar((3 * hn) as i64)
-                        .greater_equal_elem((2 * hn) as i64);
-                    let scale = is_v.float().mul_scalar(beta - 1.0).add_scalar(1.0);
-                    t = t * scale.unsqueeze_dim::<2>(1);
-                }
-                t.into_data()
-            };
-            Ok(data.convert_dtype(options.dtype))
-        };
-        let dtype = options.dtype;
-        let mut fetch = |name: &str, shape: &[usize]| init(name, shape);
-        let mut linear = |prefix: &str, out: usize, inp: usize| -> Result<GlmLinear<B>> {
-            Ok(GlmLinear::new(
-                Tensor::from_data(
-                    init(&format!("{prefix}.weight"), &[out, inp])?,
-                    (device, dtype),
-                ),
-                Tensor::from_data(init(&format!("{prefix}.bias"), &[out])?, (device, dtype)),
-            ))
-        };
-        Self::build(config, device, options, &mut fetch, &mut linear)
+        let source = crate::weights::RandomSource::new(config, seed)?;
+        Self::from_source(config, &source, device, options)
     }
 
     /// Assembles a model: `fetch(name, shape)` gives every non-linear tensor (embedding,

@@ -282,6 +282,9 @@ impl<B: Backend> GlmModel<B> {
                         let m =
                             QuantizedMatrix::from_checkpoint(&name, &weight, &scale, scheme, inp)
                                 .map_err(quant_err)?;
+                        drop((weight, scale));
+                        source.release(&name);
+                        source.release(&format!("{name}{SCALE_SUFFIX}"));
                         Ok(GlmLinear::quantized(
                             QuantizedWeight::from_matrix(&m, device),
                             bias(prefix)?,
@@ -307,6 +310,8 @@ impl<B: Backend> GlmModel<B> {
                             q.scheme,
                         )
                         .map_err(quant_err)?;
+                        drop(weight);
+                        source.release(&name);
                         Ok(GlmLinear::quantized(
                             QuantizedWeight::from_matrix(&m, device),
                             bias(prefix)?,
@@ -541,16 +546,20 @@ fn st_dtype(dtype: DType) -> Option<&'static str> {
 /// has none. An output folder that is the input's own folder (compared as canonical paths, so
 /// `m` and `./m` or a symlink are the same) is refused: the float checkpoint would be replaced.
 /// `progress` is called after every tensor.
-pub fn convert_checkpoint(
-    input: impl AsRef<Path>,
-    output: impl AsRef<Path>,
-    quant: QuantizeOptions,
+/// Writes every tensor of `source` (ignorable buffers skipped) to one safetensors file at `path`,
+/// streamed one tensor at a time (memory: about one tensor in and one out), header first, through
+/// [`write_atomic_with`](crate::weights::write_atomic_with). With `quant`, the four linears of
+/// every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16) exactly as the
+/// original quantizes them (per-shard scales for the row-parallel layers) and the header carries
+/// the quantization marker; every other tensor is converted to `float_dtype`. `progress` is called
+/// after every tensor. What [`convert_checkpoint`] and `glm init-random` write.
+pub fn stream_safetensors(
+    source: &dyn WeightSource,
+    path: &Path,
+    quant: Option<QuantizeOptions>,
     float_dtype: DType,
     progress: &mut dyn FnMut(&ConvertProgress<'_>),
 ) -> Result<ConvertReport> {
-    let (input, output) = (input.as_ref(), output.as_ref());
-    let source = open_checkpoint(input)?;
-    let source: &dyn WeightSource = source.as_ref();
     let file = source.location().to_path_buf();
     let out_dtype = st_dtype(float_dtype)
         .filter(|_| is_float(float_dtype))
@@ -558,10 +567,10 @@ pub fn convert_checkpoint(
             Error::InvalidInput(format!("cannot write float tensors as {float_dtype:?}"))
         })?;
     let tp = quant
-        .tensor_parallel
+        .and_then(|q| q.tensor_parallel)
         .unwrap_or_else(|| source_tp(source))
         .max(1);
-    let quant = quant.with_tensor_parallel(tp);
+    let quant = quant.map(|q| q.with_tensor_parallel(tp));
     // Plan: (name, dtype, shape) of every output tensor, sorted by name.
     let mut plan: Vec<(String, &'static str, Vec<usize>)> = Vec::new();
     for name in source.names() {
@@ -578,7 +587,7 @@ pub fn convert_checkpoint(
             file: file.clone(),
             tensor: name.clone(),
         })?;
-        if is_quantized_linear_weight(&name) {
+        if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(&name)) {
             let [out, inp] = shape[..] else {
                 return Err(Error::ShapeMismatch {
                     file,
@@ -607,26 +616,121 @@ pub fn convert_checkpoint(
         _ => 1,
     };
     let mut header = serde_json::Map::new();
-    header.insert(
-        "__metadata__".into(),
-        serde_json::json!({
+    let metadata = match quant {
+        Some(quant) => serde_json::json!({
             METADATA_SCHEME_KEY: quant.scheme.marker(),
             METADATA_TP_KEY: tp.to_string(),
         }),
-    );
+        None => serde_json::json!({ "format": "pt" }),
+    };
+    header.insert("__metadata__".into(), metadata);
     let mut offset = 0usize;
     for (name, dt, shape) in &plan {
-        let n = shape.iter().product::<usize>() * elem(dt);
+        let n = shape
+            .iter()
+            .try_fold(elem(dt), |a: usize, &d| a.checked_mul(d))
+            .and_then(|n| offset.checked_add(n).map(|end| (n, end)))
+            .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}`: {shape:?} overflows")))?;
         header.insert(
             name.clone(),
-            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, offset + n]}),
+            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, n.1]}),
         );
-        offset += n;
+        offset = n.1;
     }
     let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
         .map_err(|e| Error::InvalidInput(format!("cannot encode header: {e}")))?;
     while header.len() % 8 != 0 {
         header.push(b' ');
+    }
+    let path = path.to_path_buf();
+    crate::weights::write_atomic_with(&path, |out| -> Result<ConvertReport> {
+        let mut w = BufWriter::with_capacity(8 << 20, out);
+        let io = |e| Error::io(&path, e);
+        w.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&header).map_err(io)?;
+        let mut written = (8 + header.len()) as u64;
+        let mut quantized = 0;
+        let total = plan.len();
+        // Names are sorted, so `<linear>.weight` comes right before `<linear>.weight_scale`.
+        let mut pending_scale: Option<(String, TensorData)> = None;
+        for (i, (name, _, shape)) in plan.iter().enumerate() {
+            let data = if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(name)) {
+                let weight = source.load(name)?;
+                let prefix = name.trim_end_matches(".weight");
+                let m = QuantizedMatrix::quantize(
+                    name,
+                    &weight,
+                    quant.shards(prefix, tp),
+                    quant.scheme,
+                )
+                .map_err(quant_err)?;
+                drop(weight);
+                source.release(name);
+                quantized += 1;
+                pending_scale = Some((format!("{name}{SCALE_SUFFIX}"), m.scale_data()));
+                m.weight_data()
+            } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
+                scale
+            } else {
+                load_float(source, name, float_dtype)?
+            };
+            if data.shape.to_vec() != *shape {
+                return Err(Error::ShapeMismatch {
+                    file: file.clone(),
+                    tensor: name.clone(),
+                    expected: shape.clone(),
+                    found: data.shape.to_vec(),
+                });
+            }
+            w.write_all(data.as_bytes()).map_err(io)?;
+            written += data.as_bytes().len() as u64;
+            progress(&ConvertProgress {
+                done: i + 1,
+                total,
+                tensor: name,
+                bytes: written,
+            });
+        }
+        w.flush().map_err(io)?;
+        Ok(ConvertReport {
+            path: path.clone(),
+            tensors: total,
+            quantized,
+            bytes: written,
+            tensor_parallel: tp,
+        })
+    })
+}
+
+pub fn convert_checkpoint(
+    input: impl AsRef<Path>,
+    output: impl AsRef<Path>,
+    quant: QuantizeOptions,
+    float_dtype: DType,
+    progress: &mut dyn FnMut(&ConvertProgress<'_>),
+) -> Result<ConvertReport> {
+    let (input, output) = (input.as_ref(), output.as_ref());
+    let source = open_checkpoint(input)?;
+    let source: &dyn WeightSource = source.as_ref();
+    // What `stream_safetensors` refuses, refused before any folder is created.
+    if st_dtype(float_dtype)
+        .filter(|_| is_float(float_dtype))
+        .is_none()
+    {
+        return Err(Error::InvalidInput(format!(
+            "cannot write float tensors as {float_dtype:?}"
+        )));
+    }
+    if let Some(name) = source
+        .names()
+        .into_iter()
+        .find(|n| n.ends_with(SCALE_SUFFIX))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: `{name}` shows the checkpoint is already quantized",
+            source.location().display()
+        )));
     }
     std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
     let input_dir = if input.is_dir() {
@@ -661,62 +765,7 @@ pub fn convert_checkpoint(
         Err(e) => return Err(Error::io(&config_dst, e)),
     }
     let path = output.join("model.safetensors");
-    let report = crate::weights::write_atomic_with(&path, |out| -> Result<ConvertReport> {
-        let mut w = BufWriter::with_capacity(8 << 20, out);
-        let io = |e| Error::io(&path, e);
-        w.write_all(&(header.len() as u64).to_le_bytes())
-            .map_err(io)?;
-        w.write_all(&header).map_err(io)?;
-        let mut written = (8 + header.len()) as u64;
-        let mut quantized = 0;
-        let total = plan.len();
-        // Names are sorted, so `<linear>.weight` comes right before `<linear>.weight_scale`.
-        let mut pending_scale: Option<(String, TensorData)> = None;
-        for (i, (name, _, shape)) in plan.iter().enumerate() {
-            let data = if is_quantized_linear_weight(name) {
-                let weight = source.load(name)?;
-                let prefix = name.trim_end_matches(".weight");
-                let m = QuantizedMatrix::quantize(
-                    name,
-                    &weight,
-                    quant.shards(prefix, tp),
-                    quant.scheme,
-                )
-                .map_err(quant_err)?;
-                quantized += 1;
-                pending_scale = Some((format!("{name}{SCALE_SUFFIX}"), m.scale_data()));
-                m.weight_data()
-            } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
-                scale
-            } else {
-                load_float(source, name, float_dtype)?
-            };
-            if data.shape.to_vec() != *shape {
-                return Err(Error::ShapeMismatch {
-                    file: file.clone(),
-                    tensor: name.clone(),
-                    expected: shape.clone(),
-                    found: data.shape.to_vec(),
-                });
-            }
-            w.write_all(data.as_bytes()).map_err(io)?;
-            written += data.as_bytes().len() as u64;
-            progress(&ConvertProgress {
-                done: i + 1,
-                total,
-                tensor: name,
-                bytes: written,
-            });
-        }
-        w.flush().map_err(io)?;
-        Ok(ConvertReport {
-            path: path.clone(),
-            tensors: total,
-            quantized,
-            bytes: written,
-            tensor_parallel: tp,
-        })
-    })?;
+    let report = stream_safetensors(source, &path, Some(quant), float_dtype, progress)?;
     if let Some(bytes) = config_bytes {
         crate::weights::write_atomic(&config_dst, &bytes)?;
     }

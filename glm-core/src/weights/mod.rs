@@ -5,6 +5,7 @@
 //! Every failure is a typed [`Error`](crate::Error) naming the file and the tensor.
 
 mod names;
+mod random;
 mod safetensors;
 mod sat;
 
@@ -15,6 +16,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, TensorData};
 
 pub use self::names::{is_ignored_name, param_specs, ParamKind, ParamSpec};
+pub use self::random::RandomSource;
 pub use self::safetensors::{save_safetensors, SafetensorsFile};
 pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule, TorchShard};
 use crate::error::{Error, Result};
@@ -27,8 +29,13 @@ pub trait WeightSource {
     fn names(&self) -> Vec<String>;
     /// Shape of `name`, if present (no data is read).
     fn shape(&self, name: &str) -> Option<Vec<usize>>;
-    /// Reads `name` (native dtype, host memory). Missing → [`Error::MissingTensor`].
+    /// Reads `name` (native dtype, host memory). Missing → [`Error::MissingTensor`]. The data
+    /// may borrow the source's memory map (see [`SafetensorsFile`]).
     fn load(&self, name: &str) -> Result<TensorData>;
+    /// A hint that the caller has made its own copy of `name` and will not read the loaded data
+    /// again soon: a memory-mapped source gives the pages back to the OS (they are read again
+    /// from the file if touched). The default does nothing.
+    fn release(&self, _name: &str) {}
 }
 
 /// Float dtypes a model can be built in.
@@ -100,7 +107,9 @@ pub fn load_float(source: &dyn WeightSource, name: &str, dtype: DType) -> Result
     Ok(if data.dtype == dtype {
         data
     } else {
-        data.convert_dtype(dtype)
+        let converted = data.convert_dtype(dtype);
+        source.release(name);
+        converted
     })
 }
 

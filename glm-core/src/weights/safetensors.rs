@@ -1,9 +1,17 @@
 //! Memory-mapped safetensors reading and atomic writing.
+//!
+//! Loading is zero-copy where it can be: a tensor whose bytes in the mapping are aligned for its
+//! dtype becomes a [`TensorData`] that *borrows the mapping* (burn's shared, copy-on-write
+//! [`Bytes`]), so a CPU model built from it holds no second copy of its weights: the resident set
+//! is the mapped file pages the model touches. A tensor that must be converted or repacked (a
+//! dtype change, quantize-on-load, a misaligned offset) is copied, and the caller hands its
+//! pages back with [`WeightSource::release`] once the copy is made.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use burn::tensor::{DType, TensorData};
+use burn::tensor::{AllocationProperty, Bytes, DType, TensorData};
 use memmap2::Mmap;
 use safetensors::tensor::{Dtype, Metadata, TensorInfo, TensorView};
 
@@ -13,7 +21,7 @@ use crate::error::{Error, Result};
 /// A safetensors file mapped into memory; tensors are copied out one at a time on [`load`](WeightSource::load).
 pub struct SafetensorsFile {
     path: PathBuf,
-    mmap: Mmap,
+    mmap: Arc<Mmap>,
     data_start: usize,
     metadata: Metadata,
 }
@@ -39,7 +47,7 @@ impl SafetensorsFile {
             .map_err(|e| Error::corrupt(&path, format!("not a valid safetensors file: {e}")))?;
         Ok(Self {
             path,
-            mmap,
+            mmap: Arc::new(mmap),
             data_start: 8 + header_len,
             metadata,
         })
@@ -53,6 +61,40 @@ impl SafetensorsFile {
     pub fn dtype(&self, name: &str) -> Option<DType> {
         self.info(name).and_then(|i| to_burn_dtype(i.dtype))
     }
+
+    /// The byte range of `name` inside the mapping (checked against the file length).
+    fn range(&self, name: &str, info: &TensorInfo) -> Result<std::ops::Range<usize>> {
+        let (start, end) = info.data_offsets;
+        let range = self
+            .data_start
+            .checked_add(start)
+            .zip(self.data_start.checked_add(end))
+            .map(|(a, b)| a..b)
+            .filter(|r| r.start <= r.end && r.end <= self.mmap.len())
+            .ok_or_else(|| {
+                Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file"))
+            })?;
+        Ok(range)
+    }
+}
+
+/// A window of the shared mapping that owns a reference to it (the owner of a zero-copy tensor).
+struct MappedSlice {
+    map: Arc<Mmap>,
+    range: std::ops::Range<usize>,
+}
+
+impl AsRef<[u8]> for MappedSlice {
+    fn as_ref(&self) -> &[u8] {
+        // The range was checked against the mapping's length when the slice was made.
+        self.map.get(self.range.clone()).unwrap_or(&[])
+    }
+}
+
+/// Whether `GLM_NO_MMAP_TENSORS` asks for copies instead of tensors borrowing the mapping (for
+/// measuring the difference).
+fn zero_copy_enabled() -> bool {
+    std::env::var_os("GLM_NO_MMAP_TENSORS").is_none()
 }
 
 impl WeightSource for SafetensorsFile {
@@ -80,18 +122,44 @@ impl WeightSource for SafetensorsFile {
             tensor: name.to_string(),
             dtype: format!("{:?}", info.dtype),
         })?;
-        let (start, end) = info.data_offsets;
-        let bytes = self
-            .mmap
-            .get(self.data_start + start..self.data_start + end)
-            .ok_or_else(|| {
-                Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file"))
-            })?;
+        let range = self.range(name, info)?;
+        let bytes = self.mmap.get(range.clone()).ok_or_else(|| {
+            Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file"))
+        })?;
+        let align = dtype.size().max(1);
+        if zero_copy_enabled() && (bytes.as_ptr() as usize).is_multiple_of(align) {
+            let shared = bytes::Bytes::from_owner(MappedSlice {
+                map: Arc::clone(&self.mmap),
+                range,
+            });
+            return Ok(TensorData::from_bytes(
+                Bytes::from_shared(shared, AllocationProperty::File),
+                info.shape.clone(),
+                dtype,
+            ));
+        }
         Ok(TensorData::from_bytes_vec(
             bytes.to_vec(),
             info.shape.clone(),
             dtype,
         ))
+    }
+
+    fn release(&self, name: &str) {
+        let Some(info) = self.info(name) else { return };
+        let Ok(range) = self.range(name, info) else {
+            return;
+        };
+        // SAFETY: the mapping is a read-only shared mapping of a regular file: MADV_DONTNEED only
+        // drops this process's page-table entries, and a later access (a tensor still borrowing
+        // these bytes) faults the same file contents back in. Failure only means the pages stay.
+        let _ = unsafe {
+            self.mmap.unchecked_advise_range(
+                memmap2::UncheckedAdvice::DontNeed,
+                range.start,
+                range.len(),
+            )
+        };
     }
 }
 

@@ -3,8 +3,11 @@
 //! ```text
 //! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
 //! glm quantize INPUT OUTPUT --quantization-bit-width 4|8 [--tensor-parallel N]
-//! glm init-random --out DIR [--preset tiny|small|base] [--vocab-size N] [--seed S]
+//! glm init-random --out DIR [--preset tiny|small|base|glm-130b] [--layers K] [--vocab-size N]
+//!                 [--quantization-bit-width 4|8] [--tensor-parallel N] [--dtype f16] [--seed S]
 //! glm evaluate TASK.yaml|DIR ... --model DIR [--data-path ROOT] [--report FILE]
+//! glm plan [--preset glm-130b | --config config.json] --device-memory 24GiB [--tensor-parallel N]
+//!          [--quantization-bit-width 4|8] [--dtype f16] [--batch B] [--sequence-length S] [--offload] [--json]
 //! ```
 
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
@@ -16,7 +19,7 @@ use std::process::ExitCode;
 
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
-use glm_core::{GlmConfig, GlmModel, ModelOptions, SpecialTokens};
+use glm_core::{GlmConfig, GlmModel, SpecialTokens};
 use glm_infer::cli::{load_codec, load_config, load_model, Codec};
 use glm_infer::{
     build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result,
@@ -44,6 +47,9 @@ enum Command {
     Quantize(QuantizeArgs),
     /// Run GLM-130B evaluation tasks (task YAMLs / folders) against a model (evaluate.py).
     Evaluate(glm_infer::eval::cli::EvaluateArgs),
+    /// Plan memory: what a model needs per device (weights by kind, KV cache, activations) and
+    /// whether it fits.
+    Plan(PlanArgs),
 }
 
 #[derive(clap::Args, Clone)]
@@ -134,18 +140,30 @@ struct QuantizeArgs {
 
 #[derive(clap::Args)]
 struct InitArgs {
-    /// Output folder.
+    /// Output folder (gets config.json + model.safetensors).
     #[arg(long)]
     out: PathBuf,
-    /// tiny, small or base.
+    /// tiny, small, base, or glm-130b (hidden 12288, 96 heads, inner 32768, vocab 150528).
     #[arg(long, default_value = "tiny")]
     preset: String,
+    /// Override the number of layers (e.g. a 2-layer full-width GLM-130B slice).
+    #[arg(long)]
+    layers: Option<usize>,
     /// Override the vocabulary size (e.g. 150528 to match an icetk tokenizer).
     #[arg(long)]
     vocab_size: Option<usize>,
     /// Use GLM-130B's special ids (150000.., eos 20002).
     #[arg(long)]
     glm130b_specials: bool,
+    /// Write the four linears of every layer as INT4 / INT8 (GLM-130B's scheme) instead of float.
+    #[arg(long)]
+    quantization_bit_width: Option<u32>,
+    /// Tensor-parallel degree the row-parallel INT scales are computed for.
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+    /// dtype of the float tensors: f32, f16 or bf16 (default: f16 for glm-130b, else f32).
+    #[arg(long)]
+    dtype: Option<String>,
     #[arg(long, default_value_t = 42)]
     seed: u64,
 }
@@ -155,6 +173,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(args),
         Command::InitRandom(args) => init_random(args),
+        Command::Plan(args) => plan(args),
         Command::Quantize(args) => quantize(args),
         Command::Evaluate(args) => {
             glm_infer::eval::cli::run(args).map_err(|e| Error::Usage(e.to_string()))
@@ -203,40 +222,240 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
     Ok(())
 }
 
-fn init_random(args: InitArgs) -> Result<()> {
-    let mut config = match args.preset.as_str() {
-        "tiny" => GlmConfig::tiny(),
-        "small" => GlmConfig::small(),
-        "base" => GlmConfig::base(),
-        other => {
+#[derive(clap::Args, Clone)]
+struct PlanArgs {
+    /// tiny, small, base or glm-130b (or --config).
+    #[arg(long, default_value = "glm-130b")]
+    preset: String,
+    /// A config.json instead of a preset.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override the number of layers.
+    #[arg(long)]
+    layers: Option<usize>,
+    /// f32, f16 or bf16: float weights, activations and KV cache.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// 4 or 8: INT4 / INT8 linears.
+    #[arg(long)]
+    quantization_bit_width: Option<u32>,
+    /// Devices the model is split over.
+    #[arg(long, default_value_t = 1)]
+    tensor_parallel: usize,
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Tokens per sequence (prompt + generated).
+    #[arg(long, default_value_t = 2048)]
+    sequence_length: usize,
+    /// Memory of a device (e.g. 24GiB, 40GB); repeat once per device, or give one for all.
+    #[arg(long, required = true)]
+    device_memory: Vec<String>,
+    /// Layer-streamed offload: layers stay in host memory, as many as fit are resident.
+    #[arg(long)]
+    offload: bool,
+    /// Keep the whole word embedding on every rank instead of splitting it by vocabulary.
+    #[arg(long)]
+    replicated_embedding: bool,
+    /// Fixed allowance per device for the backend (context, library workspaces, runtime).
+    #[arg(long, default_value = "512MiB")]
+    workspace: String,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn plan(args: PlanArgs) -> Result<()> {
+    use glm_core::plan::{gib, parse_bytes, EmbeddingLayout, LinearFormat, PlanRequest};
+    let mut config = match &args.config {
+        Some(path) => GlmConfig::from_file(path)?,
+        None => preset(&args.preset)?,
+    };
+    if let Some(layers) = args.layers {
+        config.num_layers = layers;
+    }
+    let dtype = glm_infer::cli::parse_dtype(&args.dtype)?;
+    let linears = match args.quantization_bit_width {
+        None => LinearFormat::Float,
+        Some(8) => LinearFormat::Int8,
+        Some(4) => LinearFormat::Int4,
+        Some(b) => {
             return Err(Error::Usage(format!(
-                "unknown preset `{other}` (tiny, small, base)"
+                "--quantization-bit-width {b}: expected 4 or 8"
             )))
         }
     };
+    let usage = |flag: &str, e: glm_core::Error| Error::Usage(format!("{flag}: {e}"));
+    let device_memory = args
+        .device_memory
+        .iter()
+        .map(|m| parse_bytes(m).map_err(|e| usage("--device-memory", e)))
+        .collect::<Result<Vec<u64>>>()?;
+    let request = PlanRequest {
+        config,
+        dtype_bytes: dtype.size() as u64,
+        linears,
+        tensor_parallel: args.tensor_parallel,
+        batch: args.batch,
+        sequence_length: args.sequence_length,
+        device_memory,
+        offload: args.offload,
+        embedding: if args.replicated_embedding {
+            EmbeddingLayout::Replicated
+        } else {
+            EmbeddingLayout::VocabParallel
+        },
+        workspace: parse_bytes(&args.workspace).map_err(|e| usage("--workspace", e))?,
+    };
+    let p = glm_core::plan::plan(&request).map_err(|e| Error::Usage(e.to_string()))?;
+    if args.json {
+        let text = serde_json::to_string_pretty(&p)
+            .map_err(|e| Error::Usage(format!("cannot encode the plan: {e}")))?;
+        println!("{text}");
+        return Ok(());
+    }
+    println!(
+        "{} layers, {:?} linears, {} per float, tensor parallel {}, batch {} x {} tokens, embedding {}{}",
+        request.config.num_layers,
+        p.linears,
+        args.dtype,
+        p.tensor_parallel,
+        p.batch,
+        p.sequence_length,
+        match p.embedding {
+            EmbeddingLayout::VocabParallel => "vocab-parallel",
+            EmbeddingLayout::Replicated => "replicated",
+        },
+        if p.offload { ", offload" } else { "" }
+    );
+    println!(
+        "{:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  verdict",
+        "rank",
+        "linears",
+        "embedding",
+        "norms+bias",
+        "scales",
+        "kv cache",
+        "act prefill",
+        "act decode",
+        "workspace",
+        "total"
+    );
+    for d in &p.devices {
+        let w = &d.weights;
+        let verdict = if d.fits {
+            format!("fits ({} free)", gib(d.margin.max(0) as u64))
+        } else {
+            format!("DOES NOT FIT (short {})", gib((-d.margin).max(0) as u64))
+        };
+        println!(
+            "{:>4} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11} {:>11}  {verdict} of {}{}",
+            d.rank,
+            gib(w.linears),
+            gib(w.embedding),
+            gib(w.norms_biases),
+            gib(w.scales),
+            gib(d.kv_cache),
+            gib(d.activation_prefill),
+            gib(d.activation_decode),
+            gib(d.workspace),
+            gib(d.total),
+            gib(d.device_memory),
+            if p.offload {
+                format!(", {} of {} layers resident", d.resident_layers, request.config.num_layers)
+            } else {
+                String::new()
+            }
+        );
+    }
+    println!(
+        "{}: largest batch at {} tokens = {}, longest sequence at batch {} = {}",
+        if p.fits { "FITS" } else { "DOES NOT FIT" },
+        p.sequence_length,
+        p.max_batch,
+        p.batch,
+        p.max_sequence_length
+    );
+    Ok(())
+}
+
+fn preset(name: &str) -> Result<GlmConfig> {
+    Ok(match name {
+        "tiny" => GlmConfig::tiny(),
+        "small" => GlmConfig::small(),
+        "base" => GlmConfig::base(),
+        "glm-130b" | "glm130b" => GlmConfig::glm_130b(),
+        other => {
+            return Err(Error::Usage(format!(
+                "unknown preset `{other}` (tiny, small, base, glm-130b)"
+            )))
+        }
+    })
+}
+
+fn init_random(args: InitArgs) -> Result<()> {
+    let mut config = preset(&args.preset)?;
     if args.glm130b_specials {
         config.special_tokens = SpecialTokens::glm_130b();
     }
     if let Some(v) = args.vocab_size {
         config.vocab_size = v;
     }
+    if let Some(layers) = args.layers {
+        config.num_layers = layers;
+    }
     check_init_config(&config, args.vocab_size.is_some())?;
+    let quant =
+        glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
+    let default_dtype = if config.hidden_size >= 12288 {
+        "f16"
+    } else {
+        "f32"
+    };
+    let float_dtype = glm_infer::cli::parse_dtype(args.dtype.as_deref().unwrap_or(default_dtype))?;
+    let source = glm_core::weights::RandomSource::new(&config, args.seed)?;
     std::fs::create_dir_all(&args.out).map_err(|e| Error::Io {
         path: args.out.clone(),
         source: e,
     })?;
-    let model = GlmModel::<burn::backend::Flex>::random(
-        &config,
-        &Default::default(),
-        ModelOptions::default(),
-        args.seed,
-    )?;
-    config.save(args.out.join("config.json"))?;
-    model.save_safetensors(args.out.join("model.safetensors"), burn::tensor::DType::F32)?;
+    // The config goes last: a folder with a config always has its model next to it.
+    let config_path = args.out.join("config.json");
+    match std::fs::remove_file(&config_path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(Error::Io {
+                path: config_path,
+                source: e,
+            })
+        }
+        _ => {}
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} tensors {msg} [{elapsed_precise}, eta {eta}]",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = glm_core::quantized::stream_safetensors(
+        &source,
+        &args.out.join("model.safetensors"),
+        quant,
+        float_dtype,
+        &mut |p| {
+            bar.set_length(p.total as u64);
+            bar.set_position(p.done as u64);
+            bar.set_message(p.tensor.to_string());
+        },
+    );
+    bar.finish_and_clear();
+    let report = report?;
+    config.save(&config_path)?;
     println!(
-        "wrote {} ({} parameters)",
+        "wrote {} ({} parameters, {} tensors, {} linears quantized, {:.2} GB)",
         args.out.display(),
-        config.num_parameters()
+        config.num_parameters(),
+        report.tensors,
+        report.quantized,
+        report.bytes as f64 / 1e9
     );
     Ok(())
 }
