@@ -43,6 +43,7 @@ pub mod layer;
 pub mod layernorm;
 pub mod linear;
 pub mod model;
+pub mod offload;
 pub mod plan;
 pub mod quantized;
 pub mod rotary;

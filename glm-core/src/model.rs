@@ -72,6 +72,9 @@ pub struct GlmModel<B: Backend> {
     rotary: Rotary<B>,
     #[module(skip)]
     config: GlmConfig,
+    /// Layers streamed from the checkpoint (layer-streamed offload), if any.
+    #[module(skip)]
+    pub(crate) offload: Option<crate::offload::OffloadStore>,
 }
 
 impl<B: Backend> GlmModel<B> {
@@ -144,7 +147,7 @@ impl<B: Backend> GlmModel<B> {
         options: ForwardOptions,
     ) -> Result<ForwardOutput<B>> {
         self.check_tensors(&tokens, &position_ids, &mask, cache.as_deref())?;
-        Ok(self.forward_checked(tokens, position_ids, mask, cache, options))
+        self.forward_checked(tokens, position_ids, mask, cache, options)
     }
 
     /// [`forward_with`](Self::forward_with) on host-side inputs: `input` is validated on the host
@@ -157,7 +160,7 @@ impl<B: Backend> GlmModel<B> {
         input.validate(&self.config)?;
         let device = self.word_embeddings.val().device();
         let (tokens, position_ids, mask) = input.try_to_tensors::<B>(&device)?;
-        Ok(self.forward_checked(tokens, position_ids, mask, None, options))
+        self.forward_checked(tokens, position_ids, mask, None, options)
     }
 
     /// Checks device-side inputs against this model and `cache`: tokens and positions `[batch,
@@ -194,7 +197,7 @@ impl<B: Backend> GlmModel<B> {
         let cached = match cache {
             Some(cache) => {
                 cache.check_compatible(
-                    self.layers.len(),
+                    self.config.num_layers,
                     self.config.num_attention_heads,
                     self.config.head_dim(),
                     batch,
@@ -267,31 +270,66 @@ impl<B: Backend> GlmModel<B> {
         tokens: Tensor<B, 2, Int>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         options: ForwardOptions,
-    ) -> ForwardOutput<B> {
-        let mut x = self.embed_checked(tokens);
-        let mut hidden_states = Vec::new();
-        for layer in &self.layers {
-            x = layer.forward(
-                x,
-                &self.rotary,
-                position_ids.clone(),
-                mask.clone(),
-                cache.as_deref_mut(),
-            );
-            if options.hidden_states {
-                hidden_states.push(x.clone());
-            }
-        }
+    ) -> Result<ForwardOutput<B>> {
+        let x = self.embed_checked(tokens);
+        let (mut x, hidden_states) =
+            self.run_layers(x, position_ids, mask, cache, options.hidden_states)?;
         if options.last_only {
             let seq = x.dims()[1];
             x = x.narrow(1, seq.saturating_sub(1), 1);
         }
-        ForwardOutput {
+        Ok(ForwardOutput {
             logits: self.logits(self.final_layernorm.forward(x)),
             hidden_states,
+        })
+    }
+
+    /// Every layer in order (resident or streamed), optionally keeping each output.
+    fn run_layers(
+        &self,
+        mut x: Tensor<B, 3>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        mut cache: Option<&mut KvCache<B>>,
+        keep: bool,
+    ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
+        let mut hidden_states = Vec::new();
+        for l in 0..self.config.num_layers {
+            x = self.with_layer(l, |layer| {
+                layer.forward(
+                    x,
+                    &self.rotary,
+                    position_ids.clone(),
+                    mask.clone(),
+                    cache.as_deref_mut(),
+                )
+            })?;
+            if keep {
+                hidden_states.push(x.clone());
+            }
         }
+        Ok((x, hidden_states))
+    }
+
+    /// The inference forward up to the final LayerNorm, without the logits: what scoring chosen
+    /// rows needs ([`logits`](Self::logits) on the rows it picks). Inputs are checked as in
+    /// [`forward`](Self::forward); offloaded layers are streamed.
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, seq]`; `mask`: `[batch | 1, 1, seq, seq]`
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward_normed(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+    ) -> Result<Tensor<B, 3>> {
+        self.check_tensors(&tokens, &position_ids, &mask, None)?;
+        let x = self.embed_checked(tokens);
+        let (x, _) = self.run_layers(x, position_ids, mask, None, false)?;
+        Ok(self.final_layernorm.forward(x))
     }
 
     /// The training forward pass: embedding lookup with the embedding-gradient shrink, dropout
@@ -313,6 +351,9 @@ impl<B: Backend> GlmModel<B> {
     /// host ([`GlmInput::validate`], what glm-train's batcher builds from) — out-of-range ids
     /// panic in the backend's lookup or read garbage. [`try_forward_train`](Self::try_forward_train)
     /// checks device-side inputs first.
+    ///
+    /// # Panics
+    /// On a layer-streamed (offloaded) model, which is for inference only.
     pub fn forward_train(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -326,6 +367,12 @@ impl<B: Backend> GlmModel<B> {
             x = x.clone() * shrink_alpha + x.detach() * (1.0 - shrink_alpha);
         }
         x = dropout.hidden(x);
+        // Training runs on resident models (glm-train never builds an offloaded one); a model
+        // from `from_source_offloaded` is for inference and `try_forward_train` refuses it.
+        assert!(
+            self.offload.is_none(),
+            "forward_train on a layer-streamed (offloaded) model: offload is for inference"
+        );
         for layer in &self.layers {
             x = layer.forward_with_dropout(
                 x,
@@ -349,6 +396,12 @@ impl<B: Backend> GlmModel<B> {
         shrink_alpha: f64,
         dropout: &mut Dropout,
     ) -> Result<Tensor<B, 3>> {
+        if self.offload.is_some() {
+            return Err(Error::InvalidInput(
+                "a layer-streamed (offloaded) model is for inference; train a resident model"
+                    .into(),
+            ));
+        }
         self.check_tensors(&tokens, &position_ids, &mask, None)?;
         Ok(self.forward_train(tokens, position_ids, mask, shrink_alpha, dropout))
     }
@@ -401,7 +454,7 @@ impl<B: Backend> GlmModel<B> {
 
     /// An empty KV cache sized for this model.
     pub fn new_cache(&self) -> KvCache<B> {
-        KvCache::new(self.layers.len())
+        KvCache::new(self.config.num_layers)
     }
 
     /// Loads a model from a checkpoint under the original names, converting to `options.dtype`.
@@ -458,48 +511,37 @@ impl<B: Backend> GlmModel<B> {
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
         linear: &mut LinearLoader<'_, B>,
     ) -> Result<Self> {
+        Self::build_first(config, device, options, fetch, linear, config.num_layers)
+    }
+
+    /// [`build`](Self::build) with only the first `resident` layers (offload streams the rest).
+    pub(crate) fn build_first(
+        config: &GlmConfig,
+        device: &B::Device,
+        options: ModelOptions,
+        fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
+        linear: &mut LinearLoader<'_, B>,
+        resident: usize,
+    ) -> Result<Self> {
         config.validate()?;
         config.validate_rotary(options.rotary)?;
         let h = config.hidden_size;
-        let i = config.inner_size();
         let dtype = options.dtype;
-        let mut t1 = |name: String, n: usize| -> Result<Tensor<B, 1>> {
-            Ok(Tensor::from_data(fetch(&name, &[n])?, (device, dtype)))
-        };
-        let mut ln = |prefix: String| -> Result<LayerNorm<B>> {
-            Ok(LayerNorm::new(
-                t1(format!("{prefix}.weight"), h)?,
-                t1(format!("{prefix}.bias"), h)?,
+        let final_layernorm = {
+            let mut t1 = |name: String| -> Result<Tensor<B, 1>> {
+                Ok(Tensor::from_data(fetch(&name, &[h])?, (device, dtype)))
+            };
+            LayerNorm::new(
+                t1("transformer.final_layernorm.weight".into())?,
+                t1("transformer.final_layernorm.bias".into())?,
                 config.layernorm_epsilon,
-            ))
+            )
         };
-        let final_layernorm = ln("transformer.final_layernorm".into())?;
-        let mut layer_norms = Vec::with_capacity(config.num_layers);
-        for l in 0..config.num_layers {
-            layer_norms.push((
-                ln(format!("transformer.layers.{l}.input_layernorm"))?,
-                ln(format!("transformer.layers.{l}.post_attention_layernorm"))?,
-            ));
-        }
-        let mut layers = Vec::with_capacity(config.num_layers);
-        for (l, (input_layernorm, post_attention_layernorm)) in layer_norms.into_iter().enumerate()
-        {
-            let p = format!("transformer.layers.{l}.");
-            layers.push(GlmLayer {
-                input_layernorm,
-                attention: SelfAttention {
-                    query_key_value: linear(&format!("{p}attention.query_key_value"), 3 * h, h)?,
-                    dense: linear(&format!("{p}attention.dense"), h, h)?,
-                    num_heads: config.num_attention_heads,
-                    layer_id: l,
-                },
-                post_attention_layernorm,
-                mlp: GeGlu {
-                    dense_h_to_4h: linear(&format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
-                    dense_4h_to_h: linear(&format!("{p}mlp.dense_4h_to_h"), h, i)?,
-                },
-                deepnorm_alpha: config.deepnorm_alpha(),
-            });
+        let mut layers = Vec::with_capacity(resident);
+        for l in 0..resident.min(config.num_layers) {
+            layers.push(Self::assemble_layer(
+                config, l, device, dtype, fetch, linear,
+            )?);
         }
         let emb = fetch(
             "transformer.word_embeddings.weight",
@@ -518,12 +560,67 @@ impl<B: Backend> GlmModel<B> {
             final_layernorm,
             rotary,
             config: config.clone(),
+            offload: None,
+        })
+    }
+
+    /// Builds layer `l` from `fetch` (its LayerNorms, model dtype) and `linear` (its four linears):
+    /// what [`build`](Self::build) does per layer and what layer-streamed offload does before a
+    /// layer's forward.
+    pub(crate) fn assemble_layer(
+        config: &GlmConfig,
+        l: usize,
+        device: &B::Device,
+        dtype: DType,
+        fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
+        linear: &mut LinearLoader<'_, B>,
+    ) -> Result<GlmLayer<B>> {
+        let h = config.hidden_size;
+        let i = config.inner_size();
+        let p = format!("transformer.layers.{l}.");
+        let mut ln = |name: &str| -> Result<LayerNorm<B>> {
+            let mut t1 = |part: &str| -> Result<Tensor<B, 1>> {
+                Ok(Tensor::from_data(
+                    fetch(&format!("{p}{name}.{part}"), &[h])?,
+                    (device, dtype),
+                ))
+            };
+            Ok(LayerNorm::new(
+                t1("weight")?,
+                t1("bias")?,
+                config.layernorm_epsilon,
+            ))
+        };
+        let input_layernorm = ln("input_layernorm")?;
+        let post_attention_layernorm = ln("post_attention_layernorm")?;
+        Ok(GlmLayer {
+            input_layernorm,
+            attention: SelfAttention {
+                query_key_value: linear(&format!("{p}attention.query_key_value"), 3 * h, h)?,
+                dense: linear(&format!("{p}attention.dense"), h, h)?,
+                num_heads: config.num_attention_heads,
+                layer_id: l,
+            },
+            post_attention_layernorm,
+            mlp: GeGlu {
+                dense_h_to_4h: linear(&format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
+                dense_4h_to_h: linear(&format!("{p}mlp.dense_4h_to_h"), h, i)?,
+            },
+            deepnorm_alpha: config.deepnorm_alpha(),
         })
     }
 
     /// Every parameter under its original name (host copies, in the model dtype). Fails only when
     /// a quantized weight cannot be read back from its device tensors.
     pub fn named_tensors(&self) -> Result<BTreeMap<String, TensorData>> {
+        if let Some(store) = &self.offload {
+            return Err(Error::InvalidInput(format!(
+                "only {} of {} layers are resident (layer-streamed offload): save the checkpoint \
+                 the model streams from instead",
+                store.resident_layers(),
+                self.config.num_layers
+            )));
+        }
         let mut out = BTreeMap::new();
         out.insert(
             "transformer.word_embeddings.weight".to_string(),

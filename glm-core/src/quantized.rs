@@ -170,7 +170,7 @@ pub fn source_scheme(source: &dyn WeightSource, config: &GlmConfig) -> Result<Op
 
 /// Checks a quantized source: every float tensor as [`check_source`] does, plus each linear's
 /// `.weight` / `.weight_scale` shapes.
-fn check_quantized_source(
+pub(crate) fn check_quantized_source(
     source: &dyn WeightSource,
     config: &GlmConfig,
     scheme: QuantScheme,
@@ -228,6 +228,40 @@ fn check_quantized_source(
         }
     }
     Ok(())
+}
+
+/// Loads the linear `prefix` from `source` onto `device`: float weight + bias in `dtype`, or, for
+/// a quantized checkpoint (`scheme`), its integer weight and F16 scales as stored. The pages of
+/// the stored tensors are released once copied.
+pub(crate) fn load_linear<B: Backend>(
+    source: &dyn WeightSource,
+    prefix: &str,
+    scheme: Option<QuantScheme>,
+    inp: usize,
+    device: &B::Device,
+    dtype: DType,
+) -> Result<GlmLinear<B>> {
+    let name = format!("{prefix}.weight");
+    let bias = Tensor::from_data(
+        load_float(source, &format!("{prefix}.bias"), dtype)?,
+        (device, dtype),
+    );
+    let Some(scheme) = scheme else {
+        let weight = Tensor::from_data(load_float(source, &name, dtype)?, (device, dtype));
+        return Ok(GlmLinear::new(weight, bias));
+    };
+    let scale_name = format!("{name}{SCALE_SUFFIX}");
+    let weight = source.load(&name)?;
+    let scale = source.load(&scale_name)?;
+    let m =
+        QuantizedMatrix::from_checkpoint(&name, &weight, &scale, scheme, inp).map_err(quant_err)?;
+    drop((weight, scale));
+    source.release(&name);
+    source.release(&scale_name);
+    Ok(GlmLinear::quantized(
+        QuantizedWeight::from_matrix(&m, device),
+        bias,
+    ))
 }
 
 impl<B: Backend> GlmModel<B> {
@@ -325,6 +359,13 @@ impl<B: Backend> GlmModel<B> {
     /// Quantizes every float linear of the model (on the host, bit-exact; the device copy of each
     /// float weight is released as it is replaced). Already-quantized linears are kept.
     pub fn quantize(mut self, quant: QuantizeOptions) -> Result<Self> {
+        if self.offload.is_some() {
+            return Err(Error::InvalidInput(
+                "cannot quantize a layer-streamed (offloaded) model in place: quantize its \
+                 checkpoint with `glm quantize` and offload that"
+                    .into(),
+            ));
+        }
         let tp = quant.tensor_parallel.unwrap_or(1);
         for (l, layer) in self.layers.iter_mut().enumerate() {
             let linears = [

@@ -64,16 +64,32 @@ pub fn quantize_options(
     Ok(Some(q))
 }
 
+/// `--offload` and `--device-memory`: layer-streamed offload (see [`glm_core::offload`]).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct OffloadFlags {
+    /// Keep layers in the checkpoint and move each to the device just before its forward
+    /// (BMInf-style offload; the checkpoint must be float or already quantized).
+    #[arg(long)]
+    pub offload: bool,
+    /// With --offload: the device memory budget (e.g. 24GiB); as many leading layers as fit stay
+    /// resident, by `glm plan`'s count. Without it only the layer being computed is on the device.
+    #[arg(long, requires = "offload")]
+    pub device_memory: Option<String>,
+}
+
 /// Loads a model folder: `config.json` + `model.safetensors` (float or quantized), or an original
 /// SAT checkpoint folder (`latest` + `<iter>/mp_rank_XX_model_states.pt`, float or quantized).
 /// Quantized checkpoints load as they are; `quant` quantizes a float checkpoint on load, as the
-/// original's `--quantization-bit-width`.
+/// original's `--quantization-bit-width`. With `offload.offload` the layers are streamed
+/// ([`GlmModel::from_source_offloaded`]); `sequence_length` is what the budget is planned for.
 pub fn load_model<B: Backend>(
     model_dir: &Path,
     config: &GlmConfig,
     device: &B::Device,
     options: ModelOptions,
     quant: Option<QuantizeOptions>,
+    offload: &OffloadFlags,
+    sequence_length: usize,
 ) -> Result<GlmModel<B>> {
     if !model_dir.is_dir() {
         return Err(Error::Usage(format!(
@@ -81,22 +97,66 @@ pub fn load_model<B: Backend>(
             model_dir.display()
         )));
     }
-    if model_dir.join("latest").is_file() {
-        let sat = SatCheckpoint::open(model_dir)?;
+    let source: glm_core::offload::SharedSource = if model_dir.join("latest").is_file() {
+        std::sync::Arc::new(SatCheckpoint::open(model_dir)?)
+    } else {
+        let file = model_dir.join("model.safetensors");
+        if !file.is_file() {
+            return Err(Error::Usage(format!(
+                "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
+                model_dir.display()
+            )));
+        }
+        std::sync::Arc::new(SafetensorsFile::open(&file)?)
+    };
+    if !offload.offload {
         return Ok(GlmModel::from_source_quantized(
-            config, &sat, device, options, quant,
+            config,
+            source.as_ref(),
+            device,
+            options,
+            quant,
         )?);
     }
-    let file = model_dir.join("model.safetensors");
-    if !file.is_file() {
-        return Err(Error::Usage(format!(
-            "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
-            model_dir.display()
-        )));
+    let scheme = glm_core::quantized::source_scheme(source.as_ref(), config)?;
+    if quant.is_some() && scheme.is_none() {
+        return Err(Error::Usage(
+            "--offload streams layers from the checkpoint and cannot quantize them on load: \
+             quantize it once with `glm quantize`, then offload the quantized folder"
+                .into(),
+        ));
     }
-    let st = SafetensorsFile::open(&file)?;
-    Ok(GlmModel::from_source_quantized(
-        config, &st, device, options, quant,
+    let resident = match &offload.device_memory {
+        None => 0,
+        Some(budget) => {
+            use glm_core::plan::{parse_bytes, EmbeddingLayout, LinearFormat, PlanRequest};
+            let memory =
+                parse_bytes(budget).map_err(|e| Error::Usage(format!("--device-memory: {e}")))?;
+            let request = PlanRequest {
+                config: config.clone(),
+                dtype_bytes: options.dtype.size() as u64,
+                linears: match scheme {
+                    None => LinearFormat::Float,
+                    Some(glm_core::quantized::QuantScheme::Int8) => LinearFormat::Int8,
+                    Some(glm_core::quantized::QuantScheme::Int4) => LinearFormat::Int4,
+                },
+                tensor_parallel: 1,
+                batch: 1,
+                sequence_length: sequence_length.max(1),
+                device_memory: vec![memory],
+                offload: true,
+                embedding: EmbeddingLayout::VocabParallel,
+                workspace: 512 << 20,
+            };
+            let plan = glm_core::plan::plan(&request).map_err(|e| Error::Usage(e.to_string()))?;
+            // The plan counts the streamed layer among the resident ones.
+            plan.devices
+                .first()
+                .map_or(0, |d| d.resident_layers.saturating_sub(1))
+        }
+    };
+    Ok(GlmModel::from_source_offloaded(
+        config, source, device, options, resident,
     )?)
 }
 

@@ -110,6 +110,9 @@ struct GenerateArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Layer-streamed offload.
+    #[command(flatten)]
+    offload: glm_infer::cli::OffloadFlags,
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     rotary_fp32: bool,
@@ -558,7 +561,15 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         config.num_parameters()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let model = load_model::<B>(&args.model, &config, device, options, quant);
+    let model = load_model::<B>(
+        &args.model,
+        &config,
+        device,
+        options,
+        quant,
+        &args.offload,
+        args.out_seq_length,
+    );
     spinner.finish_and_clear();
     let model = model?;
     let mut strategy = make_strategy(args, config.special_tokens.end_tokens().to_vec())?;

@@ -51,6 +51,9 @@ pub struct EvaluateArgs {
     /// f32, f16 or bf16.
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// Layer-streamed offload.
+    #[command(flatten)]
+    pub offload: crate::cli::OffloadFlags,
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     pub rotary_fp32: bool,
@@ -130,7 +133,15 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
     let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
     let options = crate::cli::model_options(&args.dtype, args.rotary_fp32)?;
     let quant = crate::cli::quantize_options(args.quantization_bit_width, None)?;
-    let model = load_model::<B>(&args.model, &config, device, options, quant)?;
+    let model = load_model::<B>(
+        &args.model,
+        &config,
+        device,
+        options,
+        quant,
+        &args.offload,
+        config.max_sequence_length,
+    )?;
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),
         token_losses: args.token_losses,

@@ -6,7 +6,6 @@
 use burn::tensor::activation::log_softmax;
 use burn::tensor::{backend::Backend, DType, Int, Tensor, TensorData};
 use glm_core::blank::GlmInput;
-use glm_core::dropout::Dropout;
 use glm_core::GlmModel;
 
 use super::error::{EvalError, EvalResult};
@@ -67,9 +66,8 @@ pub fn token_log_probs<B: Backend>(
     let batch = input.batch;
     let device = model.word_embeddings.val().device();
     let (tokens, positions, mask) = input.to_tensors::<B>(&device);
-    // Inference forward: no dropout, no gradient shrink (identical to `GlmModel::forward`),
-    // returning the final-LayerNorm output instead of the logits.
-    let normed = model.forward_train(tokens, positions, mask, 1.0, &mut Dropout::disabled());
+    // The inference forward up to the final LayerNorm; logits only for the picked rows.
+    let normed = model.forward_normed(tokens, positions, mask)?;
     let hidden = normed.dims()[2];
     let mut rows = Vec::with_capacity(batch * width);
     let mut ids = Vec::with_capacity(batch * width);

@@ -1,0 +1,150 @@
+//! Layer-streamed offload (BMInf's row of the GLM-130B README): the first `resident` layers live
+//! on the device as usual; every later layer stays in the checkpoint (a memory-mapped safetensors
+//! file or a SAT folder, float or already quantized) and is moved to the device just before its
+//! forward and dropped right after, its file pages handed back to the OS
+//! ([`WeightSource::release`]). The outputs are those of the same model fully resident: the same
+//! bytes go through the same kernels.
+//!
+//! Memory on the device: the embedding, final LayerNorm, the resident layers, one streamed layer,
+//! the KV cache and the activations — what `glm plan --offload` counts. Cost: every streamed layer
+//! is read from the checkpoint and uploaded once per forward (per decoded token).
+//!
+//! Quantize-on-load is not combined with offload (each streamed layer would be quantized again
+//! on every forward): quantize the checkpoint once with `glm quantize`, then offload it.
+
+use std::sync::Arc;
+
+use burn::tensor::backend::Backend;
+
+use crate::config::GlmConfig;
+use crate::error::{Error, Result};
+use crate::layer::GlmLayer;
+use crate::linear::GlmLinear;
+use crate::model::{GlmModel, ModelOptions};
+use crate::quantized::{load_linear, source_scheme, QuantScheme};
+use crate::weights::{check_source, load_float, param_specs, WeightSource};
+
+/// A checkpoint shared by an offloaded model (any [`WeightSource`] that can cross threads).
+pub type SharedSource = Arc<dyn WeightSource + Send + Sync>;
+
+/// Where the streamed layers of an offloaded model come from.
+#[derive(Clone)]
+pub struct OffloadStore {
+    source: SharedSource,
+    scheme: Option<QuantScheme>,
+    resident: usize,
+    options: ModelOptions,
+}
+
+impl std::fmt::Debug for OffloadStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OffloadStore")
+            .field("source", &self.source.location())
+            .field("scheme", &self.scheme)
+            .field("resident", &self.resident)
+            .finish()
+    }
+}
+
+impl OffloadStore {
+    /// Layers kept on the device (the first ones).
+    pub fn resident_layers(&self) -> usize {
+        self.resident
+    }
+
+    /// Builds layer `l` on `device` from the checkpoint.
+    pub(crate) fn layer<B: Backend>(
+        &self,
+        config: &GlmConfig,
+        l: usize,
+        device: &B::Device,
+    ) -> Result<GlmLayer<B>> {
+        let source: &dyn WeightSource = self.source.as_ref();
+        let dtype = self.options.dtype;
+        GlmModel::<B>::assemble_layer(
+            config,
+            l,
+            device,
+            dtype,
+            &mut |name, _| load_float(source, name, dtype),
+            &mut |prefix, _out, inp| -> Result<GlmLinear<B>> {
+                load_linear(source, prefix, self.scheme, inp, device, dtype)
+            },
+        )
+    }
+
+    /// Hands the file pages of layer `l` back to the OS (see [`WeightSource::release`]).
+    pub(crate) fn release(&self, l: usize) {
+        let prefix = format!("transformer.layers.{l}.");
+        for name in self.source.names() {
+            if name.starts_with(&prefix) {
+                self.source.release(&name);
+            }
+        }
+    }
+}
+
+impl<B: Backend> GlmModel<B> {
+    /// Loads a model for layer-streamed offload: the embedding, the final LayerNorm and the first
+    /// `resident` layers on `device`, the others streamed from `source` at every forward (see the
+    /// module docs). `source` may be float or already quantized (INT8 / INT4), checked in full
+    /// first as [`from_source_quantized`](Self::from_source_quantized) checks it.
+    pub fn from_source_offloaded(
+        config: &GlmConfig,
+        source: SharedSource,
+        device: &B::Device,
+        options: ModelOptions,
+        resident: usize,
+    ) -> Result<Self> {
+        config.validate()?;
+        config.validate_rotary(options.rotary)?;
+        let src: &dyn WeightSource = source.as_ref();
+        let scheme = source_scheme(src, config)?;
+        match scheme {
+            Some(s) => crate::quantized::check_quantized_source(src, config, s)?,
+            None => check_source(src, &param_specs(config), config.num_layers, &|_| false)?,
+        }
+        let resident = resident.min(config.num_layers);
+        let dtype = options.dtype;
+        let mut model = Self::build_first(
+            config,
+            device,
+            options,
+            &mut |name, _| load_float(src, name, dtype),
+            &mut |prefix, _out, inp| load_linear(src, prefix, scheme, inp, device, dtype),
+            resident,
+        )?;
+        model.offload = Some(OffloadStore {
+            source: Arc::clone(&source),
+            scheme,
+            resident,
+            options,
+        });
+        Ok(model)
+    }
+
+    /// The offload store, if this model streams layers.
+    pub fn offload(&self) -> Option<&OffloadStore> {
+        self.offload.as_ref()
+    }
+
+    /// Runs `f` on layer `l`: the resident one, or one streamed from the checkpoint onto the
+    /// device of the embedding (released after `f`).
+    pub(crate) fn with_layer<T>(&self, l: usize, f: impl FnOnce(&GlmLayer<B>) -> T) -> Result<T> {
+        if let Some(layer) = self.layers.get(l) {
+            return Ok(f(layer));
+        }
+        let store = self.offload.as_ref().ok_or_else(|| {
+            Error::InvalidInput(format!(
+                "layer {l} is neither resident nor offloaded ({} layers)",
+                self.layers.len()
+            ))
+        })?;
+        let device = self.word_embeddings.val().device();
+        let layer = store.layer::<B>(self.config(), l, &device)?;
+        let out = f(&layer);
+        drop(layer);
+        store.release(l);
+        Ok(out)
+    }
+}
