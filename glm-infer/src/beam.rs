@@ -37,6 +37,25 @@ pub struct BeamConfig {
     pub seed: u64,
 }
 
+impl Default for BeamConfig {
+    /// generate.py's beam defaults: 4 beams, length penalty 1.0, n-gram size 3, no minimum
+    /// length, sampled candidates seeded 1234, live beams kept at the end; no end tokens (the
+    /// [`Glm`](crate::Glm) facade fills in the model's).
+    fn default() -> Self {
+        Self {
+            num_beams: 4,
+            length_penalty: 1.0,
+            consider_end: true,
+            end_tokens: Vec::new(),
+            invalid_tokens: Vec::new(),
+            no_repeat_ngram_size: 3,
+            min_gen_length: 0,
+            deterministic: false,
+            seed: 1234,
+        }
+    }
+}
+
 type NgramBans = HashMap<Vec<i64>, Vec<i64>>;
 
 #[derive(Debug, Clone)]

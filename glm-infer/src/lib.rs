@@ -5,7 +5,10 @@
 //! ([`BaseStrategy`]: temperature, top-k, top-p, seeded), beam search ([`BeamSearchStrategy`]),
 //! batched decoding with the KV cache, streaming, and the `glm` command-line tool.
 //!
-//! # Example
+//! The two-call API is [`Glm`]: `Glm::load(path, LoadOptions::default())?` then
+//! `glm.fill(text, &GenerateOptions::greedy(n))?` (see [`api`] and the README).
+//!
+//! # Example: the building blocks
 //! ```
 //! use burn::backend::Flex;
 //! use glm_core::{GlmConfig, GlmModel, ModelOptions};
@@ -23,6 +26,7 @@
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod api;
 pub mod beam;
 pub mod cli;
 pub mod error;
@@ -34,7 +38,10 @@ pub mod sampling;
 pub mod strategy;
 pub mod stream;
 
+pub use api::{Cpu, Decoding, Fill, GenerateOptions, Glm, LoadOptions};
 pub use beam::{BeamConfig, BeamSearchStrategy};
+/// burn's dtype enum ([`LoadOptions::dtype`]), re-exported so users need not depend on burn.
+pub use burn::tensor::DType;
 pub use error::{Error, Result};
 pub use fill::{fill_blanks, FillIteration, FillResult};
 pub use generate::{batch_filling_sequence, generated_tokens, GenerationSample};
@@ -42,3 +49,8 @@ pub use prompt::{build_prompt, build_prompt_for, IdCodec, Prompt, TextCodec};
 pub use sampling::{BaseStrategy, SamplingConfig};
 pub use strategy::{Hypothesis, Strategy};
 pub use stream::TokenStream;
+
+/// Runs the README's example as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;

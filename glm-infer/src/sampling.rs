@@ -25,6 +25,21 @@ pub struct SamplingConfig {
     pub seed: u64,
 }
 
+impl Default for SamplingConfig {
+    /// generate.py's defaults: temperature 1.0, top-k 0, top-p 0.7, seed 1234; no end tokens
+    /// (the [`Glm`](crate::Glm) facade fills in the model's).
+    fn default() -> Self {
+        Self {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.7,
+            invalid_tokens: Vec::new(),
+            end_tokens: Vec::new(),
+            seed: 1234,
+        }
+    }
+}
+
 impl SamplingConfig {
     /// Greedy decoding (top-k 1), as the evaluation code and the fixtures use.
     pub fn greedy(end_tokens: Vec<u32>) -> Self {
