@@ -8,6 +8,7 @@
 //! [`fuzz`] is the fuzz harness for every parser of a user file (`benches/fuzz.rs`,
 //! `tests/fuzz.rs`).
 
+#![warn(missing_docs)]
 #[cfg(feature = "flex")]
 pub mod fuzz;
 

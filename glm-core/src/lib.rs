@@ -27,6 +27,7 @@
 //! assert_eq!(logits.dims(), [1, 5, config.vocab_size]);
 //! ```
 
+#![warn(missing_docs)]
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -23,6 +23,7 @@
 //! assert_eq!(out.blanks[0].len(), 1);
 //! ```
 
+#![warn(missing_docs)]
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -34,6 +34,7 @@
 //! y.into_data().assert_approx_eq::<f32>(&r.into_data(), Default::default());
 //! ```
 
+#![warn(missing_docs)]
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -43,6 +43,7 @@
 //! assert!(report.loss > 0.0 && !report.skipped);
 //! ```
 
+#![warn(missing_docs)]
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 

@@ -93,7 +93,7 @@ const NORM_CHUNK: usize = 65_536;
 
 /// Global L2 norm over all `grads` (one host read).
 ///
-/// Deterministic: every tensor is summed in fixed chunks of [`NORM_CHUNK`] squares on the device
+/// Deterministic: every tensor is summed in fixed chunks of `NORM_CHUNK` squares on the device
 /// (each chunk by one sequential reduction) and the chunk sums are added on the host in f64, in
 /// order. A single whole-tensor sum would let the CPU backend split large tensors across threads
 /// in a varying order, and a resumed run would then differ from an uninterrupted one in the last

@@ -2,8 +2,9 @@
 //! ...): safetensors files (memory-mapped) and original SAT checkpoint folders with tensor-parallel
 //! shards (spec §6), plus atomic saving.
 //!
-//! Every failure is a typed [`Error`](crate::Error) naming the file and the tensor.
+//! Every failure is a typed [`crate::Error`] naming the file and the tensor.
 
+pub mod convert;
 mod names;
 mod random;
 mod safetensors;

@@ -39,7 +39,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Fill [MASK] / [sMASK] / [gMASK] blanks (generate.py).
+    /// Fill `[MASK]` / `[sMASK]` / `[gMASK]` blanks (generate.py).
     Generate(GenerateArgs),
     /// Write a randomly initialised model folder (config.json + model.safetensors).
     InitRandom(InitArgs),

@@ -1,5 +1,5 @@
 //! Kernels for `y = x · Wᵀ` with a quantized `W`:
-//! - [`reference`]: dequantize with generic tensor ops, then matmul (every backend);
+//! - [`reference`](mod@reference): dequantize with generic tensor ops, then matmul (every backend);
 //! - [`host`]: the fused dequantize-GEMV on host slices (SIMD: AVX-512 or AVX2+FMA+F16C when the CPU
 //!   has it, portable scalar code otherwise, detected or chosen per call with
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;

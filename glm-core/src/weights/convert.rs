@@ -1,0 +1,355 @@
+//! Streaming conversion of checkpoints: any [`WeightSource`] written to one safetensors file
+//! tensor by tensor ([`stream_safetensors`], behind `glm quantize`, `glm init-random` and
+//! [`convert_checkpoint`]), checkpoint opening ([`open_checkpoint`]) and the safetensors header
+//! marker of quantized files ([`read_quantization_marker`]).
+
+use std::collections::HashMap;
+use std::io::{BufWriter, Read, Write};
+use std::path::{Path, PathBuf};
+
+use burn::tensor::{DType, TensorData};
+use glm_quant::scheme::{METADATA_SCHEME_KEY, METADATA_TP_KEY, SCALE_SUFFIX};
+use glm_quant::{QuantScheme, QuantizedMatrix};
+
+use super::{is_float, is_ignored_name, load_float, SafetensorsFile, SatCheckpoint, WeightSource};
+use crate::error::{Error, Result};
+use crate::quantized::{is_quantized_linear_weight, quant_err, source_tp, QuantizeOptions};
+
+/// The `__metadata__` map of a safetensors file (reads only the header).
+pub fn read_safetensors_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
+    let path = path.as_ref();
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
+    if len > file_len.saturating_sub(8) || len > 100 << 20 {
+        return Err(Error::corrupt(
+            path,
+            format!("header length {len} exceeds the file"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
+    let json: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| Error::corrupt(path, format!("header is not JSON: {e}")))?;
+    let mut out = HashMap::new();
+    if let Some(meta) = json.get("__metadata__").and_then(|m| m.as_object()) {
+        for (k, v) in meta {
+            if let Some(s) = v.as_str() {
+                out.insert(k.clone(), s.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The quantization marker of a safetensors file: `Some((scheme, tensor_parallel))` when it was
+/// written by glm-quant, `None` for a file without a marker.
+pub fn read_quantization_marker(path: impl AsRef<Path>) -> Result<Option<(QuantScheme, usize)>> {
+    let path = path.as_ref();
+    let meta = read_safetensors_metadata(path)?;
+    let Some(marker) = meta.get(METADATA_SCHEME_KEY) else {
+        return Ok(None);
+    };
+    let scheme =
+        QuantScheme::from_marker(marker).map_err(|e| Error::corrupt(path, e.to_string()))?;
+    let tp = match meta.get(METADATA_TP_KEY) {
+        Some(s) => s
+            .parse::<usize>()
+            .map_err(|_| Error::corrupt(path, format!("bad {METADATA_TP_KEY} {s:?}")))?,
+        None => 1,
+    };
+    Ok(Some((scheme, tp)))
+}
+
+/// Opens a checkpoint: a safetensors file, a folder holding `model.safetensors`, or an original
+/// SAT folder (`latest` + `mp_rank_XX_model_states.pt`, shards merged).
+pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
+    let path = path.as_ref();
+    if path.is_dir() {
+        if path.join("latest").is_file() {
+            return Ok(Box::new(SatCheckpoint::open(path)?));
+        }
+        return Ok(Box::new(SafetensorsFile::open(
+            path.join("model.safetensors"),
+        )?));
+    }
+    Ok(Box::new(SafetensorsFile::open(path)?))
+}
+
+/// One step of [`convert_checkpoint`].
+#[derive(Debug, Clone)]
+pub struct ConvertProgress<'a> {
+    /// Tensors written so far (including this one).
+    pub done: usize,
+    /// Tensors to write.
+    pub total: usize,
+    /// The tensor just written.
+    pub tensor: &'a str,
+    /// Bytes written so far.
+    pub bytes: u64,
+}
+
+/// What [`convert_checkpoint`] wrote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConvertReport {
+    /// The safetensors file.
+    pub path: PathBuf,
+    /// Tensors written.
+    pub tensors: usize,
+    /// Linears quantized.
+    pub quantized: usize,
+    /// File size.
+    pub bytes: u64,
+    /// The tensor-parallel degree the row-parallel scales were computed for.
+    pub tensor_parallel: usize,
+}
+
+fn st_dtype(dtype: DType) -> Option<&'static str> {
+    Some(match dtype {
+        DType::F64 => "F64",
+        DType::F32 => "F32",
+        DType::F16 => "F16",
+        DType::BF16 => "BF16",
+        DType::I8 => "I8",
+        _ => return None,
+    })
+}
+
+/// Writes every tensor of `source` (ignorable buffers skipped) to one safetensors file at `path`,
+/// streamed one tensor at a time (memory: about one tensor in and one out), header first, through
+/// [`write_atomic_with`](crate::weights::write_atomic_with). With `quant`, the four linears of
+/// every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16) exactly as the
+/// original quantizes them (per-shard scales for the row-parallel layers) and the header carries
+/// the quantization marker; every other tensor is converted to `float_dtype`. `progress` is called
+/// after every tensor. What [`convert_checkpoint`] and `glm init-random` write.
+pub fn stream_safetensors(
+    source: &dyn WeightSource,
+    path: &Path,
+    quant: Option<QuantizeOptions>,
+    float_dtype: DType,
+    progress: &mut dyn FnMut(&ConvertProgress<'_>),
+) -> Result<ConvertReport> {
+    let file = source.location().to_path_buf();
+    let out_dtype = st_dtype(float_dtype)
+        .filter(|_| is_float(float_dtype))
+        .ok_or_else(|| {
+            Error::InvalidInput(format!("cannot write float tensors as {float_dtype:?}"))
+        })?;
+    let tp = quant
+        .and_then(|q| q.tensor_parallel)
+        .unwrap_or_else(|| source_tp(source))
+        .max(1);
+    let quant = quant.map(|q| q.with_tensor_parallel(tp));
+    // Plan: (name, dtype, shape) of every output tensor, sorted by name.
+    let mut plan: Vec<(String, &'static str, Vec<usize>)> = Vec::new();
+    for name in source.names() {
+        if is_ignored_name(&name) {
+            continue;
+        }
+        if name.ends_with(SCALE_SUFFIX) {
+            return Err(Error::InvalidInput(format!(
+                "{}: `{name}` shows the checkpoint is already quantized",
+                file.display()
+            )));
+        }
+        let shape = source.shape(&name).ok_or_else(|| Error::MissingTensor {
+            file: file.clone(),
+            tensor: name.clone(),
+        })?;
+        if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(&name)) {
+            let [out, inp] = shape[..] else {
+                return Err(Error::ShapeMismatch {
+                    file,
+                    tensor: name,
+                    expected: vec![0, 0],
+                    found: shape,
+                });
+            };
+            let shards = quant.shards(name.trim_end_matches(".weight"), tp);
+            let scale_shape = if shards == 1 {
+                vec![out]
+            } else {
+                vec![shards, out]
+            };
+            plan.push((format!("{name}{SCALE_SUFFIX}"), "F16", scale_shape));
+            plan.push((name, "I8", vec![out, quant.scheme.row_bytes(inp)]));
+        } else {
+            plan.push((name, out_dtype, shape));
+        }
+    }
+    plan.sort_by(|a, b| a.0.cmp(&b.0));
+    let elem = |dt: &str| match dt {
+        "F64" => 8,
+        "F32" => 4,
+        "F16" | "BF16" => 2,
+        _ => 1,
+    };
+    let mut header = serde_json::Map::new();
+    let metadata = match quant {
+        Some(quant) => serde_json::json!({
+            METADATA_SCHEME_KEY: quant.scheme.marker(),
+            METADATA_TP_KEY: tp.to_string(),
+        }),
+        None => serde_json::json!({ "format": "pt" }),
+    };
+    header.insert("__metadata__".into(), metadata);
+    let mut offset = 0usize;
+    for (name, dt, shape) in &plan {
+        let n = shape
+            .iter()
+            .try_fold(elem(dt), |a: usize, &d| a.checked_mul(d))
+            .and_then(|n| offset.checked_add(n).map(|end| (n, end)))
+            .ok_or_else(|| Error::InvalidInput(format!("tensor `{name}`: {shape:?} overflows")))?;
+        header.insert(
+            name.clone(),
+            serde_json::json!({"dtype": dt, "shape": shape, "data_offsets": [offset, n.1]}),
+        );
+        offset = n.1;
+    }
+    let mut header = serde_json::to_vec(&serde_json::Value::Object(header))
+        .map_err(|e| Error::InvalidInput(format!("cannot encode header: {e}")))?;
+    while header.len() % 8 != 0 {
+        header.push(b' ');
+    }
+    let path = path.to_path_buf();
+    crate::weights::write_atomic_with(&path, |out| -> Result<ConvertReport> {
+        let mut w = BufWriter::with_capacity(8 << 20, out);
+        let io = |e| Error::io(&path, e);
+        w.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        w.write_all(&header).map_err(io)?;
+        let mut written = (8 + header.len()) as u64;
+        let mut quantized = 0;
+        let total = plan.len();
+        // Names are sorted, so `<linear>.weight` comes right before `<linear>.weight_scale`.
+        let mut pending_scale: Option<(String, TensorData)> = None;
+        for (i, (name, _, shape)) in plan.iter().enumerate() {
+            let data = if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(name)) {
+                let weight = source.load(name)?;
+                let prefix = name.trim_end_matches(".weight");
+                let m = QuantizedMatrix::quantize(
+                    name,
+                    &weight,
+                    quant.shards(prefix, tp),
+                    quant.scheme,
+                )
+                .map_err(quant_err)?;
+                drop(weight);
+                source.release(name);
+                quantized += 1;
+                pending_scale = Some((format!("{name}{SCALE_SUFFIX}"), m.scale_data()));
+                m.weight_data()
+            } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
+                scale
+            } else {
+                load_float(source, name, float_dtype)?
+            };
+            if data.shape.to_vec() != *shape {
+                return Err(Error::ShapeMismatch {
+                    file: file.clone(),
+                    tensor: name.clone(),
+                    expected: shape.clone(),
+                    found: data.shape.to_vec(),
+                });
+            }
+            w.write_all(data.as_bytes()).map_err(io)?;
+            written += data.as_bytes().len() as u64;
+            progress(&ConvertProgress {
+                done: i + 1,
+                total,
+                tensor: name,
+                bytes: written,
+            });
+        }
+        w.flush().map_err(io)?;
+        Ok(ConvertReport {
+            path: path.clone(),
+            tensors: total,
+            quantized,
+            bytes: written,
+            tensor_parallel: tp,
+        })
+    })
+}
+
+/// Converts a float checkpoint (see [`open_checkpoint`]) into a quantized safetensors file at
+/// `output/model.safetensors` (`output` is created; a `config.json` next to the input is copied):
+/// the four linears of every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16),
+/// every other tensor is converted to `float_dtype` (F16 like the original checkpoints, or F32).
+///
+/// Streams one tensor at a time (memory: one tensor), writes the header first, through
+/// [`write_atomic_with`](crate::weights::write_atomic_with) (a temporary file renamed at the end).
+/// The config is written atomically too; a stale `output/config.json` is removed when the input
+/// has none. An output folder that is the input's own folder (compared as canonical paths, so
+/// `m` and `./m` or a symlink are the same) is refused: the float checkpoint would be replaced.
+/// `progress` is called after every tensor.
+pub fn convert_checkpoint(
+    input: impl AsRef<Path>,
+    output: impl AsRef<Path>,
+    quant: QuantizeOptions,
+    float_dtype: DType,
+    progress: &mut dyn FnMut(&ConvertProgress<'_>),
+) -> Result<ConvertReport> {
+    let (input, output) = (input.as_ref(), output.as_ref());
+    let source = open_checkpoint(input)?;
+    let source: &dyn WeightSource = source.as_ref();
+    // What `stream_safetensors` refuses, refused before any folder is created.
+    if st_dtype(float_dtype)
+        .filter(|_| is_float(float_dtype))
+        .is_none()
+    {
+        return Err(Error::InvalidInput(format!(
+            "cannot write float tensors as {float_dtype:?}"
+        )));
+    }
+    if let Some(name) = source
+        .names()
+        .into_iter()
+        .find(|n| n.ends_with(SCALE_SUFFIX))
+    {
+        return Err(Error::InvalidInput(format!(
+            "{}: `{name}` shows the checkpoint is already quantized",
+            source.location().display()
+        )));
+    }
+    std::fs::create_dir_all(output).map_err(|e| Error::io(output, e))?;
+    let input_dir = if input.is_dir() {
+        input
+    } else {
+        input
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+    };
+    let canonical = |p: &Path| std::fs::canonicalize(p).map_err(|e| Error::io(p, e));
+    if canonical(input_dir)? == canonical(output)? {
+        return Err(Error::InvalidInput(format!(
+            "{}: the output folder is the input's folder ({}); quantizing in place would replace \
+             the float checkpoint and its config, choose another output folder",
+            output.display(),
+            input_dir.display()
+        )));
+    }
+    let config = input_dir.join("config.json");
+    let config_bytes = if config.is_file() {
+        Some(std::fs::read(&config).map_err(|e| Error::io(&config, e))?)
+    } else {
+        None
+    };
+    // The old config goes first: a crash later leaves a model without a config (an error on
+    // load), never a new model next to a config of another run.
+    let config_dst = output.join("config.json");
+    match std::fs::remove_file(&config_dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(&config_dst, e)),
+    }
+    let path = output.join("model.safetensors");
+    let report = stream_safetensors(source, &path, Some(quant), float_dtype, progress)?;
+    if let Some(bytes) = config_bytes {
+        crate::weights::write_atomic(&config_dst, &bytes)?;
+    }
+    Ok(report)
+}
