@@ -68,3 +68,8 @@ pub mod backend {
     #[cfg(feature = "cuda")]
     pub type Cuda = burn::backend::Cuda;
 }
+
+/// Runs the README's example as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;

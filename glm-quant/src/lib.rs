@@ -49,3 +49,8 @@ pub use error::{QuantError, Result};
 pub use quantize::QuantizedMatrix;
 pub use scheme::QuantScheme;
 pub use weight::{QuantLayout, QuantizedWeight};
+
+/// Runs the README's example as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;

@@ -65,3 +65,8 @@ pub mod trainer;
 pub use config::TrainConfig;
 pub use error::{Error, Result};
 pub use trainer::Trainer;
+
+/// Runs the README's example as a doc test so it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctest;
