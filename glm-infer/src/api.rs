@@ -55,6 +55,8 @@ pub struct LoadOptions {
     pub rotary_fp32: bool,
     /// Layer-streamed offload.
     pub offload: OffloadFlags,
+    /// The sequence length an offload budget is planned for (default: the model's maximum).
+    pub sequence_length: Option<usize>,
 }
 
 impl Default for LoadOptions {
@@ -68,6 +70,7 @@ impl Default for LoadOptions {
             config: None,
             rotary_fp32: false,
             offload: OffloadFlags::default(),
+            sequence_length: None,
         }
     }
 }
@@ -202,7 +205,9 @@ impl<B: Backend> Glm<B> {
             model_options,
             quant,
             &options.offload,
-            config.max_sequence_length,
+            options
+                .sequence_length
+                .unwrap_or(config.max_sequence_length),
         )?;
         Ok(Self { model, codec })
     }
@@ -219,6 +224,11 @@ impl<B: Backend> Glm<B> {
     /// The model.
     pub fn model(&self) -> &GlmModel<B> {
         &self.model
+    }
+
+    /// The text codec: the tokenizer, or whitespace-separated ids.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
     }
 
     /// The model's configuration.

@@ -1,4 +1,5 @@
-//! Shared pieces of the `glm` command line: model / tokenizer loading, device selection.
+//! Shared pieces of the `glm` command line: config / tokenizer / model loading (behind
+//! [`Glm`](crate::Glm), the one way to load a model), flag parsing, device selection.
 
 use std::path::{Path, PathBuf};
 
@@ -24,18 +25,6 @@ pub fn parse_dtype(s: &str) -> Result<DType> {
             "unknown dtype `{other}` (expected f32, f16 or bf16)"
         ))),
     }
-}
-
-/// `--dtype` and `--rotary-fp32` as [`ModelOptions`].
-pub fn model_options(dtype: &str, rotary_fp32: bool) -> Result<ModelOptions> {
-    Ok(ModelOptions {
-        dtype: parse_dtype(dtype)?,
-        rotary: if rotary_fp32 {
-            glm_core::RotaryPrecision::Fp32
-        } else {
-            glm_core::RotaryPrecision::Fp16Sat
-        },
-    })
 }
 
 /// Reads the config of a model folder: `config.json` in the folder (or `explicit`).
@@ -82,7 +71,7 @@ pub struct OffloadFlags {
 /// Quantized checkpoints load as they are; `quant` quantizes a float checkpoint on load, as the
 /// original's `--quantization-bit-width`. With `offload.offload` the layers are streamed
 /// ([`GlmModel::from_source_offloaded`]); `sequence_length` is what the budget is planned for.
-pub fn load_model<B: Backend>(
+pub(crate) fn load_model<B: Backend>(
     model_dir: &Path,
     config: &GlmConfig,
     device: &B::Device,
@@ -185,7 +174,7 @@ impl TextCodec for Codec {
 
 /// Loads `--tokenizer` in `mode` (icetk = the GLM-130B release path, glm130b, chatglm6b) and checks
 /// its special ids against the model's config; `None` = integer ids.
-pub fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
+pub(crate) fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
     let Some(path) = path else {
         return Ok(Codec::Ids(IdCodec));
     };

@@ -221,6 +221,24 @@ fn peak_rss(cmd: &mut Command) -> u64 {
     usage.ru_maxrss as u64 * 1024
 }
 
+/// `glm init-random --out dir/name ARGS`, asserting success; the output folder.
+fn init_random(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let st = glm()
+        .arg("init-random")
+        .args(args)
+        .arg("--out")
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(
+        st.status.success(),
+        "{}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
+}
+
 fn tmp(tag: &str) -> PathBuf {
     let d = std::env::temp_dir().join(format!("glm-plan-{tag}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);
@@ -244,20 +262,7 @@ fn generate(model: &Path, prompt: &Path, out: &Path, total: usize) -> Command {
 #[test]
 fn cpu_prediction_is_within_15_percent_of_the_measured_peak() {
     let dir = tmp("cpu");
-    let init = |preset: &str| {
-        let out = dir.join(preset);
-        let st = glm()
-            .args(["init-random", "--preset", preset, "--out"])
-            .arg(&out)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        out
-    };
+    let init = |preset: &str| init_random(&dir, preset, &["--preset", preset]);
     let (tiny, small) = (init("tiny"), init("small"));
     let config: Value =
         serde_json::from_slice(&std::fs::read(small.join("config.json")).unwrap()).unwrap();
@@ -302,19 +307,9 @@ fn cpu_prediction_is_within_15_percent_of_the_measured_peak() {
 fn init_random_streams_loadable_seeded_checkpoints() {
     let dir = tmp("init");
     let write = |name: &str, extra: &[&str]| {
-        let out = dir.join(name);
-        let st = glm()
-            .args(["init-random", "--preset", "tiny", "--out"])
-            .arg(&out)
-            .args(extra)
-            .output()
-            .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        out
+        let mut args = vec!["--preset", "tiny"];
+        args.extend_from_slice(extra);
+        init_random(&dir, name, &args)
     };
     let a = write(
         "a",

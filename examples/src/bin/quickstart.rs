@@ -6,7 +6,7 @@
 
 use std::path::PathBuf;
 
-use glm_infer::{build_prompt, fill_blanks, BaseStrategy, SamplingConfig, TextCodec};
+use glm_infer::GenerateOptions;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out: PathBuf = std::env::args()
@@ -28,9 +28,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             trained.metrics.len()
         );
     }
-    let model = &trained.model;
-    let cfg = model.config();
-    let s = cfg.special_tokens;
+    let glm = glm_infer::Glm::from_parts(trained.model, Some(trained.tokenizer));
     let prompts = [
         "The river runs to the [MASK] and the birds sing.",
         "The weather today is",
@@ -38,19 +36,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "学习是一件[gMASK]",
     ];
     for text in prompts {
-        let prompt = build_prompt(text, &trained.tokenizer, &s, cfg.max_sequence_length)?;
-        let mut greedy = BaseStrategy::new(SamplingConfig::greedy(s.end_tokens().to_vec()))?;
-        let budget = (prompt.tokens.len() + 1 + 16).min(cfg.max_sequence_length);
-        let filled = fill_blanks(model, &prompt, &mut greedy, budget, &mut |_| {})?;
-        let blanks: Vec<String> = filled.blanks[0]
-            .iter()
-            .map(|b| trained.tokenizer.detokenize(b))
-            .collect();
+        let out = glm.fill(text, &GenerateOptions::greedy(16))?;
         println!(
-            "\nprompt : {}\nanswer : {}\nblanks : {:?}",
-            prompt.raw_text,
-            trained.tokenizer.detokenize(&filled.sequences[0]),
-            blanks
+            "\nprompt : {text}\nanswer : {}\nblanks : {:?}",
+            out.text, out.blanks
         );
     }
     Ok(())

@@ -20,10 +20,10 @@ use std::process::ExitCode;
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
 use glm_core::{GlmConfig, GlmModel, SpecialTokens};
-use glm_infer::cli::{load_codec, load_config, load_model, Codec};
+use glm_infer::cli::{load_config, Codec};
 use glm_infer::{
-    build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Result,
-    SamplingConfig, Strategy, TextCodec, TokenStream,
+    build_prompt, fill_blanks, BaseStrategy, BeamConfig, BeamSearchStrategy, Error, Glm,
+    LoadOptions, Result, SamplingConfig, Strategy, TextCodec, TokenStream,
 };
 
 #[derive(Parser)]
@@ -191,11 +191,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn quantize(args: QuantizeArgs) -> Result<()> {
-    let quant =
-        glm_infer::cli::quantize_options(Some(args.quantization_bit_width), args.tensor_parallel)?
-            .ok_or_else(|| Error::Usage("--quantization-bit-width is required".into()))?;
-    let float_dtype = glm_infer::cli::parse_dtype(&args.float_dtype)?;
+/// A progress bar over the tensors of a streamed checkpoint write.
+fn tensor_bar() -> indicatif::ProgressBar {
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
@@ -203,16 +200,27 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
+    bar
+}
+
+fn show_progress(bar: &indicatif::ProgressBar, p: &glm_core::quantized::ConvertProgress<'_>) {
+    bar.set_length(p.total as u64);
+    bar.set_position(p.done as u64);
+    bar.set_message(p.tensor.to_string());
+}
+
+fn quantize(args: QuantizeArgs) -> Result<()> {
+    let quant =
+        glm_infer::cli::quantize_options(Some(args.quantization_bit_width), args.tensor_parallel)?
+            .ok_or_else(|| Error::Usage("--quantization-bit-width is required".into()))?;
+    let float_dtype = glm_infer::cli::parse_dtype(&args.float_dtype)?;
+    let bar = tensor_bar();
     let report = glm_core::quantized::convert_checkpoint(
         &args.input,
         &args.output,
         quant,
         float_dtype,
-        &mut |p| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.done as u64);
-            bar.set_message(p.tensor.to_string());
-        },
+        &mut |p| show_progress(&bar, p),
     );
     bar.finish_and_clear();
     let report = report?;
@@ -431,23 +439,13 @@ fn init_random(args: InitArgs) -> Result<()> {
         }
         _ => {}
     }
-    let bar = indicatif::ProgressBar::new(0);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} tensors {msg} [{elapsed_precise}, eta {eta}]",
-        )
-        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-    );
+    let bar = tensor_bar();
     let report = glm_core::quantized::stream_safetensors(
         &source,
         &args.out.join("model.safetensors"),
         quant,
         float_dtype,
-        &mut |p| {
-            bar.set_length(p.total as u64);
-            bar.set_position(p.done as u64);
-            bar.set_message(p.tensor.to_string());
-        },
+        &mut |p| show_progress(&bar, p),
     );
     bar.finish_and_clear();
     let report = report?;
@@ -544,16 +542,20 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
 
 fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let config = load_config(&args.model, args.config.as_deref())?;
-    let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
-    let options = glm_infer::cli::model_options(&args.dtype, args.rotary_fp32)?;
-    let quant =
-        glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
-    if args.out_seq_length > config.max_sequence_length {
-        return Err(Error::Usage(format!(
-            "--out-seq-length {} exceeds the model's max_sequence_length {}",
-            args.out_seq_length, config.max_sequence_length
-        )));
-    }
+    // Flags that need no model are checked before it is loaded; the tokenizer is checked against
+    // the config by `Glm::load_on` before any weight is read.
+    glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
+    let options = LoadOptions {
+        dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
+        quantization_bit_width: args.quantization_bit_width,
+        tensor_parallel: args.tensor_parallel,
+        tokenizer: args.tokenizer.clone(),
+        tokenizer_mode: args.tokenizer_mode.clone(),
+        config: args.config.clone(),
+        rotary_fp32: args.rotary_fp32,
+        offload: args.offload.clone(),
+        sequence_length: Some(args.out_seq_length),
+    };
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
         "loading {} ({} parameters)",
@@ -561,17 +563,16 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         config.num_parameters()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let model = load_model::<B>(
-        &args.model,
-        &config,
-        device,
-        options,
-        quant,
-        &args.offload,
-        args.out_seq_length,
-    );
+    let glm = Glm::<B>::load_on(&args.model, options, device);
     spinner.finish_and_clear();
-    let model = model?;
+    let glm = glm?;
+    let (model, codec) = (glm.model(), glm.codec());
+    if args.out_seq_length > config.max_sequence_length {
+        return Err(Error::Usage(format!(
+            "--out-seq-length {} exceeds the model's max_sequence_length {}",
+            args.out_seq_length, config.max_sequence_length
+        )));
+    }
     let mut strategy = make_strategy(args, config.special_tokens.end_tokens().to_vec())?;
     std::fs::create_dir_all(&args.output_path).map_err(|e| Error::Io {
         path: args.output_path.clone(),
@@ -600,7 +601,7 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             if line.trim().is_empty() {
                 continue;
             }
-            if let Err(e) = process(args, &model, &codec, strategy.as_mut(), line, n, true) {
+            if let Err(e) = process(args, model, codec, strategy.as_mut(), line, n, true) {
                 eprintln!("error: {e}");
             }
             n += 1;
@@ -616,7 +617,7 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            process(args, &model, &codec, strategy.as_mut(), line, n, false)?;
+            process(args, model, codec, strategy.as_mut(), line, n, false)?;
         }
     }
     Ok(())

@@ -9,7 +9,7 @@ use burn::tensor::backend::Backend;
 use super::config::TaskConfig;
 use super::error::{EvalError, EvalResult};
 use super::runner::{evaluate_tasks, load_tasks, EvalOptions, Observer};
-use crate::cli::{load_codec, load_config, load_model, DeviceKind};
+use crate::cli::DeviceKind;
 
 /// Arguments of `glm evaluate`.
 #[derive(clap::Args, Debug, Clone)]
@@ -129,24 +129,24 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
     };
     // Task files first (as evaluate.py): a bad YAML fails before the model is loaded.
     let tasks = load_tasks(&args.tasks, &mut console)?;
-    let config = load_config(&args.model, args.config.as_deref())?;
-    let codec = load_codec(args.tokenizer.as_deref(), &args.tokenizer_mode, &config)?;
-    let options = crate::cli::model_options(&args.dtype, args.rotary_fp32)?;
-    let quant = crate::cli::quantize_options(args.quantization_bit_width, None)?;
-    let model = load_model::<B>(
-        &args.model,
-        &config,
-        device,
-        options,
-        quant,
-        &args.offload,
-        config.max_sequence_length,
-    )?;
+    let options = crate::api::LoadOptions {
+        dtype: crate::cli::parse_dtype(&args.dtype)?,
+        quantization_bit_width: args.quantization_bit_width,
+        tensor_parallel: None,
+        tokenizer: args.tokenizer.clone(),
+        tokenizer_mode: args.tokenizer_mode.clone(),
+        config: args.config.clone(),
+        rotary_fp32: args.rotary_fp32,
+        offload: args.offload.clone(),
+        sequence_length: None,
+    };
+    let glm = crate::api::Glm::<B>::load_on(&args.model, options, device)?;
+    let (model, codec) = (glm.model(), glm.codec());
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),
         token_losses: args.token_losses,
     };
-    let report = evaluate_tasks(&model, &codec, &tasks, &eval_options, &mut console)?;
+    let report = evaluate_tasks(model, codec, &tasks, &eval_options, &mut console)?;
     let json = serde_json::to_vec_pretty(&report)
         .map_err(|e| EvalError::Usage(format!("serializing the report: {e}")))?;
     glm_core::weights::write_atomic(&args.report, &json)?;
