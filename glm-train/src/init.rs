@@ -2,10 +2,16 @@
 //! the value rows of the fused QKV, the attention output projection and both MLP matrices, gain 1
 //! for queries and keys; biases 0; LayerNorm γ 1, β 0; word embedding N(0, `embedding_std`).
 //! Drawn on the host from the crate's seeded [`Rng`], so it does not depend on the backend RNG.
+//!
+//! The formulas are glm-core's [`deepnorm_std`], the same as
+//! [`RandomSource`](glm_core::weights::RandomSource) uses; the difference is the stream: here one
+//! sequential stream in build order (a training run is reproduced from its seed, as it always was),
+//! there one stream per tensor (tensors drawn independently, so checkpoints of any size stream).
 
 use burn::tensor::backend::Backend;
 use burn::tensor::{DType, Tensor, TensorData};
 use glm_core::linear::GlmLinear;
+use glm_core::weights::deepnorm_std;
 use glm_core::{GlmConfig, GlmModel, ModelOptions};
 use serde::{Deserialize, Serialize};
 
@@ -54,9 +60,6 @@ pub fn deepnorm_model<B: Backend>(
     device: &B::Device,
 ) -> Result<GlmModel<B>> {
     config.validate()?;
-    let beta = 1.0 / config.deepnorm_alpha();
-    let h = config.hidden_size;
-    let hn = config.head_dim();
     let mut rng = Rng::derive(seed, 0x1417);
     let mut fetch = |name: &str, shape: &[usize]| -> glm_core::Result<TensorData> {
         let n: usize = shape.iter().product();
@@ -71,18 +74,10 @@ pub fn deepnorm_model<B: Backend>(
     };
     let mut linear_rng = Rng::derive(seed, 0x2417);
     let mut linear = |prefix: &str, out: usize, inp: usize| -> glm_core::Result<GlmLinear<B>> {
-        let xavier = |fan_in: usize, fan_out: usize| (2.0 / (fan_in + fan_out) as f64).sqrt();
+        let name = format!("{prefix}.weight");
         let mut w = Vec::with_capacity(out * inp);
         for row in 0..out {
-            let std = if prefix.ends_with("query_key_value") {
-                // Per-head [q|k|v] rows; each projection is h → h.
-                let gain = if row % (3 * hn) >= 2 * hn { beta } else { 1.0 };
-                gain * xavier(h, h)
-            } else if prefix.ends_with("dense_h_to_4h") {
-                beta * xavier(inp, out / 2)
-            } else {
-                beta * xavier(inp, out)
-            };
+            let std = deepnorm_std(config, &name, row, init.embedding_std).unwrap_or(0.0);
             w.extend(normals(&mut linear_rng, inp, std));
         }
         Ok(GlmLinear::new(

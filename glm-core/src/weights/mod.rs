@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{DType, TensorData};
 
 pub use self::names::{is_ignored_name, param_specs, ParamKind, ParamSpec};
-pub use self::random::RandomSource;
+pub use self::random::{deepnorm_std, RandomSource};
 pub use self::safetensors::{save_safetensors, SafetensorsFile};
 pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule, TorchShard};
 use crate::error::{Error, Result};

@@ -5,9 +5,13 @@
 //! gives the same tensor in any order, on any number of threads, and a model of any size can be
 //! streamed to disk (`glm init-random`) holding one tensor in memory.
 //!
-//! The init is GLM's DeepNorm one (spec §8): weights `N(0, gain / √fan_in)` with gain
-//! `β = (2N)^-½` for the value rows of `query_key_value`, `attention.dense` and the MLP, 1
-//! elsewhere (the word embedding and the query / key rows); biases 0; LayerNorm γ = 1, β = 0.
+//! The init is GLM's DeepNorm one (spec §8, [`deepnorm_std`]): Xavier-normal weights with gain
+//! `β = (2N)^-½` for the value rows of `query_key_value`, `attention.dense` and both MLP
+//! matrices, 1 for the query / key rows; the word embedding `N(0, embedding_std)` (0.02 by
+//! default); biases 0; LayerNorm γ = 1, β = 0. glm-train's `deepnorm_model` uses the same
+//! [`deepnorm_std`]; it draws from one sequential stream (a training run is reproduced from its
+//! seed), this source from one stream per tensor (tensors are drawn independently, in any order,
+//! so a checkpoint of any size can be streamed).
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +30,8 @@ const BLOCK: usize = 1 << 16;
 pub struct RandomSource {
     specs: Vec<ParamSpec>,
     seed: u64,
-    beta: f64,
-    head_dim: usize,
+    config: GlmConfig,
+    embedding_std: f64,
     location: PathBuf,
 }
 
@@ -38,14 +42,49 @@ impl RandomSource {
         Ok(Self {
             specs: param_specs(config),
             seed,
-            beta: 1.0 / config.deepnorm_alpha(),
-            head_dim: config.head_dim(),
+            config: config.clone(),
+            embedding_std: 0.02,
             location: PathBuf::from(format!("<random seed {seed}>")),
         })
     }
 
+    /// The word embedding's standard deviation (default 0.02, the training recipe's).
+    pub fn with_embedding_std(mut self, std: f64) -> Self {
+        self.embedding_std = std;
+        self
+    }
+
     fn spec(&self, name: &str) -> Option<&ParamSpec> {
         self.specs.iter().find(|s| s.name == name)
+    }
+}
+
+/// The standard deviation of row `row` of weight `name` under GLM's DeepNorm init (spec §8):
+/// Xavier-normal `√(2 / (fan_in + fan_out))` times the gain `β = (2N)^-½` for the value rows of the
+/// per-head `[q|k|v]` layout, `attention.dense` and both MLP matrices (`dense_h_to_4h`'s fan-out
+/// is one GLU half), gain 1 for query / key rows; `embedding_std` for the word embedding. `None`
+/// for tensors that are not drawn (biases, LayerNorms) or names it does not know.
+pub fn deepnorm_std(config: &GlmConfig, name: &str, row: usize, embedding_std: f64) -> Option<f64> {
+    let h = config.hidden_size;
+    let f = config.inner_size();
+    let beta = 1.0 / config.deepnorm_alpha();
+    let xavier = |fan_in: usize, fan_out: usize| (2.0 / (fan_in + fan_out).max(1) as f64).sqrt();
+    if name == "transformer.word_embeddings.weight" {
+        return Some(embedding_std);
+    }
+    let prefix = name.strip_suffix(".weight")?;
+    if prefix.ends_with("attention.query_key_value") {
+        let hn = config.head_dim().max(1);
+        let gain = if row % (3 * hn) >= 2 * hn { beta } else { 1.0 };
+        Some(gain * xavier(h, h))
+    } else if prefix.ends_with("attention.dense") {
+        Some(beta * xavier(h, h))
+    } else if prefix.ends_with("mlp.dense_h_to_4h") {
+        Some(beta * xavier(h, f))
+    } else if prefix.ends_with("mlp.dense_4h_to_h") {
+        Some(beta * xavier(f, h))
+    } else {
+        None
     }
 }
 
@@ -122,33 +161,20 @@ impl WeightSource for RandomSource {
                 )))
             }
         };
-        let gain = if name.contains("attention.dense") || name.contains("mlp.") {
-            self.beta
-        } else {
-            1.0
-        };
-        let std = (gain / (cols.max(1) as f64).sqrt()) as f32;
+        // One std per row (only the [q|k|v] rows differ): drawn N(0, 1), then scaled.
+        let row_std: Vec<f32> = (0..rows)
+            .map(|r| deepnorm_std(&self.config, name, r, self.embedding_std).unwrap_or(0.0) as f32)
+            .collect();
         let stream = splitmix(self.seed ^ name_hash(name));
         let mut values = vec![0f32; n];
         values
             .par_chunks_mut(BLOCK)
             .enumerate()
-            .for_each(|(b, block)| {
-                fill_normal(block, splitmix(stream.wrapping_add(b as u64)));
-                for v in block.iter_mut() {
-                    *v *= std;
-                }
-            });
-        if name.ends_with("query_key_value.weight") {
-            // DeepNorm scales only the value rows of the fused per-head [q|k|v] layout.
-            let beta = self.beta as f32;
-            let hn = self.head_dim.max(1);
-            values
-                .par_chunks_mut(cols.max(1))
-                .enumerate()
-                .filter(|(r, _)| r % (3 * hn) >= 2 * hn)
-                .for_each(|(_, row)| row.iter_mut().for_each(|v| *v *= beta));
-        }
+            .for_each(|(b, block)| fill_normal(block, splitmix(stream.wrapping_add(b as u64))));
+        values
+            .par_chunks_mut(cols.max(1))
+            .zip(row_std.par_iter())
+            .for_each(|(row, &std)| row.iter_mut().for_each(|v| *v *= std));
         debug_assert_eq!(values.len(), rows * cols);
         Ok(TensorData::new(values, shape))
     }
@@ -175,7 +201,9 @@ mod tests {
             .map(|&v| (f64::from(v) - mean).powi(2))
             .sum::<f64>()
             / n;
-        let want = (1.0 / config.deepnorm_alpha()).powi(2) / config.hidden_size as f64;
+        // Xavier-normal with the DeepNorm gain, dense_h_to_4h's fan-out one GLU half.
+        let (h, f) = (config.hidden_size as f64, config.inner_size() as f64);
+        let want = (1.0 / config.deepnorm_alpha()).powi(2) * 2.0 / (h + f);
         assert!(mean.abs() < 0.01, "{mean}");
         assert!((var / want - 1.0).abs() < 0.05, "{var} vs {want}");
         assert!(a.load("nope").is_err());
