@@ -351,7 +351,8 @@ impl<B: Backend> Glm<B> {
 
     /// `log P(continuation | context)`: the sum of the continuation tokens' log-probabilities when
     /// it is generated after `context` + `[gMASK]` (the multiple-choice scoring layout of the
-    /// evaluation harness with `use_task_mask`), in f32.
+    /// evaluation harness with `use_task_mask`), in f32. Needs the `eval` feature (on by default).
+    #[cfg(feature = "eval")]
     pub fn score(&self, context: &str, continuation: &str) -> Result<f32> {
         let specials = self.config().special_tokens;
         let context = self.tokenize(context)?;
@@ -387,8 +388,7 @@ impl<B: Backend> Glm<B> {
             &input,
             &[pairs],
             crate::eval::score::SoftmaxDtype::F32,
-        )
-        .map_err(|e| Error::Usage(e.to_string()))?;
+        )?;
         Ok(values.first().map_or(0.0, |v| v.iter().sum()))
     }
 }

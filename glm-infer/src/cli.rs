@@ -54,15 +54,16 @@ pub fn quantize_options(
 }
 
 /// `--offload` and `--device-memory`: layer-streamed offload (see [`glm_core::offload`]).
-#[derive(clap::Args, Clone, Debug, Default)]
+#[derive(Clone, Debug, Default)]
+#[cfg_attr(feature = "cli", derive(clap::Args))]
 pub struct OffloadFlags {
     /// Keep layers in the checkpoint and move each to the device just before its forward
     /// (BMInf-style offload; the checkpoint must be float or already quantized).
-    #[arg(long)]
+    #[cfg_attr(feature = "cli", arg(long))]
     pub offload: bool,
     /// With --offload: the device memory budget (e.g. 24GiB); as many leading layers as fit stay
     /// resident, by `glm plan`'s count. Without it only the layer being computed is on the device.
-    #[arg(long, requires = "offload")]
+    #[cfg_attr(feature = "cli", arg(long, requires = "offload"))]
     pub device_memory: Option<String>,
 }
 

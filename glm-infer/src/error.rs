@@ -26,6 +26,18 @@ pub enum Error {
     /// Bad command-line usage (unknown device, missing model, ...).
     #[error("{0}")]
     Usage(String),
+    /// The evaluation harness failed (its own error type, with file, line and field).
+    #[cfg(feature = "eval")]
+    #[error(transparent)]
+    Eval(Box<crate::eval::EvalError>),
+}
+
+#[cfg(feature = "eval")]
+impl From<crate::eval::EvalError> for Error {
+    fn from(e: crate::eval::EvalError) -> Self {
+        // `EvalError` can hold an `Error` itself: boxed to keep both enums finite.
+        Self::Eval(Box::new(e))
+    }
 }
 
 /// `Result` with this crate's [`Error`].

@@ -31,6 +31,7 @@ pub mod api;
 pub mod beam;
 pub mod cli;
 pub mod error;
+#[cfg(feature = "eval")]
 pub mod eval;
 pub mod fill;
 pub mod generate;
@@ -43,6 +44,7 @@ pub use api::{Cpu, Decoding, Fill, GenerateOptions, Glm, LoadOptions};
 pub use beam::{BeamConfig, BeamSearchStrategy};
 /// burn's dtype enum ([`LoadOptions::dtype`]), re-exported so users need not depend on burn.
 pub use burn::tensor::DType;
+pub use cli::OffloadFlags;
 pub use error::{Error, Result};
 pub use fill::{fill_blanks, FillIteration, FillResult};
 pub use generate::{batch_filling_sequence, generated_tokens, GenerationSample};

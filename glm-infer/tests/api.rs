@@ -4,8 +4,6 @@
 
 mod common;
 
-use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor, TensorData};
 use glm_infer::{BeamConfig, Decoding, GenerateOptions, Glm, LoadOptions};
 
 fn fixture_glm() -> Glm {
@@ -66,8 +64,11 @@ fn fill_reproduces_the_original_greedy_and_beam_answers() {
     }
 }
 
+#[cfg(feature = "eval")]
 #[test]
 fn score_is_the_log_probability_of_the_continuation_after_gmask() {
+    use burn::tensor::activation::log_softmax;
+    use burn::tensor::{Int, Tensor, TensorData};
     let glm = fixture_glm();
     let cfg = glm.config().clone();
     let s = cfg.special_tokens;

@@ -9,6 +9,7 @@
 //!   is hard-coded): every printed figure re-derived in the test from the per-sample scores of the
 //!   report, and the StereoSet layout (`[gMASK]` appended, positions from `division`) checked by
 //!   scoring a sample laid out by hand.
+#![cfg(all(feature = "cli", feature = "eval"))]
 
 mod common;
 

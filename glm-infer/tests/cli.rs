@@ -4,6 +4,7 @@
 //! beam search, greedy and sampling output files against the fixtures (`beam.json`,
 //! `greedy.json`) on the fixture model; `glm quantize` (INT8 / INT4 against `quant_extra`'s
 //! logits, in-place refusal, atomic config, stale outputs) and `init-random`'s size checks.
+#![cfg(all(feature = "cli", feature = "eval"))]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! `eval.json` (fixtures `eval/`): per-sample layouts (tokens, position ids, attention masks),
 //! choice log-probabilities, predictions, per-file accuracy, window losses, perplexity, the
 //! max / median / average summaries and the printed report; plus `glm evaluate` end to end.
+#![cfg(all(feature = "cli", feature = "eval"))]
 
 mod common;
 

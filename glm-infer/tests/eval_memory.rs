@@ -6,6 +6,7 @@
 //! (`L²` bytes per window).
 //!
 //! This file holds a single test so that no other test allocates while it measures.
+#![cfg(feature = "eval")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! Malformed task YAML and data files: every error names the file, the line and the field. Plus
 //! the generation path and batching invariance on a small random model.
+#![cfg(feature = "eval")]
 
 use std::path::{Path, PathBuf};
 

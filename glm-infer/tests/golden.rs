@@ -267,6 +267,7 @@ fn every_multimask_iteration_matches_the_original() {
 /// `beam.json` → `evaluation_path` of the [gMASK] runs: the same context through the evaluation
 /// code (`build_generation_sample` + `collate_fn` + `generate_text(return_all_beams=True)`), whose
 /// context is padded to a multiple of 32 and whose length penalty counts that padding.
+#[cfg(feature = "eval")]
 #[test]
 fn every_beam_of_the_evaluation_path_matches_the_original() {
     use glm_infer::eval::gen::build_generation_context;

@@ -5,6 +5,7 @@
 //! file-backed pages of the memory-mapped weights included). The CPU backend's fixed allowance
 //! (`--workspace`: the process's code and runtime) is the peak of the same command on the smallest
 //! model, measured here too.
+#![cfg(all(feature = "cli", feature = "eval"))]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};

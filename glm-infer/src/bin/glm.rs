@@ -178,9 +178,7 @@ fn main() -> ExitCode {
         Command::InitRandom(args) => init_random(args),
         Command::Plan(args) => plan(args),
         Command::Quantize(args) => quantize(args),
-        Command::Evaluate(args) => {
-            glm_infer::eval::cli::run(args).map_err(|e| Error::Usage(e.to_string()))
-        }
+        Command::Evaluate(args) => glm_infer::eval::cli::run(args).map_err(Error::from),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

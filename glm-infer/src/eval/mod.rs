@@ -29,6 +29,7 @@
 //! ```
 
 pub mod bias;
+#[cfg(feature = "cli")]
 pub mod cli;
 pub mod config;
 pub mod data;
