@@ -7,12 +7,10 @@
 //! the model dtype. The `c` trick is a no-op mathematically; it keeps fp16 scores in range.
 
 use burn::module::Module;
-use burn::tensor::{activation, backend::Backend, Bool, DType, Int, Tensor};
+use burn::tensor::{activation, backend::Backend, DType, Tensor};
 
-use crate::cache::KvCache;
-use crate::dropout::Dropout;
+use crate::layer::LayerInput;
 use crate::linear::GlmLinear;
-use crate::rotary::Rotary;
 
 /// Value written into blocked attention scores (not −∞: the original fills −10000).
 pub const MASK_FILL: f64 = -10000.0;
@@ -31,36 +29,14 @@ pub struct SelfAttention<B: Backend> {
 }
 
 impl<B: Backend> SelfAttention<B> {
-    /// # Shapes
-    /// - `a`: `[batch, seq, hidden]`
-    /// - `position_ids`: `[batch, seq]`
-    /// - `mask`: `[batch | 1, 1, seq, cached + seq]`, `true` = blocked
-    /// - output: `[batch, seq, hidden]`
-    pub fn forward(
-        &self,
-        a: Tensor<B, 3>,
-        rotary: &Rotary<B>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        self.forward_with_dropout(a, rotary, position_ids, mask, cache, None)
-    }
-
-    /// [`forward`](Self::forward) in training mode: dropout on the attention probabilities and on
-    /// the output projection (`None` = inference).
+    /// Attention over `a` with the forward's shared `input` (rotary angles, mask, KV cache;
+    /// dropout on the probabilities and the output projection when it holds one).
     ///
     /// # Shapes
-    /// As [`forward`](Self::forward).
-    pub fn forward_with_dropout(
-        &self,
-        a: Tensor<B, 3>,
-        rotary: &Rotary<B>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-        mut dropout: Option<&mut Dropout>,
-    ) -> Tensor<B, 3> {
+    /// - `a`: `[batch, seq, hidden]`
+    /// - `input.mask`: `[batch | 1, 1, seq, cached + seq]`, `true` = blocked
+    /// - output: `[batch, seq, hidden]`
+    pub fn forward(&self, a: Tensor<B, 3>, input: &mut LayerInput<'_, B>) -> Tensor<B, 3> {
         let [batch, seq, hidden] = a.dims();
         let heads = self.num_heads;
         let hn = hidden / heads;
@@ -79,11 +55,15 @@ impl<B: Backend> SelfAttention<B> {
                 .reshape([batch * seq * heads * hn])
                 .reshape([batch, seq, heads, hn])
         };
-        let (cos, sin) = rotary.angles(position_ids, heads);
-        let q = rotary.apply_bshd(part(0), &cos, &sin).swap_dims(1, 2);
-        let k = rotary.apply_bshd(part(1), &cos, &sin).swap_dims(1, 2);
+        let rotary = input.rotary;
+        let q = rotary
+            .apply_bshd(part(0), &input.cos, &input.sin)
+            .swap_dims(1, 2);
+        let k = rotary
+            .apply_bshd(part(1), &input.cos, &input.sin)
+            .swap_dims(1, 2);
         let v = part(2).swap_dims(1, 2);
-        let (k, v) = match cache {
+        let (k, v) = match input.cache.as_deref_mut() {
             Some(cache) => cache.append(self.layer_id, k, v),
             None => (k, v),
         };
@@ -92,10 +72,10 @@ impl<B: Backend> SelfAttention<B> {
         let coeff = (self.layer_id + 1) as f64;
         let q = q / ((hn as f64).sqrt() * coeff);
         let scores = q.matmul(k.swap_dims(2, 3));
-        let mask = mask.expand([batch, heads, seq, keys]);
+        let mask = input.mask.clone().expand([batch, heads, seq, keys]);
         let scores = scores.mask_fill(mask, MASK_FILL).cast(DType::F32) * coeff;
         let mut probs = activation::softmax(scores, 3).cast(dtype);
-        if let Some(d) = dropout.as_deref_mut() {
+        if let Some(d) = input.dropout.as_deref_mut() {
             probs = d.attention(probs);
         }
         let context = probs
@@ -103,7 +83,7 @@ impl<B: Backend> SelfAttention<B> {
             .swap_dims(1, 2)
             .reshape([batch, seq, hidden]);
         let out = self.dense.forward(context);
-        match dropout {
+        match input.dropout.as_deref_mut() {
             Some(d) => d.hidden(out),
             None => out,
         }

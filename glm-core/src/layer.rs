@@ -15,6 +15,46 @@ use crate::geglu::GeGlu;
 use crate::layernorm::LayerNorm;
 use crate::rotary::Rotary;
 
+/// What every layer of one forward shares, built once per forward ([`LayerInput::new`]): the
+/// rotary angles of the positions (cos / sin rows repeated over heads), the attention mask, the
+/// KV cache and, in training, dropout.
+pub struct LayerInput<'a, B: Backend> {
+    /// The rotary tables (for their `rotate_half` permutation).
+    pub rotary: &'a Rotary<B>,
+    /// cos rows of the positions, `[batch, seq, heads, head_dim]`.
+    pub cos: Tensor<B, 4>,
+    /// sin rows of the positions, `[batch, seq, heads, head_dim]`.
+    pub sin: Tensor<B, 4>,
+    /// `[batch | 1, 1, seq, cached + seq]`, `true` = blocked.
+    pub mask: Tensor<B, 4, Bool>,
+    /// The KV cache when decoding.
+    pub cache: Option<&'a mut KvCache<B>>,
+    /// Dropout in training (`None`: inference).
+    pub dropout: Option<&'a mut Dropout>,
+}
+
+impl<'a, B: Backend> LayerInput<'a, B> {
+    /// The shared input of a forward over `position_ids` (`[batch, seq]`) with `heads` heads.
+    pub fn new(
+        rotary: &'a Rotary<B>,
+        position_ids: Tensor<B, 2, Int>,
+        heads: usize,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&'a mut KvCache<B>>,
+        dropout: Option<&'a mut Dropout>,
+    ) -> Self {
+        let (cos, sin) = rotary.angles(position_ids, heads);
+        Self {
+            rotary,
+            cos,
+            sin,
+            mask,
+            cache,
+            dropout,
+        }
+    }
+}
+
 /// A DeepNorm post-LN layer.
 #[derive(Module, Debug)]
 pub struct GlmLayer<B: Backend> {
@@ -31,47 +71,19 @@ pub struct GlmLayer<B: Backend> {
 }
 
 impl<B: Backend> GlmLayer<B> {
-    /// # Shapes
-    /// - `x`: `[batch, seq, hidden]` → same
-    /// - `position_ids`: `[batch, seq]`; `mask`: `[batch | 1, 1, seq, cached + seq]` (`true` = blocked)
-    pub fn forward(
-        &self,
-        x: Tensor<B, 3>,
-        rotary: &Rotary<B>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-    ) -> Tensor<B, 3> {
-        self.forward_with_dropout(x, rotary, position_ids, mask, cache, None)
-    }
-
-    /// [`forward`](Self::forward) in training mode: dropout on the attention probabilities, the
-    /// attention output and the MLP output, before each residual sum (`None` = inference).
+    /// The layer on `x` with the forward's shared `input` (dropout applied when it holds one).
     ///
     /// # Shapes
-    /// As [`forward`](Self::forward).
-    pub fn forward_with_dropout(
-        &self,
-        x: Tensor<B, 3>,
-        rotary: &Rotary<B>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-        mut dropout: Option<&mut Dropout>,
-    ) -> Tensor<B, 3> {
+    /// - `x`: `[batch, seq, hidden]` → same
+    pub fn forward(&self, x: Tensor<B, 3>, input: &mut LayerInput<'_, B>) -> Tensor<B, 3> {
         let alpha = self.deepnorm_alpha;
         let a = self.input_layernorm.forward(x);
-        let attn = self.attention.forward_with_dropout(
-            a.clone(),
-            rotary,
-            position_ids,
-            mask,
-            cache,
-            dropout.as_deref_mut(),
-        );
+        let attn = self.attention.forward(a.clone(), input);
         let h = a * alpha + attn;
         let m = self.post_attention_layernorm.forward(h);
-        let f = self.mlp.forward_with_dropout(m.clone(), dropout);
+        let f = self
+            .mlp
+            .forward_with_dropout(m.clone(), input.dropout.as_deref_mut());
         m * alpha + f
     }
 }

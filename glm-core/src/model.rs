@@ -15,7 +15,7 @@ use crate::config::GlmConfig;
 use crate::dropout::Dropout;
 use crate::error::{Error, Result};
 use crate::geglu::GeGlu;
-use crate::layer::GlmLayer;
+use crate::layer::{GlmLayer, LayerInput};
 use crate::layernorm::LayerNorm;
 use crate::linear::GlmLinear;
 use crate::rotary::{Rotary, RotaryPrecision, RotaryTables};
@@ -292,25 +292,66 @@ impl<B: Backend> GlmModel<B> {
         mut x: Tensor<B, 3>,
         position_ids: Tensor<B, 2, Int>,
         mask: Tensor<B, 4, Bool>,
-        mut cache: Option<&mut KvCache<B>>,
+        cache: Option<&mut KvCache<B>>,
         keep: bool,
     ) -> Result<(Tensor<B, 3>, Vec<Tensor<B, 3>>)> {
         let mut hidden_states = Vec::new();
+        // Rotary angles, mask and cache: built once, shared by every layer.
+        let mut input = LayerInput::new(
+            &self.rotary,
+            position_ids,
+            self.config.num_attention_heads,
+            mask,
+            cache,
+            None,
+        );
         for l in 0..self.config.num_layers {
-            x = self.with_layer(l, |layer| {
-                layer.forward(
-                    x,
-                    &self.rotary,
-                    position_ids.clone(),
-                    mask.clone(),
-                    cache.as_deref_mut(),
-                )
-            })?;
+            x = self.with_layer(l, |layer| layer.forward(x, &mut input))?;
             if keep {
                 hidden_states.push(x.clone());
             }
         }
         Ok((x, hidden_states))
+    }
+
+    /// The cached forward with the logits of ONE chosen row per batch entry (`rows[b]`, e.g. each
+    /// sample's last context row of a ragged batch): the layers, then the final LayerNorm and the
+    /// LM head on those rows only. Inputs are checked as in [`forward_cached`](Self::forward_cached).
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, seq]`; `mask`: `[batch | 1, 1, seq, cached + seq]`
+    /// - `rows`: `batch` row indices below `seq`
+    /// - output: `[batch, 1, vocab]`
+    pub fn forward_cached_rows(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: &mut KvCache<B>,
+        rows: &[usize],
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = tokens.dims();
+        if rows.len() != batch {
+            return Err(Error::InvalidInput(format!(
+                "{} rows chosen for a batch of {batch}",
+                rows.len()
+            )));
+        }
+        if let Some(&bad) = rows.iter().find(|&&r| r >= seq) {
+            return Err(Error::InvalidInput(format!(
+                "row {bad} is outside a sequence of {seq}"
+            )));
+        }
+        self.check_tensors(&tokens, &position_ids, &mask, Some(&*cache))?;
+        let device = tokens.device();
+        let x = self.embed_checked(tokens);
+        let (x, _) = self.run_layers(x, position_ids, mask, Some(cache), false)?;
+        let hidden = x.dims()[2];
+        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [batch]), &device)
+            .reshape([batch, 1, 1])
+            .expand([batch, 1, hidden]);
+        Ok(self.logits(self.final_layernorm.forward(x.gather(1, idx))))
     }
 
     /// The inference forward up to the final LayerNorm, without the logits: what scoring chosen
@@ -373,15 +414,16 @@ impl<B: Backend> GlmModel<B> {
             self.offload.is_none(),
             "forward_train on a layer-streamed (offloaded) model: offload is for inference"
         );
+        let mut input = LayerInput::new(
+            &self.rotary,
+            position_ids,
+            self.config.num_attention_heads,
+            mask,
+            None,
+            Some(dropout),
+        );
         for layer in &self.layers {
-            x = layer.forward_with_dropout(
-                x,
-                &self.rotary,
-                position_ids.clone(),
-                mask.clone(),
-                None,
-                Some(&mut *dropout),
-            );
+            x = layer.forward(x, &mut input);
         }
         self.final_layernorm.forward(x)
     }

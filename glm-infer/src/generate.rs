@@ -219,31 +219,8 @@ pub fn batch_filling_sequence<B: Backend>(
         let ragged = first_step && samples.iter().any(|s| s.context_length != width);
         let logits = if ragged {
             // Each sample's first token comes from its own last context row.
-            let out = model.forward_with(
-                tok,
-                pos,
-                mask,
-                Some(&mut cache),
-                ForwardOptions {
-                    hidden_states: true,
-                    last_only: true,
-                },
-            )?;
-            let hidden = out
-                .hidden_states
-                .last()
-                .cloned()
-                .ok_or_else(|| Error::Prompt("model has no layers".into()))?;
-            let rows_idx: Vec<i64> = samples
-                .iter()
-                .map(|s| (s.context_length - 1) as i64)
-                .collect();
-            let hdim = hidden.dims()[2];
-            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(rows_idx, [rows]), &device)
-                .reshape([rows, 1, 1])
-                .expand([rows, 1, hdim]);
-            let picked = hidden.gather(1, idx);
-            model.logits(model.final_layernorm.forward(picked))
+            let rows: Vec<usize> = samples.iter().map(|s| s.context_length - 1).collect();
+            model.forward_cached_rows(tok, pos, mask, &mut cache, &rows)?
         } else {
             model
                 .forward_with(
