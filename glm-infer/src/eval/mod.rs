@@ -9,6 +9,7 @@
 //! - [`bias`]: CrowS-Pairs and StereoSet, the paper's bias benchmarks (their metrics and reports).
 //! - [`lm`]: strided windows, loss, perplexity, bits per byte.
 //! - [`metrics`]: Accuracy, EM, F1, PPL, BPB and the max / median / average summary.
+//! - [`report`]: the JSON report types (task → group → file → item).
 //! - [`runner`]: tasks → files → batches, the original's report lines and a JSON [`runner::Report`].
 //! - [`cli`]: `glm evaluate`.
 //!
@@ -39,6 +40,7 @@ pub mod gen;
 pub mod lm;
 pub mod mc;
 pub mod metrics;
+pub mod report;
 pub mod runner;
 pub mod score;
 pub mod yaml;
