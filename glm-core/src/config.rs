@@ -3,6 +3,8 @@
 //!
 //! Spec §1: GLM-130B is 70 layers × 12288 hidden, 96 heads, GeGLU inner size 32768, vocab 150528,
 //! 2048 positions. Derived quantities (head size, DeepNorm α) are methods, never stored twice.
+//!
+//! (Over 400 lines: every hyper-parameter with its limits, defaults, presets and validation errors naming the field.)
 
 use std::path::Path;
 

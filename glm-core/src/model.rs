@@ -2,6 +2,8 @@
 //!
 //! Plain embedding lookup (no scaling, no position embedding) → N DeepNorm layers → final LayerNorm
 //! → logits tied to the word embedding (no bias).
+//!
+//! (Over 400 lines: the model type with its loaders, every forward variant (inference, cached, chosen rows, training) and the input checks they share.)
 
 use std::collections::BTreeMap;
 

@@ -23,6 +23,8 @@
 //!
 //! Everything is exact integer arithmetic on the config; the tests check the GLM-130B README's
 //! hardware table and measured peaks of small models.
+//!
+//! (Over 400 lines: the memory planner: every byte class of a device (weights by kind, KV cache, activations, workspace) and the fit searches.)
 
 use serde::Serialize;
 

@@ -13,6 +13,8 @@
 //!   under the original names, with a `__metadata__` marker (`glm_quant`, `tensor_parallel`).
 //! - [`convert_checkpoint`]: float checkpoint (file or folder) → quantized safetensors, streamed one
 //!   tensor at a time (what `glm quantize` runs).
+//!
+//! (Over 400 lines: GLM-130B's quantization of a whole model: load quantized or quantize on load, quantize in place, save, each checkpoint check.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;

@@ -6,6 +6,8 @@
 //! scores, and unique within their class (NORMAL/USER_DEFINED/UNUSED share one namespace, the
 //! reserved kinds another); at most one `<unk>`, required unless `byte_fallback` is on; byte
 //! pieces only with `byte_fallback`, only as `<0xXX>`, and then all 256 of them.
+//!
+//! (Over 400 lines: the SentencePiece unigram model (Viterbi segmentation, byte fallback, normalisation) that icetk's text tokenizer is.)
 
 use std::collections::HashMap;
 use std::path::Path;

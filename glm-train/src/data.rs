@@ -8,6 +8,8 @@
 //!   pairs (or `prompt_ids` / `target_ids`) for MIP.
 //! - [`DataStream`]: documents in a seeded per-epoch order → objective segments → packed
 //!   [`Sequence`]s; its whole position is a small serialisable [`DataState`].
+//!
+//! (Over 400 lines: corpus reading, tokenization, the data cache with its checksums, and the deterministic shuffling position a resume continues from.)
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -1,6 +1,8 @@
 //! The training step: loss on the generated rows, backward with loss scaling, gradient
 //! accumulation and data-parallel reduction, global-norm clipping, overflow skipping and the
 //! AdamW update on f32 master weights.
+//!
+//! (Over 400 lines: one optimisation step: forward with the GLM objective, mixed-precision loss scaling, gradient checks, clipping and the optimiser.)
 
 use std::panic::AssertUnwindSafe;
 use std::sync::{Mutex, PoisonError};

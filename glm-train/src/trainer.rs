@@ -1,5 +1,7 @@
 //! The training loop behind the `glm-train` CLI: data preparation, the step loop with metrics,
 //! validation, checkpoints and resume.
+//!
+//! (Over 400 lines: the training loop: schedule, steps, evaluation, metrics, checkpoints and resume, in the order they happen.)
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

@@ -3,6 +3,8 @@
 //! token-level (numbers → boundary numbers, dictionary words, token / line delete, duplicate,
 //! swap). Every input is a pure function of its seed, so any input can be rebuilt from
 //! `(run seed, target, iteration)`.
+//!
+//! (Over 400 lines: the byte- and token-level mutation operators the fuzz targets share, each small.)
 
 /// SplitMix64: the whole RNG state is one `u64`.
 #[derive(Debug, Clone)]

@@ -9,6 +9,8 @@
 //! glm plan [--preset glm-130b | --config config.json] --device-memory 24GiB [--tensor-parallel N]
 //!          [--quantization-bit-width 4|8] [--dtype f16] [--batch B] [--sequence-length S] [--offload] [--json]
 //! ```
+//!
+//! (Over 400 lines: the `glm` command line: six subcommands' flags and their glue; the work is in the library.)
 
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]

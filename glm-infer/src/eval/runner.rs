@@ -2,6 +2,8 @@
 //! first, then per task, per file group, per data file: build the dataset, evaluate it in
 //! micro-batches, compute the metrics, print the original's report lines and collect a
 //! machine-readable [`Report`].
+//!
+//! (Over 400 lines: the original's `evaluate.py` + `BaseTask.evaluate` flow for the three task families and their reports, one pass per file.)
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;

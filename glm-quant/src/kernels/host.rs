@@ -7,6 +7,8 @@
 //! The layout is the device layout of [`QuantizedWeight`](crate::QuantizedWeight): row `r` starts at
 //! byte `r · row_stride` and holds the checkpoint bytes of that row (int8 values, or int4 pairs with
 //! the even column in the high nibble).
+//!
+//! (Over 400 lines: the fused INT8 / INT4 CPU kernels for every instruction set (AVX-512, AVX2, scalar) side by side, each beside the same reference.)
 
 use std::sync::OnceLock;
 

@@ -4,6 +4,8 @@
 //! Keys are accepted in kebab-case, snake_case or camelCase (`file-pattern`, `micro_batch_size`,
 //! even the mixed `max_seq-length` of the original MMLU file). Unknown keys, keys that belong to
 //! another task type, wrong types and duplicates are errors naming the file, the line and the key.
+//!
+//! (Over 400 lines: `TaskConfig::from_yaml_str` checks every field of the three task types with its own error; about a fifth is unit tests.)
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
