@@ -42,27 +42,12 @@ impl<B: Backend> SelfAttention<B> {
         let hn = hidden / heads;
         let dtype = a.dtype();
 
-        // [q|k|v] per head; each part materialised as a contiguous [batch, seq, heads, hn] (its
-        // view collapses to 2-D, which backends copy fast), rotated on same-shape operands, then
-        // viewed as [batch, heads, seq, hn] for attention.
-        let qkv = self
-            .query_key_value
-            .forward(a)
-            .reshape([batch, seq, heads, 3 * hn]);
-        let part = |i: usize| {
-            qkv.clone()
-                .narrow(3, i * hn, hn)
-                .reshape([batch * seq * heads * hn])
-                .reshape([batch, seq, heads, hn])
-        };
+        let qkv = self.query_key_value.forward(a);
+        let [q, k, v] = split_qkv(qkv, heads);
         let rotary = input.rotary;
-        let q = rotary
-            .apply_bshd(part(0), &input.cos, &input.sin)
-            .swap_dims(1, 2);
-        let k = rotary
-            .apply_bshd(part(1), &input.cos, &input.sin)
-            .swap_dims(1, 2);
-        let v = part(2).swap_dims(1, 2);
+        let q = rotary.apply_bshd(q, &input.cos, &input.sin).swap_dims(1, 2);
+        let k = rotary.apply_bshd(k, &input.cos, &input.sin).swap_dims(1, 2);
+        let v = v.swap_dims(1, 2);
         let (k, v) = match input.cache.as_deref_mut() {
             Some(cache) => cache.append(self.layer_id, k, v),
             None => (k, v),
@@ -86,6 +71,67 @@ impl<B: Backend> SelfAttention<B> {
         match input.dropout.as_deref_mut() {
             Some(d) => d.hidden(out),
             None => out,
+        }
+    }
+}
+
+/// Splits the fused per-head `[heads][q|k|v][head_dim]` projection into q, k and v, each
+/// materialised as a contiguous `[batch, seq, heads, head_dim]` (its view collapses to 2-D, which
+/// backends copy fast) so rotary runs on same-shape contiguous operands. Bit-identical to
+/// [`split_qkv_reference`] (tested).
+///
+/// # Shapes
+/// - `qkv`: `[batch, seq, 3·hidden]` → three `[batch, seq, heads, hidden / heads]`
+pub fn split_qkv<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+    let [batch, seq, width] = qkv.dims();
+    let hn = width / (3 * heads.max(1));
+    let qkv = qkv.reshape([batch, seq, heads, 3 * hn]);
+    let part = |i: usize| {
+        qkv.clone()
+            .narrow(3, i * hn, hn)
+            .reshape([batch * seq * heads * hn])
+            .reshape([batch, seq, heads, hn])
+    };
+    [part(0), part(1), part(2)]
+}
+
+/// The plain reference of [`split_qkv`]: the narrowed views, as the original's
+/// `query_key_value.view(..., heads, 3 * hn).split(hn, dim=-1)`.
+///
+/// # Shapes
+/// As [`split_qkv`].
+pub fn split_qkv_reference<B: Backend>(qkv: Tensor<B, 3>, heads: usize) -> [Tensor<B, 4>; 3] {
+    let [batch, seq, width] = qkv.dims();
+    let hn = width / (3 * heads.max(1));
+    let qkv = qkv.reshape([batch, seq, heads, 3 * hn]);
+    [0, 1, 2].map(|i| qkv.clone().narrow(3, i * hn, hn))
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn contiguous_split_equals_the_reference_bit_for_bit() {
+        let device = Default::default();
+        for (b, s, heads, hn) in [(1, 1, 1, 2), (2, 3, 4, 5), (3, 7, 2, 16)] {
+            let qkv = Tensor::<Flex, 3>::random(
+                [b, s, 3 * heads * hn],
+                Distribution::Normal(0.0, 1.0),
+                &device,
+            );
+            let fast = split_qkv(qkv.clone(), heads);
+            let reference = split_qkv_reference(qkv, heads);
+            for (i, (f, r)) in fast.into_iter().zip(reference).enumerate() {
+                assert_eq!(f.dims(), r.dims(), "part {i}");
+                let (f, r): (Vec<f32>, Vec<f32>) = (
+                    f.into_data().to_vec().unwrap(),
+                    r.into_data().to_vec().unwrap(),
+                );
+                assert_eq!(f, r, "part {i} of [{b}, {s}, {heads}×3×{hn}]");
+            }
         }
     }
 }

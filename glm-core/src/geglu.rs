@@ -36,22 +36,64 @@ impl<B: Backend> GeGlu<B> {
         dropout: Option<&mut Dropout>,
     ) -> Tensor<B, 3> {
         let u = self.dense_h_to_4h.forward(m);
-        let [batch, seq, width] = u.dims();
-        let inner = width / 2;
-        // Each half materialised contiguous (the narrowed view collapses to 2-D, a fast copy), so
-        // the element-wise GELU and product run on contiguous same-shape operands.
-        let half = |at: usize| {
-            u.clone()
-                .narrow(2, at, inner)
-                .reshape([batch * seq * inner])
-                .reshape([batch, seq, inner])
-        };
-        let (u1, u2) = (half(0), half(inner));
-        drop(u);
-        let out = self.dense_4h_to_h.forward(u1 * activation::gelu(u2));
+        let out = self.dense_4h_to_h.forward(geglu_gate(u));
         match dropout {
             Some(d) => d.hidden(out),
             None => out,
+        }
+    }
+}
+
+/// The gate `u₁ ⊙ gelu(u₂)` of `u = [u₁ | u₂]` along the last dim, each half first materialised
+/// contiguous (the narrowed view collapses to 2-D, a fast copy) so the element-wise GELU and product
+/// run on contiguous same-shape operands. Bit-identical to [`geglu_gate_reference`] (tested).
+///
+/// # Shapes
+/// - `u`: `[batch, seq, 2·inner]` → `[batch, seq, inner]`
+pub fn geglu_gate<B: Backend>(u: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, width] = u.dims();
+    let inner = width / 2;
+    let half = |at: usize| {
+        u.clone()
+            .narrow(2, at, inner)
+            .reshape([batch * seq * inner])
+            .reshape([batch, seq, inner])
+    };
+    let (u1, u2) = (half(0), half(inner));
+    drop(u);
+    u1 * activation::gelu(u2)
+}
+
+/// The plain reference of [`geglu_gate`]: the same product on the narrowed views, as the original
+/// writes it (`x1, x2 = x.chunk(2, -1); x1 * gelu(x2)`).
+///
+/// # Shapes
+/// - `u`: `[batch, seq, 2·inner]` → `[batch, seq, inner]`
+pub fn geglu_gate_reference<B: Backend>(u: Tensor<B, 3>) -> Tensor<B, 3> {
+    let inner = u.dims()[2] / 2;
+    let u1 = u.clone().narrow(2, 0, inner);
+    let u2 = u.narrow(2, inner, inner);
+    u1 * activation::gelu(u2)
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::Distribution;
+
+    #[test]
+    fn contiguous_gate_equals_the_reference_bit_for_bit() {
+        let device = Default::default();
+        for (b, s, inner) in [(1, 1, 3), (2, 5, 7), (3, 4, 16)] {
+            let u = Tensor::<Flex, 3>::random(
+                [b, s, 2 * inner],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            );
+            let fast: Vec<f32> = geglu_gate(u.clone()).into_data().to_vec().unwrap();
+            let reference: Vec<f32> = geglu_gate_reference(u).into_data().to_vec().unwrap();
+            assert_eq!(fast, reference, "[{b}, {s}, 2·{inner}]");
         }
     }
 }
