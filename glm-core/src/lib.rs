@@ -35,8 +35,6 @@ pub mod attention;
 pub mod blank;
 pub mod cache;
 pub mod config;
-pub mod data_dir;
-pub mod device;
 pub mod dropout;
 pub mod error;
 pub mod geglu;
@@ -48,6 +46,9 @@ pub mod offload;
 pub mod plan;
 pub mod quantized;
 pub mod rotary;
+pub mod support;
+/// The support modules under their former paths (`glm_core::device`, `glm_core::data_dir`).
+pub use support::{data_dir, device};
 pub mod weights;
 
 pub use cache::KvCache;
