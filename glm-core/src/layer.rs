@@ -13,6 +13,7 @@ use crate::cache::KvCache;
 use crate::dropout::Dropout;
 use crate::geglu::GeGlu;
 use crate::layernorm::LayerNorm;
+use crate::linear::GlmLinear;
 use crate::rotary::Rotary;
 
 /// What every layer of one forward shares, built once per forward ([`LayerInput::new`]): the
@@ -70,7 +71,36 @@ pub struct GlmLayer<B: Backend> {
     pub deepnorm_alpha: f64,
 }
 
+/// The four linears of a layer under their original name suffixes, in checkpoint order: the one
+/// table every per-linear loop (export, quantization, statistics) walks.
+pub const LINEAR_NAMES: [&str; 4] = [
+    "attention.query_key_value",
+    "attention.dense",
+    "mlp.dense_h_to_4h",
+    "mlp.dense_4h_to_h",
+];
+
 impl<B: Backend> GlmLayer<B> {
+    /// The four linears with their name suffixes ([`LINEAR_NAMES`] order).
+    pub fn linears(&self) -> [(&'static str, &GlmLinear<B>); 4] {
+        [
+            (LINEAR_NAMES[0], &self.attention.query_key_value),
+            (LINEAR_NAMES[1], &self.attention.dense),
+            (LINEAR_NAMES[2], &self.mlp.dense_h_to_4h),
+            (LINEAR_NAMES[3], &self.mlp.dense_4h_to_h),
+        ]
+    }
+
+    /// [`linears`](Self::linears), mutable.
+    pub fn linears_mut(&mut self) -> [(&'static str, &mut GlmLinear<B>); 4] {
+        [
+            (LINEAR_NAMES[0], &mut self.attention.query_key_value),
+            (LINEAR_NAMES[1], &mut self.attention.dense),
+            (LINEAR_NAMES[2], &mut self.mlp.dense_h_to_4h),
+            (LINEAR_NAMES[3], &mut self.mlp.dense_4h_to_h),
+        ]
+    }
+
     /// The layer on `x` with the forward's shared `input` (dropout applied when it holds one).
     ///
     /// # Shapes

@@ -691,16 +691,7 @@ impl<B: Backend> GlmModel<B> {
                 format!("{p}post_attention_layernorm"),
                 &layer.post_attention_layernorm,
             );
-            let linears = [
-                (
-                    "attention.query_key_value",
-                    &layer.attention.query_key_value,
-                ),
-                ("attention.dense", &layer.attention.dense),
-                ("mlp.dense_h_to_4h", &layer.mlp.dense_h_to_4h),
-                ("mlp.dense_4h_to_h", &layer.mlp.dense_4h_to_h),
-            ];
-            for (name, lin) in linears {
+            for (name, lin) in layer.linears() {
                 lin.export(&format!("{p}{name}"), &mut out)?;
             }
         }

@@ -38,12 +38,7 @@ use crate::weights::{
 };
 
 /// The four linears of every layer that GLM-130B quantizes (name suffixes of their prefixes).
-pub const QUANTIZED_LINEARS: [&str; 4] = [
-    "attention.query_key_value",
-    "attention.dense",
-    "mlp.dense_h_to_4h",
-    "mlp.dense_4h_to_h",
-];
+pub const QUANTIZED_LINEARS: [&str; 4] = crate::layer::LINEAR_NAMES;
 
 /// Whether the linear `prefix` (e.g. `transformer.layers.0.attention.dense`) is row-parallel
 /// (split along its INPUT dim across tensor-parallel ranks, hence one scale per row per shard).
@@ -374,16 +369,7 @@ impl<B: Backend> GlmModel<B> {
         }
         let tp = quant.tensor_parallel.unwrap_or(1);
         for (l, layer) in self.layers.iter_mut().enumerate() {
-            let linears = [
-                (
-                    "attention.query_key_value",
-                    &mut layer.attention.query_key_value,
-                ),
-                ("attention.dense", &mut layer.attention.dense),
-                ("mlp.dense_h_to_4h", &mut layer.mlp.dense_h_to_4h),
-                ("mlp.dense_4h_to_h", &mut layer.mlp.dense_4h_to_h),
-            ];
-            for (suffix, lin) in linears {
+            for (suffix, lin) in layer.linears_mut() {
                 let prefix = format!("transformer.layers.{l}.{suffix}");
                 let Some(w) = lin.float_weight() else {
                     continue;
@@ -408,12 +394,7 @@ impl<B: Backend> GlmModel<B> {
     pub fn quantization(&self) -> Option<(QuantScheme, usize)> {
         let mut found = None;
         for layer in &self.layers {
-            for lin in [
-                &layer.attention.query_key_value,
-                &layer.attention.dense,
-                &layer.mlp.dense_h_to_4h,
-                &layer.mlp.dense_4h_to_h,
-            ] {
+            for lin in layer.linears().map(|(_, lin)| lin) {
                 if let Some(q) = lin.quantized_weight() {
                     let shards = found.map_or(1, |(_, s)| s).max(q.layout().shards);
                     found = Some((q.scheme(), shards));
@@ -435,12 +416,7 @@ impl<B: Backend> GlmModel<B> {
             for ln in [&layer.input_layernorm, &layer.post_attention_layernorm] {
                 total += size(ln.weight.val()) + size(ln.bias.val());
             }
-            for lin in [
-                &layer.attention.query_key_value,
-                &layer.attention.dense,
-                &layer.mlp.dense_h_to_4h,
-                &layer.mlp.dense_4h_to_h,
-            ] {
+            for lin in layer.linears().map(|(_, lin)| lin) {
                 total += lin.weight_bytes() + size(lin.bias.val());
             }
         }
