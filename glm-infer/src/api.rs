@@ -136,6 +136,29 @@ pub struct Fill {
     pub tokens: Vec<u32>,
 }
 
+/// One item of [`Glm::stream`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamItem {
+    /// New text of the blank being filled.
+    Piece(String),
+    /// The finished fill (the last item).
+    Done(Fill),
+}
+
+/// The iterator [`Glm::stream`] returns.
+#[derive(Debug)]
+pub struct Stream {
+    rx: std::sync::mpsc::Receiver<Result<StreamItem>>,
+}
+
+impl Iterator for Stream {
+    type Item = Result<StreamItem>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.rx.recv().ok()
+    }
+}
+
 /// A loaded model with its tokenizer.
 pub struct Glm<B: Backend = Cpu> {
     model: GlmModel<B>,
@@ -266,6 +289,32 @@ impl<B: Backend> Glm<B> {
         })
     }
 
+    /// [`fill_streaming`](Self::fill_streaming) as an iterator: the pieces of text arrive while
+    /// the model generates them on a worker thread (the model is shared, not copied: burn tensors
+    /// are reference-counted); the last item is the whole [`Fill`]. Dropping the iterator early
+    /// lets the worker finish the current fill and discards it.
+    pub fn stream(&self, text: &str, options: &GenerateOptions) -> Stream
+    where
+        B: 'static,
+        GlmModel<B>: Send,
+        Codec: Send,
+    {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Result<StreamItem>>(16);
+        let worker = Glm {
+            model: self.model.clone(),
+            codec: self.codec.clone(),
+        };
+        let (text, options) = (text.to_string(), options.clone());
+        std::thread::spawn(move || {
+            let piece_tx = tx.clone();
+            let result = worker.fill_streaming(&text, &options, |piece| {
+                let _ = piece_tx.send(Ok(StreamItem::Piece(piece.to_string())));
+            });
+            let _ = tx.send(result.map(StreamItem::Done));
+        });
+        Stream { rx }
+    }
+
     /// Fills every `[MASK]` / `[sMASK]` of `text` left to right (or continues it after an
     /// appended `[gMASK]` when it has none), as generate.py does.
     pub fn fill(&self, text: &str, options: &GenerateOptions) -> Result<Fill> {
@@ -347,6 +396,34 @@ impl<B: Backend> Glm<B> {
             blanks,
             tokens,
         })
+    }
+
+    /// The next-token logits after `text` in generate.py's layout (`[gMASK]` appended when the
+    /// text has no mask; the first blank's context + `<sop>`): the full vocabulary, f32, in id
+    /// order — what a strategy samples the first generated token from.
+    pub fn logits(&self, text: &str) -> Result<Vec<f32>> {
+        let config = self.config();
+        let specials = config.special_tokens;
+        let prompt = build_prompt(text, &self.codec, &specials, config.max_sequence_length)?;
+        let blank = glm_core::blank::BlankInput::from_context(&prompt.tokens, &specials)?;
+        let input = blank.to_input(config)?;
+        let device = self.model.word_embeddings.val().device();
+        let (tokens, positions, mask) = input.to_tensors::<B>(&device);
+        let out = self.model.forward_with(
+            tokens,
+            positions,
+            mask,
+            None,
+            glm_core::ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        )?;
+        out.logits
+            .cast(DType::F32)
+            .into_data()
+            .to_vec::<f32>()
+            .map_err(|e| Error::Prompt(format!("reading logits: {e:?}")))
     }
 
     /// `log P(continuation | context)`: the sum of the continuation tokens' log-probabilities when

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use glm_core::quantized::QuantizeOptions;
-use glm_core::weights::{SafetensorsFile, SatCheckpoint};
 use glm_core::{GlmConfig, GlmModel, ModelOptions};
 use glm_tokenizer::{Tokenizer, TokenizerOptions};
 
@@ -87,18 +86,14 @@ pub(crate) fn load_model<B: Backend>(
             model_dir.display()
         )));
     }
-    let source: glm_core::offload::SharedSource = if model_dir.join("latest").is_file() {
-        std::sync::Arc::new(SatCheckpoint::open(model_dir)?)
-    } else {
-        let file = model_dir.join("model.safetensors");
-        if !file.is_file() {
-            return Err(Error::Usage(format!(
-                "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
-                model_dir.display()
-            )));
-        }
-        std::sync::Arc::new(SafetensorsFile::open(&file)?)
-    };
+    if !model_dir.join("latest").is_file() && !model_dir.join("model.safetensors").is_file() {
+        return Err(Error::Usage(format!(
+            "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
+            model_dir.display()
+        )));
+    }
+    let source: glm_core::offload::SharedSource =
+        std::sync::Arc::from(glm_core::quantized::open_checkpoint(model_dir)?);
     if !offload.offload {
         return Ok(GlmModel::from_source_quantized(
             config,
@@ -151,6 +146,7 @@ pub(crate) fn load_model<B: Backend>(
 }
 
 /// A prompt codec chosen on the command line.
+#[derive(Debug, Clone)]
 pub enum Codec {
     /// A SentencePiece (icetk) tokenizer.
     Ice(Box<Tokenizer>),

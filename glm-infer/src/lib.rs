@@ -40,7 +40,7 @@ pub mod sampling;
 pub mod strategy;
 pub mod stream;
 
-pub use api::{Cpu, Decoding, Fill, GenerateOptions, Glm, LoadOptions};
+pub use api::{Cpu, Decoding, Fill, GenerateOptions, Glm, LoadOptions, Stream, StreamItem};
 pub use beam::{BeamConfig, BeamSearchStrategy};
 /// burn's dtype enum ([`LoadOptions::dtype`]), re-exported so users need not depend on burn.
 pub use burn::tensor::DType;

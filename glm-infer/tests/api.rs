@@ -114,3 +114,45 @@ fn score_is_the_log_probability_of_the_continuation_after_gmask() {
     assert!((got - want).abs() < 1e-4, "score {got} vs forward {want}");
     assert!(glm.score(&words(&context), "").is_err());
 }
+
+#[test]
+fn stream_and_logits_agree_with_the_original_greedy_answers() {
+    let glm = fixture_glm();
+    let greedy = common::read_json("greedy.json");
+    let mut checked = 0;
+    for (name, case) in greedy.as_object().unwrap() {
+        let Some(text) = case.get("prompt_text").and_then(|v| v.as_str()) else {
+            continue;
+        };
+        let generated: Vec<u64> = case["generated_tokens"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap())
+            .collect();
+        // The first generated token is the argmax of the next-token logits.
+        let logits = glm.logits(text).unwrap();
+        assert_eq!(logits.len(), glm.config().vocab_size, "{name}");
+        let best = logits
+            .iter()
+            .enumerate()
+            .fold(0, |b, (i, &v)| if v > logits[b] { i } else { b });
+        assert_eq!(best as u64, generated[0], "{name}: first greedy token");
+        // The iterator hands out pieces, then the whole fill: the original's answer.
+        let items: Vec<glm_infer::StreamItem> = glm
+            .stream(text, &GenerateOptions::greedy(generated.len()))
+            .collect::<Result<_, _>>()
+            .unwrap();
+        let Some(glm_infer::StreamItem::Done(fill)) = items.last() else {
+            panic!("{name}: the stream ends with the fill");
+        };
+        assert_eq!(
+            fill.text,
+            case["fill_blanks_answer"].as_str().unwrap(),
+            "{name}"
+        );
+        assert!(items.len() > 1, "{name}: pieces before the fill");
+        checked += 1;
+    }
+    assert!(checked > 0);
+}

@@ -65,7 +65,10 @@ pub fn read_quantization_marker(path: impl AsRef<Path>) -> Result<Option<(QuantS
 
 /// Opens a checkpoint: a safetensors file, a folder holding `model.safetensors`, or an original
 /// SAT folder (`latest` + `mp_rank_XX_model_states.pt`, shards merged).
-pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource>> {
+/// The one place a checkpoint path is recognised (`glm quantize`, `glm generate`, `glm evaluate`,
+/// `glm_infer::Glm::load` all go through it); the source can be shared
+/// across threads (layer-streamed offload keeps it).
+pub fn open_checkpoint(path: impl AsRef<Path>) -> Result<Box<dyn WeightSource + Send + Sync>> {
     let path = path.as_ref();
     if path.is_dir() {
         if path.join("latest").is_file() {
