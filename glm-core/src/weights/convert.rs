@@ -4,7 +4,7 @@
 //! marker of quantized files ([`read_quantization_marker`]).
 
 use std::collections::HashMap;
-use std::io::{BufWriter, Read, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
@@ -17,31 +17,10 @@ use crate::quantized::{is_quantized_linear_weight, quant_err, source_tp, Quantiz
 
 /// The `__metadata__` map of a safetensors file (reads only the header).
 pub fn read_safetensors_metadata(path: impl AsRef<Path>) -> Result<HashMap<String, String>> {
-    let path = path.as_ref();
-    let mut f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut len = [0u8; 8];
-    f.read_exact(&mut len).map_err(|e| Error::io(path, e))?;
-    let len = u64::from_le_bytes(len);
-    let file_len = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    if len > file_len.saturating_sub(8) || len > 100 << 20 {
-        return Err(Error::corrupt(
-            path,
-            format!("header length {len} exceeds the file"),
-        ));
-    }
-    let mut header = vec![0u8; len as usize];
-    f.read_exact(&mut header).map_err(|e| Error::io(path, e))?;
-    let json: serde_json::Value = serde_json::from_slice(&header)
-        .map_err(|e| Error::corrupt(path, format!("header is not JSON: {e}")))?;
-    let mut out = HashMap::new();
-    if let Some(meta) = json.get("__metadata__").and_then(|m| m.as_object()) {
-        for (k, v) in meta {
-            if let Some(s) = v.as_str() {
-                out.insert(k.clone(), s.to_string());
-            }
-        }
-    }
-    Ok(out)
+    // The safetensors crate's own header parser, on the memory map (nothing but the header is
+    // read from disk).
+    let file = SafetensorsFile::open(path.as_ref())?;
+    Ok(file.user_metadata())
 }
 
 /// The quantization marker of a safetensors file: `Some((scheme, tensor_parallel))` when it was

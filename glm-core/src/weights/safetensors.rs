@@ -57,6 +57,11 @@ impl SafetensorsFile {
         self.metadata.info(name)
     }
 
+    /// The header's `__metadata__` map (string → string; empty when there is none).
+    pub fn user_metadata(&self) -> std::collections::HashMap<String, String> {
+        self.metadata.metadata().clone().unwrap_or_default()
+    }
+
     /// The stored dtype of `name`.
     pub fn dtype(&self, name: &str) -> Option<DType> {
         self.info(name).and_then(|i| to_burn_dtype(i.dtype))

@@ -14,7 +14,9 @@ use super::error::{EvalError, EvalResult};
 use super::yaml::{self, Node};
 
 mod fields;
+mod generation;
 mod kinds;
+mod language_model;
 
 pub use fields::normalize_key;
 use fields::{Fields, IGNORED_KEYS};
@@ -240,77 +242,14 @@ impl TaskConfig {
             f.integer("micro_batch_size", 1, 1, MAX_MICRO_BATCH_SIZE)?;
         let kind = match family {
             TaskType::MultiChoice => TaskKind::MultiChoice,
-            TaskType::Generation => {
-                let d = GenerationSettings::default();
-                let sampling_strategy = match f.take("sampling_strategy") {
-                    None => d.sampling_strategy,
-                    Some((key, line, node)) => match f.scalar(&key, line, &node)?.trim() {
-                        "BaseStrategy" => SamplingStrategyName::BaseStrategy,
-                        "BeamSearchStrategy" => SamplingStrategyName::BeamSearchStrategy,
-                        other => {
-                            return Err(f.err(
-                                line,
-                                &key,
-                                format!(
-                                    "unknown strategy `{other}` (BaseStrategy, BeamSearchStrategy)"
-                                ),
-                            ))
-                        }
-                    },
-                };
-                let (num_beams, _) = f.integer("num_beams", d.num_beams, 1, MAX_NUM_BEAMS)?;
-                let length_penalty = f.float("length_penalty", d.length_penalty)?;
-                let (no_repeat_ngram_size, _) = f.integer(
-                    "no_repeat_ngram_size",
-                    d.no_repeat_ngram_size,
-                    0,
-                    MAX_LENGTH_LIMIT,
-                )?;
-                let (min_gen_length, _) =
-                    f.integer("min_gen_length", d.min_gen_length, 0, MAX_LENGTH_LIMIT)?;
-                let (max_gen_length, mgl_line) =
-                    f.integer("max_gen_length", d.max_gen_length, 1, MAX_LENGTH_LIMIT)?;
-                if micro_batch_size != 1 {
-                    return Err(f.err(mbs_line, &f.spelled("micro_batch_size"), "only micro batch size 1 is supported for generation tasks (as the original)"));
-                }
-                if max_gen_length.saturating_add(2) >= max_seq_length {
-                    let (line, key) = if mgl_line > 0 {
-                        (mgl_line, "max_gen_length")
-                    } else {
-                        (msl_line, "max_seq_length")
-                    };
-                    return Err(f.err(
-                        line,
-                        &f.spelled(key),
-                        format!("max_gen_length {max_gen_length} + 2 leaves no room for the context in max_seq_length {max_seq_length}"),
-                    ));
-                }
-                TaskKind::Generation(GenerationSettings {
-                    sampling_strategy,
-                    num_beams,
-                    length_penalty,
-                    no_repeat_ngram_size,
-                    min_gen_length,
-                    max_gen_length,
-                })
-            }
-            _ => {
-                let (generation_length, gl_line) =
-                    f.integer("generation_length", 256, 1, MAX_LENGTH_LIMIT)?;
-                if generation_length > max_seq_length - 1 {
-                    let (line, key) = if gl_line > 0 {
-                        (gl_line, "generation_length")
-                    } else {
-                        (msl_line, "max_seq_length")
-                    };
-                    return Err(f.err(
-                        line,
-                        &f.spelled(key),
-                        format!("generation_length {generation_length} exceeds the window (max_seq_length − 1 = {})", max_seq_length - 1),
-                    ));
-                }
-                TaskKind::LanguageModel(LanguageModelSettings { generation_length })
-            }
+            TaskType::Generation => TaskKind::Generation(generation::parse(
+                &mut f,
+                micro_batch_size,
+                mbs_line,
+                max_seq_length,
+                msl_line,
+            )?),
+            _ => TaskKind::LanguageModel(language_model::parse(&mut f, max_seq_length, msl_line)?),
         };
         let mut warnings = Vec::new();
         for ignored in IGNORED_KEYS {
