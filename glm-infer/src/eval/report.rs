@@ -40,7 +40,7 @@ pub struct WindowResult {
     pub num_scored: usize,
     /// Bidirectional prompt length.
     pub prompt_length: usize,
-    /// Per-token losses (with [`EvalOptions::token_losses`]).
+    /// Per-token losses (with [`EvalOptions::token_losses`](crate::eval::EvalOptions::token_losses)).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_losses: Option<Vec<f32>>,
 }

@@ -66,10 +66,10 @@ pub enum TaskHandler {
     /// `tasks.language-modeling.pile.Pile`: tokenized JSONL documents, bits per byte per subset.
     Pile,
     /// `tasks.ethnic.crows-pair.tasks.CrowsPairTask`: CrowS-Pairs, per-category share of pairs
-    /// whose first sentence scores at least as high as the second (see [`super::bias`]).
+    /// whose first sentence scores at least as high as the second (see [`crate::eval::bias`]).
     CrowsPair,
     /// `tasks.ethnic.stereoset.tasks.StereoSetTask`: StereoSet intrasentence, LMS / SS / ICAT per
-    /// domain and overall from length-normalised choice scores (see [`super::bias`]).
+    /// domain and overall from length-normalised choice scores (see [`crate::eval::bias`]).
     StereoSet,
 }
 
