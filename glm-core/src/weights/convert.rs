@@ -11,7 +11,7 @@ use burn::tensor::{DType, TensorData};
 use glm_quant::scheme::{METADATA_SCHEME_KEY, METADATA_TP_KEY, SCALE_SUFFIX};
 use glm_quant::{QuantScheme, QuantizedMatrix};
 
-use super::{is_float, is_ignored_name, load_float, SafetensorsFile, SatCheckpoint, WeightSource};
+use super::{is_float, is_ignored_name, SafetensorsFile, SatCheckpoint, WeightSource};
 use crate::error::{Error, Result};
 use crate::quantized::{is_quantized_linear_weight, quant_err, source_tp, QuantizeOptions};
 
@@ -226,7 +226,35 @@ pub fn stream_safetensors(
             } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
                 scale
             } else {
-                load_float(source, name, float_dtype)?
+                // Float tensors are converted and written in blocks: memory is the tensor as
+                // stored plus one block, not a second converted copy.
+                let data = source.load(name)?;
+                if !is_float(data.dtype) {
+                    return Err(Error::UnsupportedDtype {
+                        file: file.clone(),
+                        tensor: name.clone(),
+                        dtype: format!("{:?}", data.dtype),
+                    });
+                }
+                if data.shape.to_vec() != *shape {
+                    return Err(Error::ShapeMismatch {
+                        file: file.clone(),
+                        tensor: name.clone(),
+                        expected: shape.clone(),
+                        found: data.shape.to_vec(),
+                    });
+                }
+                let n = write_converted(&mut w, &data, float_dtype).map_err(io)?;
+                drop(data);
+                source.release(name);
+                written += n;
+                progress(&ConvertProgress {
+                    done: i + 1,
+                    total,
+                    tensor: name,
+                    bytes: written,
+                });
+                continue;
             };
             if data.shape.to_vec() != *shape {
                 return Err(Error::ShapeMismatch {
@@ -334,4 +362,26 @@ pub fn convert_checkpoint(
         crate::weights::write_atomic(&config_dst, &bytes)?;
     }
     Ok(report)
+}
+
+/// Elements converted per block by [`write_converted`].
+const CONVERT_BLOCK: usize = 1 << 22;
+
+/// Writes `data` converted to `dtype`, [`CONVERT_BLOCK`] elements at a time; the bytes written.
+fn write_converted(w: &mut impl Write, data: &TensorData, dtype: DType) -> std::io::Result<u64> {
+    let bytes = data.as_bytes();
+    if data.dtype == dtype {
+        w.write_all(bytes)?;
+        return Ok(bytes.len() as u64);
+    }
+    let size = data.dtype.size().max(1);
+    let mut written = 0u64;
+    for chunk in bytes.chunks(CONVERT_BLOCK * size) {
+        let n = chunk.len() / size;
+        let block =
+            TensorData::from_bytes_vec(chunk.to_vec(), [n], data.dtype).convert_dtype(dtype);
+        w.write_all(block.as_bytes())?;
+        written += block.as_bytes().len() as u64;
+    }
+    Ok(written)
 }
