@@ -7,7 +7,7 @@
 //! // A folder with config.json + model.safetensors (or a SAT checkpoint folder, or one
 //! // safetensors file). Without a tokenizer, text is whitespace-separated token ids.
 //! let glm = Glm::load(&fixtures, LoadOptions::default())?;
-//! let out = glm.fill("89 423 699 [MASK] 308 300", &GenerateOptions::greedy(8))?;
+//! let out = glm.fill("11 12 13 [MASK] 14 15", &GenerateOptions::greedy(8))?;
 //! assert_eq!(out.blanks.len(), 1);
 //! println!("{}", out.text);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
