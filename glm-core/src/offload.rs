@@ -34,6 +34,9 @@ pub struct OffloadStore {
     scheme: Option<QuantScheme>,
     resident: usize,
     options: ModelOptions,
+    /// Every stored tensor name of each layer (weights, biases, scales), found once at load: what
+    /// [`release`](Self::release) hands back after the layer's forward.
+    layer_names: Arc<Vec<Vec<String>>>,
 }
 
 impl std::fmt::Debug for OffloadStore {
@@ -75,11 +78,8 @@ impl OffloadStore {
 
     /// Hands the file pages of layer `l` back to the OS (see [`WeightSource::release`]).
     pub(crate) fn release(&self, l: usize) {
-        let prefix = format!("transformer.layers.{l}.");
-        for name in self.source.names() {
-            if name.starts_with(&prefix) {
-                self.source.release(&name);
-            }
+        for name in self.layer_names.get(l).into_iter().flatten() {
+            self.source.release(name);
         }
     }
 }
@@ -114,11 +114,22 @@ impl<B: Backend> GlmModel<B> {
             &mut |prefix, _out, inp| load_linear(src, prefix, scheme, inp, device, dtype),
             resident,
         )?;
+        let mut layer_names = vec![Vec::new(); config.num_layers];
+        for name in src.names() {
+            let layer = name
+                .strip_prefix("transformer.layers.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|l| l.parse::<usize>().ok());
+            if let Some(names) = layer.and_then(|l| layer_names.get_mut(l)) {
+                names.push(name);
+            }
+        }
         model.offload = Some(OffloadStore {
             source: Arc::clone(&source),
             scheme,
             resident,
             options,
+            layer_names: Arc::new(layer_names),
         });
         Ok(model)
     }

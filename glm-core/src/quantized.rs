@@ -311,19 +311,7 @@ impl<B: Backend> GlmModel<B> {
                     options,
                     &mut |name, _| fetch(name),
                     &mut |prefix, _out, inp| {
-                        let name = format!("{prefix}.weight");
-                        let weight = source.load(&name)?;
-                        let scale = source.load(&format!("{name}{SCALE_SUFFIX}"))?;
-                        let m =
-                            QuantizedMatrix::from_checkpoint(&name, &weight, &scale, scheme, inp)
-                                .map_err(quant_err)?;
-                        drop((weight, scale));
-                        source.release(&name);
-                        source.release(&format!("{name}{SCALE_SUFFIX}"));
-                        Ok(GlmLinear::quantized(
-                            QuantizedWeight::from_matrix(&m, device),
-                            bias(prefix)?,
-                        ))
+                        load_linear(source, prefix, Some(scheme), inp, device, dtype)
                     },
                 )
             }

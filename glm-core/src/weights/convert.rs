@@ -208,6 +208,7 @@ pub fn stream_safetensors(
         // Names are sorted, so `<linear>.weight` comes right before `<linear>.weight_scale`.
         let mut pending_scale: Option<(String, TensorData)> = None;
         for (i, (name, _, shape)) in plan.iter().enumerate() {
+            let mut float = false;
             let data = if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(name)) {
                 let weight = source.load(name)?;
                 let prefix = name.trim_end_matches(".weight");
@@ -226,8 +227,6 @@ pub fn stream_safetensors(
             } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
                 scale
             } else {
-                // Float tensors are converted and written in blocks: memory is the tensor as
-                // stored plus one block, not a second converted copy.
                 let data = source.load(name)?;
                 if !is_float(data.dtype) {
                     return Err(Error::UnsupportedDtype {
@@ -236,25 +235,8 @@ pub fn stream_safetensors(
                         dtype: format!("{:?}", data.dtype),
                     });
                 }
-                if data.shape.to_vec() != *shape {
-                    return Err(Error::ShapeMismatch {
-                        file: file.clone(),
-                        tensor: name.clone(),
-                        expected: shape.clone(),
-                        found: data.shape.to_vec(),
-                    });
-                }
-                let n = write_converted(&mut w, &data, float_dtype).map_err(io)?;
-                drop(data);
-                source.release(name);
-                written += n;
-                progress(&ConvertProgress {
-                    done: i + 1,
-                    total,
-                    tensor: name,
-                    bytes: written,
-                });
-                continue;
+                float = true;
+                data
             };
             if data.shape.to_vec() != *shape {
                 return Err(Error::ShapeMismatch {
@@ -264,8 +246,14 @@ pub fn stream_safetensors(
                     found: data.shape.to_vec(),
                 });
             }
-            w.write_all(data.as_bytes()).map_err(io)?;
-            written += data.as_bytes().len() as u64;
+            // Float tensors are converted and written in blocks (memory: the tensor as stored
+            // plus one block, no second converted copy); integer weights and scales as they are.
+            let out_dtype = if float { float_dtype } else { data.dtype };
+            written += write_converted(&mut w, &data, out_dtype).map_err(io)?;
+            if float {
+                drop(data);
+                source.release(name);
+            }
             progress(&ConvertProgress {
                 done: i + 1,
                 total,

@@ -542,9 +542,7 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
 
 fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
     let config = load_config(&args.model, args.config.as_deref())?;
-    // Flags that need no model are checked before it is loaded; the tokenizer is checked against
-    // the config by `Glm::load_on` before any weight is read.
-    glm_infer::cli::quantize_options(args.quantization_bit_width, args.tensor_parallel)?;
+    // `Glm::load_on` checks the tokenizer and the quantization flags before any weight is read.
     let options = LoadOptions {
         dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
         quantization_bit_width: args.quantization_bit_width,

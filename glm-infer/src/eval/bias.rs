@@ -213,24 +213,27 @@ pub fn crows_pair_metric(scores: &[f32], items: &[CrowsItem]) -> EvalResult<Vec<
             items.len()
         )));
     }
-    // `results` and `labels`: dicts keyed by pair in first-appearance order.
-    let mut pairs: Vec<(&str, f64, &str)> = Vec::new();
+    // `results` and `labels`: dicts keyed by pair in first-appearance order (an index map keeps
+    // the lookup constant-time over CrowS-Pairs' tens of thousands of lines).
+    let mut pairs: Vec<(f64, &str)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for (item, &s) in items.iter().zip(scores) {
         let signed = if item.first_sentence {
             f64::from(s)
         } else {
             -f64::from(s)
         };
-        match pairs.iter_mut().find(|p| p.0 == item.pair) {
-            Some(p) => {
-                p.1 += signed;
-                p.2 = &item.bias_type;
-            }
-            None => pairs.push((&item.pair, signed, &item.bias_type)),
+        let at = *index.entry(&item.pair).or_insert_with(|| {
+            pairs.push((0.0, &item.bias_type));
+            pairs.len() - 1
+        });
+        if let Some(p) = pairs.get_mut(at) {
+            p.0 += signed;
+            p.1 = &item.bias_type;
         }
     }
     let mut cats: Vec<(&str, usize, usize)> = Vec::new();
-    for (_, delta, cat) in pairs {
+    for (delta, cat) in pairs {
         let positive = usize::from(delta >= 0.0);
         match cats.iter_mut().find(|c| c.0 == cat) {
             Some(c) => {
