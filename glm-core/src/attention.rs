@@ -30,7 +30,11 @@ pub struct SelfAttention<B: Backend> {
 
 impl<B: Backend> SelfAttention<B> {
     /// Attention over `a` with the forward's shared `input` (rotary angles, mask, KV cache;
-    /// dropout on the probabilities and the output projection when it holds one).
+    /// dropout on the probabilities and the output projection when it holds one). Without
+    /// dropout, on the CPU backend (`Flex`, f32) with at most 8 query rows (decode), scores,
+    /// softmax and context run as one host kernel per (batch row, head) reading the KV cache in
+    /// place ([`try_attention_f32`](glm_quant::kernels::try_attention_f32)); every other case
+    /// runs the generic tensor ops.
     ///
     /// # Shapes
     /// - `a`: `[batch, seq, hidden]`
@@ -45,7 +49,7 @@ impl<B: Backend> SelfAttention<B> {
         let qkv = self.query_key_value.forward(a);
         let [q, k, v] = split_qkv(qkv, heads);
         let rotary = input.rotary;
-        let q = rotary.apply_bshd(q, &input.cos, &input.sin).swap_dims(1, 2);
+        let q = rotary.apply_bshd(q, &input.cos, &input.sin);
         let k = rotary.apply_bshd(k, &input.cos, &input.sin).swap_dims(1, 2);
         let v = v.swap_dims(1, 2);
         let (k, v) = match input.cache.as_deref_mut() {
@@ -55,6 +59,15 @@ impl<B: Backend> SelfAttention<B> {
         let keys = k.dims()[2];
 
         let coeff = (self.layer_id + 1) as f64;
+        if input.dropout.is_none() {
+            // CPU decode (`Flex`, f32, ≤ 8 query rows): one kernel per (row, head) over the cache.
+            if let Some(context) =
+                glm_quant::kernels::try_attention_f32(&q, &k, &v, &input.mask, coeff as f32)
+            {
+                return self.dense.forward(context);
+            }
+        }
+        let q = q.swap_dims(1, 2);
         let q = q / ((hn as f64).sqrt() * coeff);
         let scores = q.matmul(k.swap_dims(2, 3));
         let mask = input.mask.clone().expand([batch, heads, seq, keys]);

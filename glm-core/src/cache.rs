@@ -1,11 +1,15 @@
 //! KV cache for incremental decoding (SAT "mem_kv"): per layer the keys AFTER rotary and the
-//! values, concatenated along the sequence on every call.
+//! values. Each layer's keys and values live in a buffer with room along the sequence; a step
+//! writes its new rows in place (`slice_assign` on the uniquely owned buffer — copy-on-write on
+//! the CPU backend, so a cloned cache is never changed behind its back) and attention reads a
+//! narrowed view of the filled part. Room grows geometrically when a step does not fit (amortised
+//! O(1) copies per token); [`KvCache::reserve`] sizes it once for a known generation budget.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
 
 use crate::error::{Error, Result};
 
-/// Cached keys and values of one layer.
+/// Cached keys and values of one layer (views of the filled part).
 ///
 /// # Shapes
 /// - `k`, `v`: `[batch, heads, cached_len, head_dim]`
@@ -17,10 +21,33 @@ pub struct LayerKv<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
+/// One layer's buffers: `[batch, heads, capacity, head_dim]`, the first `len` positions filled.
+#[derive(Debug, Clone)]
+struct Slot<B: Backend> {
+    k: Tensor<B, 4>,
+    v: Tensor<B, 4>,
+    len: usize,
+}
+
+impl<B: Backend> Slot<B> {
+    fn view(&self) -> LayerKv<B> {
+        LayerKv {
+            k: self.k.clone().narrow(2, 0, self.len),
+            v: self.v.clone().narrow(2, 0, self.len),
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.k.dims()[2]
+    }
+}
+
 /// The KV cache of a whole model: one [`LayerKv`] per layer once the first call has run.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
-    layers: Vec<Option<LayerKv<B>>>,
+    layers: Vec<Option<Slot<B>>>,
+    /// Positions to make room for at the first allocation (0: just what the call needs).
+    reserve: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -28,6 +55,18 @@ impl<B: Backend> KvCache<B> {
     pub fn new(num_layers: usize) -> Self {
         Self {
             layers: vec![None; num_layers],
+            reserve: 0,
+        }
+    }
+
+    /// Makes room for `positions` cached positions in all (so no step up to that length copies
+    /// the cache): at the first call when the cache is empty, at once otherwise.
+    pub fn reserve(&mut self, positions: usize) {
+        self.reserve = self.reserve.max(positions);
+        for slot in self.layers.iter_mut().flatten() {
+            if slot.capacity() < positions {
+                grow(slot, positions);
+            }
         }
     }
 
@@ -36,7 +75,7 @@ impl<B: Backend> KvCache<B> {
         self.layers
             .first()
             .and_then(|l| l.as_ref())
-            .map_or(0, |l| l.k.dims()[2])
+            .map_or(0, |l| l.len)
     }
 
     /// Whether nothing is cached yet.
@@ -52,12 +91,19 @@ impl<B: Backend> KvCache<B> {
             .map(|l| l.k.dims()[0])
     }
 
-    /// The cache of layer `layer`, if filled.
-    pub fn layer(&self, layer: usize) -> Option<&LayerKv<B>> {
-        self.layers.get(layer).and_then(|l| l.as_ref())
+    /// The cache of layer `layer` (views of the filled positions), if filled.
+    pub fn layer(&self, layer: usize) -> Option<LayerKv<B>> {
+        self.layers
+            .get(layer)
+            .and_then(|l| l.as_ref())
+            .map(Slot::view)
     }
 
     /// Appends new keys/values of `layer` and returns the full (cached + new) keys and values.
+    ///
+    /// # Shapes
+    /// - `k`, `v`: `[batch, heads, new_len, head_dim]` → `[batch, heads, cached_len + new_len,
+    ///   head_dim]` each
     pub(crate) fn append(
         &mut self,
         layer: usize,
@@ -67,18 +113,48 @@ impl<B: Backend> KvCache<B> {
         if self.layers.len() <= layer {
             self.layers.resize(layer + 1, None);
         }
-        let (k, v) = match self.layers[layer].take() {
-            Some(old) => (
-                Tensor::cat(vec![old.k, k], 2),
-                Tensor::cat(vec![old.v, v], 2),
-            ),
-            None => (k, v),
+        let [batch, heads, new, head_dim] = k.dims();
+        let mut slot = match self.layers[layer].take() {
+            Some(slot) => slot,
+            // No room asked for beyond this call: the new tensors are the buffers.
+            None if self.reserve <= new => {
+                let slot = Slot { k, v, len: new };
+                let view = slot.view();
+                self.layers[layer] = Some(slot);
+                return (view.k, view.v);
+            }
+            None => {
+                let (device, dtype) = (k.device(), k.dtype());
+                let empty = || {
+                    Tensor::<B, 4>::zeros([batch, heads, self.reserve, head_dim], &device)
+                        .cast(dtype)
+                };
+                Slot {
+                    k: empty(),
+                    v: empty(),
+                    len: 0,
+                }
+            }
         };
-        self.layers[layer] = Some(LayerKv {
-            k: k.clone(),
-            v: v.clone(),
-        });
-        (k, v)
+        let needed = slot.len + new;
+        if slot.capacity() < needed {
+            // Geometric growth: amortised O(1) copies per appended position.
+            let grown = needed
+                .max(slot.capacity() + slot.capacity() / 2 + 16)
+                .max(self.reserve);
+            grow(&mut slot, grown);
+        }
+        let at = slot.len;
+        slot.k = slot
+            .k
+            .slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], k);
+        slot.v = slot
+            .v
+            .slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], v);
+        slot.len = needed;
+        let view = slot.view();
+        self.layers[layer] = Some(slot);
+        (view.k, view.v)
     }
 
     /// Keeps the batch rows `indices` (in that order, repeats allowed), e.g. the parent beams of
@@ -139,7 +215,13 @@ impl<B: Backend> KvCache<B> {
         }
         let len = self.len();
         let expected = [batch, heads, len, head_dim];
-        for (layer, kv) in self.layers.iter().take(num_layers).flatten().enumerate() {
+        let views = self
+            .layers
+            .iter()
+            .take(num_layers)
+            .flatten()
+            .map(Slot::view);
+        for (layer, kv) in views.enumerate() {
             if kv.k.dims() != expected || kv.v.dims() != expected {
                 return Err(Error::InvalidInput(format!(
                     "KV cache layer {layer} holds keys {:?} / values {:?}, this step needs \
@@ -158,6 +240,23 @@ impl<B: Backend> KvCache<B> {
         let kv = self.layer(layer)?;
         let [batch, heads, len, head_dim] = kv.k.dims();
         let flat = |t: Tensor<B, 4>| t.swap_dims(1, 2).reshape([batch, len, heads * head_dim]);
-        Some(Tensor::cat(vec![flat(kv.k.clone()), flat(kv.v.clone())], 2))
+        Some(Tensor::cat(vec![flat(kv.k), flat(kv.v)], 2))
     }
+}
+
+/// Moves `slot` into buffers with room for `capacity` positions (the filled part copied once).
+fn grow<B: Backend>(slot: &mut Slot<B>, capacity: usize) {
+    let [batch, heads, _, head_dim] = slot.k.dims();
+    let (device, dtype) = (slot.k.device(), slot.k.dtype());
+    let len = slot.len;
+    let moved = |old: &Tensor<B, 4>| {
+        Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &device)
+            .cast(dtype)
+            .slice_assign(
+                [0..batch, 0..heads, 0..len, 0..head_dim],
+                old.clone().narrow(2, 0, len),
+            )
+    };
+    slot.k = moved(&slot.k);
+    slot.v = moved(&slot.v);
 }

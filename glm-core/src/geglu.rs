@@ -44,13 +44,32 @@ impl<B: Backend> GeGlu<B> {
     }
 }
 
-/// The gate `u₁ ⊙ gelu(u₂)` of `u = [u₁ | u₂]` along the last dim, each half first materialised
-/// contiguous (the narrowed view collapses to 2-D, a fast copy) so the element-wise GELU and product
-/// run on contiguous same-shape operands. Bit-identical to [`geglu_gate_reference`] (tested).
+/// The gate `u₁ ⊙ gelu(u₂)` of `u = [u₁ | u₂]` along the last dim.
+///
+/// On the CPU backend (`Flex`, f32) one fused pass of glm-quant's
+/// [`host_elem`](glm_quant::kernels::host_elem) kernel with a vectorized `erf` (within
+/// [`ERF_MAX_ABS_ERROR`](glm_quant::kernels::host_elem::ERF_MAX_ABS_ERROR) of libm's, tested
+/// against [`geglu_gate_reference`]); every other backend and dtype runs
+/// [`geglu_gate_generic`].
 ///
 /// # Shapes
 /// - `u`: `[batch, seq, 2·inner]` → `[batch, seq, inner]`
 pub fn geglu_gate<B: Backend>(u: Tensor<B, 3>) -> Tensor<B, 3> {
+    let [batch, seq, width] = u.dims();
+    let inner = width / 2;
+    match glm_quant::kernels::try_geglu_f32(u.reshape([batch * seq, width])) {
+        Ok(gated) => gated.reshape([batch, seq, inner]),
+        Err(u) => geglu_gate_generic(u.reshape([batch, seq, width])),
+    }
+}
+
+/// The generic gate: each half first materialised contiguous (the narrowed view collapses to 2-D,
+/// a fast copy) so the element-wise GELU and product run on contiguous same-shape operands.
+/// Bit-identical to [`geglu_gate_reference`] (tested).
+///
+/// # Shapes
+/// - `u`: `[batch, seq, 2·inner]` → `[batch, seq, inner]`
+pub fn geglu_gate_generic<B: Backend>(u: Tensor<B, 3>) -> Tensor<B, 3> {
     let [batch, seq, width] = u.dims();
     let inner = width / 2;
     let half = |at: usize| {
@@ -91,9 +110,41 @@ mod tests {
                 Distribution::Normal(0.0, 2.0),
                 &device,
             );
-            let fast: Vec<f32> = geglu_gate(u.clone()).into_data().to_vec().unwrap();
+            let fast: Vec<f32> = geglu_gate_generic(u.clone()).into_data().to_vec().unwrap();
             let reference: Vec<f32> = geglu_gate_reference(u).into_data().to_vec().unwrap();
             assert_eq!(fast, reference, "[{b}, {s}, 2·{inner}]");
+        }
+    }
+
+    #[test]
+    fn fused_cpu_gate_stays_within_the_erf_bound_of_the_reference() {
+        use glm_quant::kernels::host_elem::ERF_MAX_ABS_ERROR;
+        let device = Default::default();
+        for (b, s, inner) in [(1, 1, 3), (2, 5, 37), (3, 4, 16)] {
+            let u = Tensor::<Flex, 3>::random(
+                [b, s, 2 * inner],
+                Distribution::Normal(0.0, 2.0),
+                &device,
+            );
+            let values: Vec<f32> = u.clone().into_data().to_vec().unwrap();
+            let fused = geglu_gate(u.clone());
+            assert_eq!(fused.dims(), [b, s, inner]);
+            let fused: Vec<f32> = fused.into_data().to_vec().unwrap();
+            let reference: Vec<f32> = geglu_gate_reference(u).into_data().to_vec().unwrap();
+            assert_eq!(fused.len(), reference.len());
+            for (i, (f, r)) in fused.iter().zip(&reference).enumerate() {
+                let (row, col) = (i / inner, i % inner);
+                let (a, g) = (
+                    values[row * 2 * inner + col],
+                    values[row * 2 * inner + inner + col],
+                );
+                let bound = 0.5 * (a * g).abs() * ERF_MAX_ABS_ERROR
+                    + 2.0 * f32::EPSILON * r.abs().max(a.abs());
+                assert!(
+                    (f - r).abs() <= bound,
+                    "[{b}, {s}, 2·{inner}] at {i}: {f} vs {r}"
+                );
+            }
         }
     }
 }

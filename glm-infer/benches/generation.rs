@@ -6,6 +6,7 @@
 //!     --weights ../shared/bench/weights/glm-small/model.safetensors \
 //!     [--reference results.jsonl] [--membw membw.jsonl] [--out ours.jsonl] [--last-row-only]
 //!     [--prompt-len P] [--new-tokens N] [--warmup W] [--reps R] [--no-batch4]
+//!     [--format f32|int8|int4]
 //! ```
 //! One generation = the forward calls of GLM-130B's `batch_filling_sequence`: a prefill over the P
 //! prompt tokens (LM head on all P rows like the original, unless `--last-row-only`) whose last
@@ -15,12 +16,22 @@
 //! reps and batch 4 default to the config's `bench` block. Prints one JSON line (fields named as
 //! the reference's); with `--reference`, also the ratios against the reference line of the same
 //! config and the first greedy-token mismatch (`[row, index]`, `null` when every row is identical).
+//!
+//! `--format int8|int4` quantizes the same float weights on load exactly as the original
+//! (`--quantization-bit-width`). Every line also carries `bytes_per_decode_step` (what a batch-1
+//! step must read: every linear weight as stored — integers + fp16 scales for int8/int4 — their
+//! biases, the LayerNorms and the float LM head; the embedding lookup reads one row), the
+//! achieved `b1_weight_GBps` and, with `--membw`, `b1_fraction_of_roofline`; and prefill
+//! GFLOP/s (matmul FLOPs of the prefill: every linear, QKᵀ and PV, the LM head on the rows it
+//! computes) beside `peak_gflops`, an FMA-throughput loop measured in the same run on all
+//! threads (AVX-512 or AVX2 as the CPU has it).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use glm_core::quantized::QuantizeOptions;
 use glm_core::weights::SafetensorsFile;
 use glm_core::{ForwardOptions, GlmConfig, GlmModel, ModelOptions};
 use serde_json::{json, Value};
@@ -39,6 +50,7 @@ struct Args {
     warmup: Option<usize>,
     reps: Option<usize>,
     batch4: Option<bool>,
+    format: String,
 }
 
 fn usage(msg: &str) -> ! {
@@ -59,6 +71,7 @@ fn parse_args() -> Args {
         warmup: None,
         reps: None,
         batch4: None,
+        format: "f32".into(),
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> usize {
@@ -79,6 +92,7 @@ fn parse_args() -> Args {
             "--reps" => a.reps = Some(num(it.next(), "--reps")),
             "--no-batch4" => a.batch4 = Some(false),
             "--batch4" => a.batch4 = Some(true),
+            "--format" => a.format = it.next().unwrap_or_default(),
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
             other => usage(&format!("unknown argument {other}")),
@@ -99,6 +113,124 @@ fn median(v: &[f64]) -> f64 {
         n => (s[n / 2 - 1] + s[n / 2]) / 2.0,
     }
 }
+
+/// Bytes a batch-1 decode step reads: every linear weight as stored (+ scales) and its bias, the
+/// LayerNorms, the final LayerNorm and the float LM head (the tied embedding, all of it); the
+/// embedding lookup reads one row.
+fn decode_step_bytes(model: &GlmModel<B>) -> usize {
+    let size = |t: &Tensor<B, 1>| t.shape().num_elements() * t.dtype().size();
+    let embedding = model.word_embeddings.val();
+    let [vocab, hidden] = embedding.dims();
+    let mut bytes = (vocab + 1) * hidden * embedding.dtype().size();
+    bytes += size(&model.final_layernorm.weight.val()) + size(&model.final_layernorm.bias.val());
+    for layer in &model.layers {
+        for (_, linear) in layer.linears() {
+            bytes += linear.weight_bytes() + size(&linear.bias.val());
+        }
+        for ln in [&layer.input_layernorm, &layer.post_attention_layernorm] {
+            bytes += size(&ln.weight.val()) + size(&ln.bias.val());
+        }
+    }
+    bytes
+}
+
+/// Matmul FLOPs of a prefill of `batch × p` tokens: the four linears of every layer, QKᵀ and PV
+/// over the full `p × p` score matrix (as the original computes it), and the LM head on all rows
+/// (or the last one).
+fn prefill_flops(config: &GlmConfig, batch: usize, p: usize, last_row_only: bool) -> f64 {
+    let (h, f, v) = (
+        config.hidden_size as f64,
+        config.inner_size() as f64,
+        config.vocab_size as f64,
+    );
+    let tokens = (batch * p) as f64;
+    let linears = 2.0 * tokens * (h * 3.0 * h + h * h + h * 2.0 * f + f * h);
+    let attention = 2.0 * 2.0 * batch as f64 * (p * p) as f64 * h;
+    let head_rows = if last_row_only { batch as f64 } else { tokens };
+    config.num_layers as f64 * (linears + attention) + 2.0 * head_rows * h * v
+}
+
+/// GFLOP/s of an FMA loop with independent accumulators on every thread of rayon's pool: the
+/// machine's f32 arithmetic peak as far as this build can reach it (AVX-512, else AVX2+FMA, else
+/// scalar `mul_add`).
+fn peak_gflops() -> f64 {
+    use rayon::prelude::*;
+    const ITERS: usize = 20_000_000;
+    let threads = rayon::current_num_threads().max(1);
+    let t = Instant::now();
+    let (sink, flops_per_iter): (f32, usize) = (0..threads)
+        .into_par_iter()
+        .map(|i| fma_loop(ITERS, i as f32))
+        .reduce(|| (0.0, 0), |a, b| (a.0 + b.0, a.1.max(b.1)));
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(sink);
+    (threads * ITERS * flops_per_iter) as f64 / s / 1e9
+}
+
+/// Runs `iters` rounds of independent FMAs; returns a value to keep and the FLOPs per round.
+fn fma_loop(iters: usize, seed: f32) -> (f32, usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU has AVX-512F.
+            return (unsafe { fma512(iters, seed) }, 12 * 16 * 2);
+        }
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU has AVX2 and FMA.
+            return (unsafe { fma256(iters, seed) }, 12 * 8 * 2);
+        }
+    }
+    let mut acc = [seed; 12];
+    for _ in 0..iters {
+        for a in &mut acc {
+            *a = a.mul_add(0.999_999, 1e-7);
+        }
+    }
+    (acc.iter().sum(), 12 * 2)
+}
+
+macro_rules! fma_kernel {
+    ($name:ident, $feat:literal, $set1:ident, $fma:ident, $add:ident, $reduce:expr) => {
+        #[cfg(target_arch = "x86_64")]
+        #[target_feature(enable = $feat)]
+        fn $name(iters: usize, seed: f32) -> f32 {
+            use std::arch::x86_64::*;
+            let (m, c) = ($set1(0.999_999), $set1(1e-7));
+            let mut acc = [$set1(seed); 12];
+            for _ in 0..iters {
+                for a in &mut acc {
+                    *a = $fma(*a, m, c);
+                }
+            }
+            let mut s = acc[0];
+            for a in &acc[1..] {
+                s = $add(s, *a);
+            }
+            $reduce(s)
+        }
+    };
+}
+fma_kernel!(
+    fma512,
+    "avx512f,fma",
+    _mm512_set1_ps,
+    _mm512_fmadd_ps,
+    _mm512_add_ps,
+    |s| { _mm512_reduce_add_ps(s) }
+);
+fma_kernel!(
+    fma256,
+    "avx2,fma",
+    _mm256_set1_ps,
+    _mm256_fmadd_ps,
+    _mm256_add_ps,
+    |s| {
+        let mut lanes = [0f32; 8];
+        // SAFETY: `lanes` holds 8 floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), s) };
+        lanes.iter().sum::<f32>()
+    }
+);
 
 fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
@@ -267,23 +399,41 @@ fn main() {
         usage("prompt length / new tokens do not fit the model");
     }
 
+    let quant = match args.format.as_str() {
+        "f32" => None,
+        "int8" => Some(8),
+        "int4" => Some(4),
+        other => usage(&format!("--format {other}: expected f32, int8 or int4")),
+    };
     let file = SafetensorsFile::open(&args.weights).unwrap_or_else(|e| usage(&e.to_string()));
     let t = Instant::now();
-    let model =
-        GlmModel::<B>::from_source(&config, &file, &Default::default(), ModelOptions::default())
-            .unwrap_or_else(|e| usage(&e.to_string()));
+    let quant = quant
+        .map(|bits| QuantizeOptions::from_bits(bits).unwrap_or_else(|e| usage(&e.to_string())));
+    let model = GlmModel::<B>::from_source_quantized(
+        &config,
+        &file,
+        &Default::default(),
+        ModelOptions::default(),
+        quant,
+    )
+    .unwrap_or_else(|e| usage(&e.to_string()));
     let build_s = t.elapsed().as_secs_f64();
     let params = config.num_parameters();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_before = load_avg();
 
+    let step_bytes = decode_step_bytes(&model);
+    let peak = peak_gflops();
     let mut line = json!({
-        "bench": "glm-rs generation (burn Flex, f32)",
+        "bench": "glm-rs generation (burn Flex)",
         "name": name,
         "weights": args.weights.display().to_string(),
         "dtype": "float32",
+        "format": args.format,
         "params": params,
         "weight_bytes": params * 4,
+        "bytes_per_decode_step": step_bytes,
+        "peak_gflops": round3(peak),
         "prompt_len": p,
         "new_tokens": n,
         "decode_steps": n - 1,
@@ -317,6 +467,7 @@ fn main() {
             .map(|r| r.prefill_ms + r.step_ms.iter().sum::<f64>())
             .collect();
         let deterministic = runs.iter().all(|r| r.tokens == runs[0].tokens);
+        let flops = prefill_flops(&config, batch, p, args.last_row_only);
         let key = format!("b{batch}");
         line[&key] = json!({
             "batch": batch,
@@ -324,6 +475,9 @@ fn main() {
             "prefill_ms_min": prefill.iter().copied().fold(f64::INFINITY, f64::min),
             "prefill_ms_all": prefill,
             "prefill_tokens_per_s": round3((batch * p) as f64 / (median(&prefill) / 1e3)),
+            "prefill_gflops": round3(flops / (median(&prefill) / 1e3) / 1e9),
+            "prefill_fraction_of_peak": round3(flops / (median(&prefill) / 1e3) / 1e9 / peak),
+            "weight_GBps": round3(step_bytes as f64 * batch as f64 / 1e9 * median(&decode) / batch as f64),
             "decode_tokens_per_s_median": round3(median(&decode)),
             "decode_tokens_per_s_max": decode.iter().copied().fold(0.0, f64::max),
             "decode_tokens_per_s_all": decode,
@@ -345,8 +499,7 @@ fn main() {
                 .as_f64()
                 .unwrap_or(0.0);
             line["roofline_bandwidth_GBps"] = json!(bw);
-            line["b1_fraction_of_roofline"] =
-                json!(round3(tok_s * (params * 4) as f64 / (bw * 1e9)));
+            line["b1_fraction_of_roofline"] = json!(round3(tok_s * step_bytes as f64 / (bw * 1e9)));
         }
     }
     if let Some(path) = &args.reference {

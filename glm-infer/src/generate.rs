@@ -184,6 +184,8 @@ pub fn batch_filling_sequence<B: Backend>(
     // Which sample's positions/mask each row uses (beams share their sample's layout).
     let mut row_sample: Vec<usize> = (0..samples.len()).collect();
     let mut cache = model.new_cache();
+    // Room for every position the loop caches: no step copies the cache.
+    cache.reserve(total);
     let mut counter = width - 1;
     let mut index = 0;
     while counter < total - 1 {

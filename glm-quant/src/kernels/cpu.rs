@@ -14,6 +14,8 @@ use burn_flex::FlexTensor;
 
 use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
+use super::host_attn::{attention_f32, AttentionShape, CacheView, ATTENTION_MAX_QUERY_ROWS};
+use super::host_elem::geglu_f32;
 use super::host_f32::{gemv_f32, F32_GEMV_MAX_ROWS};
 use crate::weight::QuantLayout;
 
@@ -138,4 +140,103 @@ fn run_f32<B: Backend>(
     };
     let y = gemv_f32(xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, b, m, n, k).ok()?;
     to_backend::<B>(TensorData::new(y, [m, n]))
+}
+
+/// Runs the fused GeGLU gate of [`host_elem`](super::host_elem) when `B` is `Flex` and `u` is f32
+/// with an even width; gives `u` back otherwise.
+pub(crate) fn try_geglu_f32<B: Backend>(u: Tensor<B, 2>) -> Result<Tensor<B, 2>, Tensor<B, 2>> {
+    let [rows, width] = u.dims();
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || u.dtype() != DType::F32 || width % 2 != 0 {
+        return Err(u);
+    }
+    let run = || {
+        let t = contiguous(flex_float::<B>(u.clone())?);
+        let y = geglu_f32(t.as_slice::<f32>()?, rows, width / 2).ok()?;
+        to_backend::<B>(TensorData::new(y, [rows, width / 2]))
+    };
+    run().ok_or(u)
+}
+
+/// Runs the decode attention of [`host_attn`](super::host_attn) when `B` is `Flex`, everything is
+/// f32 with at most [`ATTENTION_MAX_QUERY_ROWS`] query rows, and the cache views have unit stride
+/// along the head dimension; `None` otherwise.
+pub(crate) fn try_attention_f32<B: Backend>(
+    q: &Tensor<B, 4>,
+    k: &Tensor<B, 4>,
+    v: &Tensor<B, 4>,
+    mask: &Tensor<B, 4, burn::tensor::Bool>,
+    coeff: f32,
+) -> Option<Tensor<B, 3>> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() {
+        return None;
+    }
+    let [batch, seq, heads, d] = q.dims();
+    let [kb, kh, keys, kd] = k.dims();
+    let [mb, mh, ms, mk] = mask.dims();
+    let f32_only = [q.dtype(), k.dtype(), v.dtype()]
+        .iter()
+        .all(|&t| t == DType::F32);
+    if !f32_only
+        || seq == 0
+        || seq > ATTENTION_MAX_QUERY_ROWS
+        || [kb, kh, kd] != [batch, heads, d]
+        || v.dims() != k.dims()
+        || !(mb == 1 || mb == batch)
+        || [mh, ms, mk] != [1, seq, keys]
+    {
+        return None;
+    }
+    let qt = contiguous(flex4::<B>(q.clone())?);
+    let (kt, vt) = (flex4::<B>(k.clone())?, flex4::<B>(v.clone())?);
+    let mt = contiguous(downcast::<FlexTensor>(mask.clone().into_primitive())?);
+    let mask: Vec<bool> = mt.storage::<u8>().iter().map(|&m| m != 0).collect();
+    let shape = AttentionShape {
+        batch,
+        seq,
+        heads,
+        head_dim: d,
+        keys,
+    };
+    let out = attention_f32(
+        shape,
+        qt.as_slice::<f32>()?,
+        cache_view(&kt, d)?,
+        cache_view(&vt, d)?,
+        &mask,
+        mb,
+        coeff,
+    )
+    .ok()?;
+    let prim = downcast::<B::FloatTensorPrimitive>(FlexTensor::from_data(TensorData::new(
+        out,
+        [batch, seq, heads * d],
+    )))?;
+    Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+}
+
+fn flex4<B: Backend>(t: Tensor<B, 4>) -> Option<FlexTensor> {
+    match t.into_primitive() {
+        TensorPrimitive::Float(p) => downcast::<FlexTensor>(p),
+        TensorPrimitive::QFloat(_) => None,
+    }
+}
+
+/// `t` (`[batch, heads, keys, head_dim]`) as a [`CacheView`] when its strides allow one.
+fn cache_view(t: &FlexTensor, d: usize) -> Option<CacheView<'_>> {
+    let st: Vec<usize> = t
+        .layout()
+        .strides()
+        .iter()
+        .map(|&x| usize::try_from(x).ok())
+        .collect::<Option<_>>()?;
+    if st.len() != 4 || st[3] != 1 || st[2] < d {
+        return None;
+    }
+    Some(CacheView {
+        data: t.storage::<f32>(),
+        offset: t.layout().start_offset(),
+        batch_stride: st[0],
+        head_stride: st[1],
+        row_stride: st[2],
+    })
 }

@@ -4,6 +4,8 @@
 //!   has it, portable scalar code otherwise, detected or chosen per call with
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
 //! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
+//! - [`host_attn`]: decode attention over the KV cache (one task per batch row and head);
+//! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
 //! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
 //!   ([`try_linear_f32`] for float linears);
 //! - `cube` (feature `cubecl`): one CubeCL kernel for wgpu and CUDA.
@@ -12,6 +14,8 @@
 //! order differs from the reference.
 
 pub mod host;
+pub mod host_attn;
+pub mod host_elem;
 pub mod host_f32;
 pub mod reference;
 
@@ -33,8 +37,7 @@ pub fn try_linear_f32<B: burn::tensor::backend::Backend>(
     w: &burn::tensor::Tensor<B, 2>,
     bias: Option<&burn::tensor::Tensor<B, 1>>,
 ) -> Result<burn::tensor::Tensor<B, 2>, burn::tensor::Tensor<B, 2>> {
-    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    if *OFF.get_or_init(|| std::env::var_os("GLM_NO_FAST_GEMV").is_some()) {
+    if fast_paths_off() {
         return Err(x);
     }
     #[cfg(feature = "flex")]
@@ -44,6 +47,60 @@ pub fn try_linear_f32<B: burn::tensor::backend::Backend>(
         let _ = (w, bias);
         Err(x)
     }
+}
+
+/// The GeGLU gate `u₁ · gelu(u₂)` through the fused kernel of [`host_elem`] when the backend is
+/// `Flex` and `u` is f32; `Err(u)` (the caller runs its generic path) otherwise, and always when
+/// `GLM_NO_FAST_GEMV` is set.
+///
+/// # Shapes
+/// - `u`: `[rows, 2·inner]` → `[rows, inner]`
+pub fn try_geglu_f32<B: burn::tensor::backend::Backend>(
+    u: burn::tensor::Tensor<B, 2>,
+) -> Result<burn::tensor::Tensor<B, 2>, burn::tensor::Tensor<B, 2>> {
+    if fast_paths_off() {
+        return Err(u);
+    }
+    #[cfg(feature = "flex")]
+    return cpu::try_geglu_f32::<B>(u);
+    #[cfg(not(feature = "flex"))]
+    Err(u)
+}
+
+/// GLM-130B's attention (scaled by `1/(√d·coeff)`, masked to −10000, times `coeff`, f32 softmax,
+/// weighted sum of values) through the decode kernel of [`host_attn`] when the backend is `Flex`,
+/// everything is f32 and there are at most
+/// [`ATTENTION_MAX_QUERY_ROWS`](host_attn::ATTENTION_MAX_QUERY_ROWS) query rows; `None` (the
+/// caller runs its generic path) otherwise, and always when `GLM_NO_FAST_GEMV` is set.
+///
+/// # Shapes
+/// - `q`: `[batch, seq, heads, head_dim]`; `k`, `v`: `[batch, heads, keys, head_dim]` (views of
+///   the cache are read in place); `mask`: `[1 or batch, 1, seq, keys]`, `true` = blocked
+/// - → `[batch, seq, heads·head_dim]`
+pub fn try_attention_f32<B: burn::tensor::backend::Backend>(
+    q: &burn::tensor::Tensor<B, 4>,
+    k: &burn::tensor::Tensor<B, 4>,
+    v: &burn::tensor::Tensor<B, 4>,
+    mask: &burn::tensor::Tensor<B, 4, burn::tensor::Bool>,
+    coeff: f32,
+) -> Option<burn::tensor::Tensor<B, 3>> {
+    if fast_paths_off() {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    return cpu::try_attention_f32::<B>(q, k, v, mask, coeff);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (q, k, v, mask, coeff);
+        None
+    }
+}
+
+/// Whether `GLM_NO_FAST_GEMV` is set (read once per process): every fast CPU path then gives its
+/// input back, to compare against the generic path.
+fn fast_paths_off() -> bool {
+    static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OFF.get_or_init(|| std::env::var_os("GLM_NO_FAST_GEMV").is_some())
 }
 
 /// `value` as a `T` when it is one: how the backend-specific paths recognise their tensor
