@@ -1,8 +1,8 @@
 //! KV cache for incremental decoding (SAT "mem_kv"): per layer the keys AFTER rotary and the
 //! values. Each layer's keys and values live in a buffer with room along the sequence; a step
-//! writes its new rows in place (`slice_assign` on the uniquely owned buffer — copy-on-write on
-//! the CPU backend, so a cloned cache is never changed behind its back) and attention reads a
-//! narrowed view of the filled part. Room grows geometrically when a step does not fit (amortised
+//! writes its new rows in place (on the CPU backend directly into the uniquely owned buffer —
+//! a buffer shared with a cloned cache is copied first, so no clone changes behind its back;
+//! `slice_assign` on other backends) and attention reads a narrowed view of the filled part. Room grows geometrically when a step does not fit (amortised
 //! O(1) copies per token); [`KvCache::reserve`] sizes it once for a known generation budget.
 
 use burn::tensor::{backend::Backend, Int, Tensor, TensorData};
@@ -145,12 +145,14 @@ impl<B: Backend> KvCache<B> {
             grow(&mut slot, grown);
         }
         let at = slot.len;
-        slot.k = slot
-            .k
-            .slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], k);
-        slot.v = slot
-            .v
-            .slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], v);
+        let put = |buffer: Tensor<B, 4>, rows: Tensor<B, 4>| {
+            // In place on the CPU backend; `slice_assign` (a copy there) elsewhere.
+            glm_quant::kernels::try_write_rows(buffer, at, rows).unwrap_or_else(|(buffer, rows)| {
+                buffer.slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], rows)
+            })
+        };
+        slot.k = put(slot.k, k);
+        slot.v = put(slot.v, v);
         slot.len = needed;
         let view = slot.view();
         self.layers[layer] = Some(slot);
@@ -259,4 +261,64 @@ fn grow<B: Backend>(slot: &mut Slot<B>, capacity: usize) {
     };
     slot.k = moved(&slot.k);
     slot.v = moved(&slot.v);
+}
+
+#[cfg(all(test, feature = "flex"))]
+mod tests {
+    use super::*;
+    use burn::backend::Flex;
+    use burn::tensor::{Distribution, TensorPrimitive};
+    use burn_flex::FlexTensor;
+
+    fn flex(t: Tensor<Flex, 4>) -> FlexTensor {
+        match t.into_primitive() {
+            TensorPrimitive::Float(p) => p,
+            TensorPrimitive::QFloat(_) => unreachable!("float tensor"),
+        }
+    }
+
+    /// Address of layer 0's key buffer.
+    fn address(cache: &KvCache<Flex>) -> usize {
+        let slot = cache.layers[0].as_ref().expect("filled");
+        flex(slot.k.clone()).storage::<f32>().as_ptr() as usize
+    }
+
+    #[test]
+    fn decode_steps_write_the_buffers_in_place_and_views_hold_every_row() {
+        let device = Default::default();
+        let rand = |s: usize| {
+            Tensor::<Flex, 4>::random([2, 3, s, 4], Distribution::Normal(0.0, 1.0), &device)
+        };
+        let mut cache = KvCache::<Flex>::new(1);
+        cache.reserve(8);
+        let mut all_k = Vec::new();
+        let mut previous = None;
+        for (step, s) in [5usize, 1, 1, 1, 2, 1].into_iter().enumerate() {
+            let (k, v) = (rand(s), rand(s));
+            all_k.push(Tensor::<Flex, 4>::from_data(k.to_data(), &device));
+            let (ck, cv) = cache.append(0, k, v);
+            let expected: Vec<f32> = Tensor::cat(all_k.clone(), 2).into_data().to_vec().unwrap();
+            assert_eq!(ck.dims(), [2, 3, cache.len(), 4]);
+            assert_eq!(cv.dims(), ck.dims());
+            assert_eq!(
+                ck.into_data().to_vec::<f32>().unwrap(),
+                expected,
+                "step {step}"
+            );
+            drop(cv);
+            let at = address(&cache);
+            if let Some(before) = previous {
+                // Steps 1–3 fit the 8 reserved positions and step 5 the grown buffer: written in
+                // place. Step 4 (10 positions) grows into a new buffer.
+                assert_eq!(
+                    at != before,
+                    step == 4,
+                    "step {step}: buffer moved = {}",
+                    at != before
+                );
+            }
+            previous = Some(at);
+        }
+        assert_eq!(cache.len(), 11);
+    }
 }

@@ -272,6 +272,8 @@ fn generate(model: &GlmModel<B>, rows: &[Vec<i64>], n: usize, last_row_only: boo
         last_only: last_row_only,
     };
     let mut cache = model.new_cache();
+    // As glm-infer's generation loop: room for the whole budget, no step copies the cache.
+    cache.reserve(p + n);
     let t0 = Instant::now();
     let tokens =
         Tensor::<B, 2, Int>::from_data(TensorData::new(rows.concat(), [batch, p]), &device);

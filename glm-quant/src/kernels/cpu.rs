@@ -240,3 +240,74 @@ fn cache_view(t: &FlexTensor, d: usize) -> Option<CacheView<'_>> {
         row_stride: st[2],
     })
 }
+
+/// Writes `rows` (`[batch, heads, new, head_dim]`, any layout) into positions `at..at + new` of
+/// `buffer` (`[batch, heads, capacity, head_dim]`, contiguous) in place when `B` is `Flex`, the
+/// buffer is uniquely owned and both share a float dtype; gives both back otherwise (burn-flex
+/// 0.21's `slice_assign` always copies the whole destination first).
+pub(crate) fn try_write_rows<B: Backend>(
+    buffer: Tensor<B, 4>,
+    at: usize,
+    rows: Tensor<B, 4>,
+) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
+    let [b, h, cap, d] = buffer.dims();
+    let [rb, rh, new, rd] = rows.dims();
+    let dtype = buffer.dtype();
+    if TypeId::of::<B>() != TypeId::of::<Flex>()
+        || !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+        || rows.dtype() != dtype
+        || [rb, rh, rd] != [b, h, d]
+        || at.checked_add(new).is_none_or(|end| end > cap)
+    {
+        return Err((buffer, rows));
+    }
+    // The buffer is consumed (not cloned) so that its storage can be uniquely owned.
+    let back = |t: FlexTensor| -> Tensor<B, 4> {
+        match downcast::<B::FloatTensorPrimitive>(t) {
+            Some(p) => Tensor::from_primitive(TensorPrimitive::Float(p)),
+            None => unreachable!("B is Flex"),
+        }
+    };
+    let (Some(mut dst), Some(src)) = (flex4::<B>(buffer), flex4::<B>(rows.clone())) else {
+        unreachable!("float tensors of Flex")
+    };
+    let src = contiguous(src);
+    let whole = dst.is_contiguous() && dst.layout().start_offset() == 0;
+    let shape = [b, h, cap, d];
+    let written = whole
+        && match dtype {
+            DType::F32 => copy_rows::<f32>(&mut dst, &src, shape, at, new),
+            DType::F16 => copy_rows::<half::f16>(&mut dst, &src, shape, at, new),
+            _ => copy_rows::<half::bf16>(&mut dst, &src, shape, at, new),
+        };
+    if written {
+        Ok(back(dst))
+    } else {
+        Err((back(dst), rows))
+    }
+}
+
+/// Copies `src` (`[b, h, new, d]`, contiguous) into rows `at..at + new` of `dst`; `false` (nothing
+/// written) when `dst` is shared.
+fn copy_rows<E: burn::tensor::Element + bytemuck::Pod>(
+    dst: &mut FlexTensor,
+    src: &FlexTensor,
+    [b, h, cap, d]: [usize; 4],
+    at: usize,
+    new: usize,
+) -> bool {
+    let Some(src) = src.as_slice::<E>() else {
+        return false;
+    };
+    let Some(out) = dst.try_storage_mut::<E>() else {
+        return false;
+    };
+    if out.len() < b * h * cap * d || src.len() < b * h * new * d {
+        return false;
+    }
+    for (bh, chunk) in src.chunks_exact(new * d).take(b * h).enumerate() {
+        let start = (bh * cap + at) * d;
+        out[start..start + new * d].copy_from_slice(chunk);
+    }
+    true
+}

@@ -96,6 +96,27 @@ pub fn try_attention_f32<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// Writes `rows` into positions `at..at + new` of a KV-cache `buffer` in place when the backend
+/// is `Flex`, the buffer is contiguous and uniquely owned and both share a float dtype; gives both
+/// back otherwise (the caller then uses `slice_assign`, which on `Flex` copies the whole buffer).
+///
+/// # Shapes
+/// - `buffer`: `[batch, heads, capacity, head_dim]`, `rows`: `[batch, heads, new, head_dim]`
+#[allow(clippy::type_complexity)]
+pub fn try_write_rows<B: burn::tensor::backend::Backend>(
+    buffer: burn::tensor::Tensor<B, 4>,
+    at: usize,
+    rows: burn::tensor::Tensor<B, 4>,
+) -> Result<burn::tensor::Tensor<B, 4>, (burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>)> {
+    #[cfg(feature = "flex")]
+    return cpu::try_write_rows::<B>(buffer, at, rows);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = at;
+        Err((buffer, rows))
+    }
+}
+
 /// Whether `GLM_NO_FAST_GEMV` is set (read once per process): every fast CPU path then gives its
 /// input back, to compare against the generic path.
 fn fast_paths_off() -> bool {
