@@ -7,6 +7,7 @@
 //!     [--reference results.jsonl] [--membw membw.jsonl] [--out ours.jsonl] [--last-row-only]
 //!     [--prompt-len P] [--new-tokens N] [--warmup W] [--reps R] [--no-batch4]
 //!     [--format f32|int8|int4]
+//! cargo bench -p glm-infer --features openblas --bench generation -- …   # prefill through OpenBLAS
 //! ```
 //! One generation = the forward calls of GLM-130B's `batch_filling_sequence`: a prefill over the P
 //! prompt tokens (LM head on all P rows like the original, unless `--last-row-only`) whose last
@@ -372,7 +373,24 @@ fn first_mismatch(ours: &Value, theirs: &Value) -> Option<[usize; 2]> {
     })
 }
 
+/// glibc's heap grows and shrinks by `M_TOP_PAD` (128 KiB by default): every large tensor the
+/// forward pass frees and allocates again then costs fresh zeroed pages (page faults were 5–10 %
+/// of a prefill). The bench keeps 256 MiB of slack at the top of the heap, as `MALLOC_TOP_PAD_`
+/// would; the JSON line records it. Returns the pad set (`None` off glibc).
+fn pad_heap() -> Option<usize> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        const PAD: usize = 256 << 20;
+        // SAFETY: mallopt only changes allocator parameters; no allocation is in flight here.
+        let ok = unsafe { libc::mallopt(libc::M_TOP_PAD, PAD as libc::c_int) } == 1;
+        return ok.then_some(PAD);
+    }
+    #[allow(unreachable_code)]
+    None
+}
+
 fn main() {
+    let heap_pad = pad_heap();
     let args = parse_args();
     let raw: Value = serde_json::from_str(
         &std::fs::read_to_string(&args.config)
@@ -436,6 +454,8 @@ fn main() {
         "weight_bytes": params * 4,
         "bytes_per_decode_step": step_bytes,
         "peak_gflops": round3(peak),
+        "malloc_top_pad": heap_pad,
+        "blas": cfg!(feature = "openblas"),
         "prompt_len": p,
         "new_tokens": n,
         "decode_steps": n - 1,

@@ -97,7 +97,8 @@ fn run<B: Backend>(
 }
 
 /// Runs the f32 skinny GEMM of [`host_f32`](super::host_f32) when `B` is `Flex`, `x` and `w` are
-/// f32 and `x` has at most [`F32_GEMV_MAX_ROWS`] rows; gives `x` back otherwise.
+/// f32 and `x` has at most [`F32_GEMV_MAX_ROWS`] rows, OpenBLAS for more rows with the `openblas`
+/// feature; gives `x` back otherwise.
 pub(crate) fn try_linear_f32<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,
@@ -111,13 +112,46 @@ pub(crate) fn try_linear_f32<B: Backend>(
     let f32_only = x.dtype() == DType::F32
         && w.dtype() == DType::F32
         && bias.is_none_or(|b| b.dtype() == DType::F32 && b.dims() == [n]);
-    if m == 0 || m > F32_GEMV_MAX_ROWS || k != kw || !f32_only {
+    if m == 0 || k != kw || !f32_only {
+        return Err(x);
+    }
+    if m > F32_GEMV_MAX_ROWS {
+        #[cfg(feature = "openblas")]
+        return match run_blas::<B>(x.clone(), w, bias, m, n, k) {
+            Some(y) => Ok(y),
+            None => Err(x),
+        };
+        #[cfg(not(feature = "openblas"))]
         return Err(x);
     }
     match run_f32::<B>(x.clone(), w, bias, m, n, k) {
         Some(y) => Ok(y),
         None => Err(x),
     }
+}
+
+/// The prefill GEMM through OpenBLAS (same operands as [`run_f32`]).
+#[cfg(feature = "openblas")]
+fn run_blas<B: Backend>(
+    x: Tensor<B, 2>,
+    w: &Tensor<B, 2>,
+    bias: Option<&Tensor<B, 1>>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Option<Tensor<B, 2>> {
+    let xt = contiguous(flex_float::<B>(x)?);
+    let wt = contiguous(flex_float::<B>(w.clone())?);
+    let bt = match bias {
+        Some(b) => Some(contiguous(flex_float::<B>(b.clone().unsqueeze::<2>())?)),
+        None => None,
+    };
+    let b = match &bt {
+        Some(b) => Some(b.as_slice::<f32>()?),
+        None => None,
+    };
+    let y = super::blas::sgemm_nt(xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, b, m, n, k).ok()?;
+    to_backend::<B>(TensorData::new(y, [m, n]))
 }
 
 fn run_f32<B: Backend>(

@@ -4,6 +4,7 @@
 //!   has it, portable scalar code otherwise, detected or chosen per call with
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
 //! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
+//! - `blas` (feature `openblas`): the prefill GEMM through the system OpenBLAS;
 //! - [`host_attn`]: decode attention over the KV cache (one task per batch row and head);
 //! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
 //! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
@@ -13,6 +14,8 @@
 //! Every kernel reproduces the dequantized weight `f16(q · scale)` exactly; only the summation
 //! order differs from the reference.
 
+#[cfg(feature = "openblas")]
+pub mod blas;
 pub mod host;
 pub mod host_attn;
 pub mod host_elem;
@@ -26,7 +29,8 @@ pub(crate) mod cpu;
 pub mod cube;
 
 /// `y = x · Wᵀ (+ b)` through the f32 skinny GEMM of [`host_f32`] when the backend is `Flex`, every
-/// tensor is f32 and `x` has at most [`host_f32::F32_GEMV_MAX_ROWS`] rows (decode); `Err(x)` (the
+/// tensor is f32 and `x` has at most [`host_f32::F32_GEMV_MAX_ROWS`] rows (decode), or — with
+/// the `openblas` feature — through OpenBLAS's `sgemm` for more rows (prefill); `Err(x)` (the
 /// caller runs its generic path) otherwise, and always when the environment variable
 /// `GLM_NO_FAST_GEMV` is set (read once per process, to compare against the generic path).
 ///

@@ -1,0 +1,112 @@
+//! `y = x · Wᵀ (+ b)` through the system OpenBLAS (`cblas_sgemm`, feature `openblas`): the
+//! prefill GEMMs on the CPU. Debian's `libopenblas-dev` provides the library; `cblas-sys` the
+//! declarations. On the 2-core development machine OpenBLAS runs the prefill shapes at
+//! 215–280 GFLOP/s (as the original's MKL), the `gemm` crate behind burn-flex at about half.
+//!
+//! The reference is [`gemv_f32_reference`](super::host_f32::gemv_f32_reference) (plain loops);
+//! the test `blas_gemm_matches_the_reference_on_odd_shapes` compares them.
+
+use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
+
+use crate::error::{QuantError, Result};
+
+#[link(name = "openblas")]
+unsafe extern "C" {}
+
+/// `y = x · Wᵀ + b` with one `cblas_sgemm` call (the bias is the initial `y`, `β = 1`).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[n, k]`, `bias`: `[n]` → `[m, n]` (all row-major)
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`] when a slice does not have its shape or a size exceeds the
+/// BLAS integer range.
+pub fn sgemm_nt(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
+        tensor: tensor.into(),
+        expected,
+        found: vec![found],
+    };
+    if m.checked_mul(k) != Some(x.len()) {
+        return Err(bad("x", vec![m, k], x.len()));
+    }
+    if n.checked_mul(k) != Some(w.len()) {
+        return Err(bad("w", vec![n, k], w.len()));
+    }
+    if bias.is_some_and(|b| b.len() != n) {
+        return Err(bad("bias", vec![n], bias.map_or(0, <[f32]>::len)));
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| bad("BLAS size", vec![i32::MAX as usize], v));
+    let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
+    let mut y = match bias {
+        Some(b) => b.repeat(m),
+        None => vec![0f32; m * n],
+    };
+    if m == 0 || n == 0 {
+        return Ok(y);
+    }
+    let beta = if bias.is_some() { 1.0 } else { 0.0 };
+    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k), y is [m, n]
+    // (ldc = n), all checked above; k = 0 leaves y = β·y.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_LAYOUT::CblasRowMajor,
+            CBLAS_TRANSPOSE::CblasNoTrans,
+            CBLAS_TRANSPOSE::CblasTrans,
+            mi,
+            ni,
+            ki,
+            1.0,
+            x.as_ptr(),
+            ki.max(1),
+            w.as_ptr(),
+            ki.max(1),
+            beta,
+            y.as_mut_ptr(),
+            ni.max(1),
+        );
+    }
+    Ok(y)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::host_f32::gemv_f32_reference;
+
+    #[test]
+    fn blas_gemm_matches_the_reference_on_odd_shapes() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (9, 7, 33),
+            (17, 65, 3),
+            (130, 31, 257),
+            (3, 2, 0),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
+            for b in [None, Some(bias.as_slice())] {
+                let want = gemv_f32_reference(&x, &w, b, m, n, k).unwrap();
+                let got = sgemm_nt(&x, &w, b, m, n, k).unwrap();
+                assert_eq!(got.len(), m * n);
+                assert_eq!(got.len(), want.len());
+                // Products of these values are exact multiples of 1/8 and sums stay far below
+                // 2^20: every order of summation gives the same f32.
+                assert_eq!(got, want, "[{m}, {k}] · [{n}, {k}]ᵀ bias {}", b.is_some());
+            }
+        }
+        assert!(sgemm_nt(&[0.0; 3], &[0.0; 4], None, 1, 2, 2).is_err());
+    }
+}
