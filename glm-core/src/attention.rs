@@ -47,11 +47,18 @@ impl<B: Backend> SelfAttention<B> {
         let dtype = a.dtype();
 
         let qkv = self.query_key_value.forward(a);
-        let [q, k, v] = split_qkv(qkv, heads);
-        let rotary = input.rotary;
-        let q = rotary.apply_bshd(q, &input.cos, &input.sin);
-        let k = rotary.apply_bshd(k, &input.cos, &input.sin).swap_dims(1, 2);
-        let v = v.swap_dims(1, 2);
+        // CPU (`Flex`, f32): split and rotary in one pass, identical results.
+        let (q, k, v) =
+            match glm_quant::kernels::try_qkv_rotary_f32(&qkv, heads, &input.cos, &input.sin) {
+                Some(qkv) => qkv,
+                None => {
+                    let [q, k, v] = split_qkv(qkv, heads);
+                    let rotary = input.rotary;
+                    let q = rotary.apply_bshd(q, &input.cos, &input.sin);
+                    let k = rotary.apply_bshd(k, &input.cos, &input.sin).swap_dims(1, 2);
+                    (q, k, v.swap_dims(1, 2))
+                }
+            };
         let (k, v) = match input.cache.as_deref_mut() {
             Some(cache) => cache.append(self.layer_id, k, v),
             None => (k, v),

@@ -76,6 +76,68 @@ pub fn sgemm_nt(
     Ok(y)
 }
 
+/// `y[:, first .. first + n] = x · Wᵀ` for a block `W` of `n` weight rows, into the `[m, ldy]`
+/// output `y` (the other columns untouched).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[n, k]`, `y`: `[m, ldy]` with `first + n ≤ ldy`
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`] when a slice does not have its shape or a size exceeds the
+/// BLAS integer range.
+#[allow(clippy::too_many_arguments)]
+pub fn sgemm_nt_into(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    ldy: usize,
+    first: usize,
+) -> Result<()> {
+    let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
+        tensor: tensor.into(),
+        expected,
+        found: vec![found],
+    };
+    if m.checked_mul(k) != Some(x.len()) {
+        return Err(bad("x", vec![m, k], x.len()));
+    }
+    if n.checked_mul(k) != Some(w.len()) {
+        return Err(bad("w", vec![n, k], w.len()));
+    }
+    if first.checked_add(n).is_none_or(|end| end > ldy) || m.checked_mul(ldy) != Some(y.len()) {
+        return Err(bad("y", vec![m, ldy], y.len()));
+    }
+    let int = |v: usize| i32::try_from(v).map_err(|_| bad("BLAS size", vec![i32::MAX as usize], v));
+    let (mi, ni, ki, ldi) = (int(m)?, int(n)?, int(k)?, int(ldy)?);
+    if m == 0 || n == 0 {
+        return Ok(());
+    }
+    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k); the output block
+    // starts at column `first` of the [m, ldy] y (ldc = ldy) and spans n ≤ ldy − first columns.
+    unsafe {
+        cblas_sgemm(
+            CBLAS_LAYOUT::CblasRowMajor,
+            CBLAS_TRANSPOSE::CblasNoTrans,
+            CBLAS_TRANSPOSE::CblasTrans,
+            mi,
+            ni,
+            ki,
+            1.0,
+            x.as_ptr(),
+            ki.max(1),
+            w.as_ptr(),
+            ki.max(1),
+            0.0,
+            y.as_mut_ptr().add(first),
+            ldi.max(1),
+        );
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -108,5 +170,24 @@ mod tests {
             }
         }
         assert!(sgemm_nt(&[0.0; 3], &[0.0; 4], None, 1, 2, 2).is_err());
+    }
+
+    #[test]
+    fn blocks_written_into_their_columns_assemble_the_whole_product() {
+        let (m, n, k) = (11, 23, 17);
+        let x: Vec<f32> = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
+            .collect();
+        let want = gemv_f32_reference(&x, &w, None, m, n, k).unwrap();
+        let mut y = vec![f32::NAN; m * n];
+        for (first, rows) in [(0, 5), (5, 9), (14, 9)] {
+            let block = &w[first * k..(first + rows) * k];
+            sgemm_nt_into(&x, block, m, rows, k, &mut y, n, first).unwrap();
+        }
+        assert_eq!(y, want);
+        assert!(sgemm_nt_into(&x, &w[..5 * k], m, 5, k, &mut y, n, 19).is_err());
     }
 }

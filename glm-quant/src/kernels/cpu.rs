@@ -14,8 +14,10 @@ use burn_flex::FlexTensor;
 
 use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
+#[cfg(feature = "openblas")]
+use super::host::{host_dequantize_rows_with, Isa};
 use super::host_attn::{attention_f32, AttentionShape, CacheView, ATTENTION_MAX_QUERY_ROWS};
-use super::host_elem::geglu_f32;
+use super::host_elem::{geglu_f32, qkv_rotary_f32};
 use super::host_f32::{gemv_f32, F32_GEMV_MAX_ROWS};
 use crate::weight::QuantLayout;
 
@@ -88,7 +90,14 @@ fn run<B: Backend>(
         host_gemv(&matrix, xt.as_slice::<f32>()?, m, &mut y).ok()?;
         to_backend::<B>(TensorData::new(y, [m, out]))
     } else {
+        #[cfg(feature = "openblas")]
+        {
+            let xt = contiguous(flex_float::<B>(x.clone())?);
+            let y = blocked_dequant_gemm(&matrix, xt.as_slice::<f32>()?, m)?;
+            return to_backend::<B>(TensorData::new(y, [m, out]));
+        }
         // Prefill: dequantize once (fast, exact), then the backend's blocked GEMM.
+        #[allow(unreachable_code)]
         let mut w = vec![0f32; out * layout.in_features];
         host_dequantize(&matrix, &mut w).ok()?;
         let w = to_backend::<B>(TensorData::new(w, [out, layout.in_features]))?;
@@ -344,4 +353,91 @@ fn copy_rows<E: burn::tensor::Element + bytemuck::Pod>(
         out[start..start + new * d].copy_from_slice(chunk);
     }
     true
+}
+
+/// Runs [`qkv_rotary_f32`] when `B` is `Flex` and everything is f32; `None` otherwise.
+/// `cos` / `sin` are the per-position rows repeated over heads (`[batch, seq, heads, d]`); the
+/// kernel reads head 0's.
+#[allow(clippy::type_complexity)]
+pub(crate) fn try_qkv_rotary_f32<B: Backend>(
+    qkv: &Tensor<B, 3>,
+    heads: usize,
+    cos: &Tensor<B, 4>,
+    sin: &Tensor<B, 4>,
+) -> Option<(Tensor<B, 4>, Tensor<B, 4>, Tensor<B, 4>)> {
+    if TypeId::of::<B>() != TypeId::of::<Flex>() || heads == 0 {
+        return None;
+    }
+    let [batch, seq, width] = qkv.dims();
+    let d = width / (3 * heads);
+    let f32_only = [qkv.dtype(), cos.dtype(), sin.dtype()]
+        .iter()
+        .all(|&t| t == DType::F32);
+    if !f32_only
+        || width != 3 * heads * d
+        || cos.dims() != [batch, seq, heads, d]
+        || sin.dims() != cos.dims()
+    {
+        return None;
+    }
+    let rows = |t: &Tensor<B, 4>| -> Option<Vec<f32>> {
+        let t = contiguous(flex4::<B>(t.clone())?);
+        let all = t.as_slice::<f32>()?;
+        Some(
+            all.chunks_exact(d)
+                .step_by(heads)
+                .flatten()
+                .copied()
+                .collect(),
+        )
+    };
+    let (c, s) = (rows(cos)?, rows(sin)?);
+    let x = match qkv.clone().into_primitive() {
+        TensorPrimitive::Float(p) => contiguous(downcast::<FlexTensor>(p)?),
+        TensorPrimitive::QFloat(_) => return None,
+    };
+    let out = qkv_rotary_f32(x.as_slice::<f32>()?, &c, &s, [batch, seq, heads, d]).ok()?;
+    let wrap = |data: Vec<f32>, shape: [usize; 4]| -> Option<Tensor<B, 4>> {
+        let prim = downcast::<B::FloatTensorPrimitive>(FlexTensor::from_data(TensorData::new(
+            data, shape,
+        )))?;
+        Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+    };
+    Some((
+        wrap(out.q, [batch, seq, heads, d])?,
+        wrap(out.k, [batch, heads, seq, d])?,
+        wrap(out.v, [batch, heads, seq, d])?,
+    ))
+}
+
+/// Prefill with a quantized weight: blocks of weight rows dequantized (exactly) into one buffer
+/// reused across blocks and calls (per thread), each block multiplied by OpenBLAS into its output
+/// columns. No dequantized copy of the whole weight is made.
+#[cfg(feature = "openblas")]
+fn blocked_dequant_gemm(w: &HostMatrix<'_>, x: &[f32], m: usize) -> Option<Vec<f32>> {
+    use std::cell::RefCell;
+    thread_local! {
+        static BLOCK: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+    }
+    let (out, k) = (w.layout.out_features, w.layout.in_features);
+    if k == 0 || x.len() != m * k {
+        return None;
+    }
+    // ~2 MiB of f32 weight per block (stays in L2/L3 between dequantization and the GEMM).
+    let rows = ((8 << 20) / (4 * k)).clamp(16, out.max(16));
+    let mut y = vec![0f32; m * out];
+    BLOCK.with(|cell| {
+        let mut buf = cell.borrow_mut();
+        buf.resize(rows * k, 0.0);
+        let mut first = 0;
+        while first < out {
+            let n = rows.min(out - first);
+            let block = &mut buf[..n * k];
+            host_dequantize_rows_with(Isa::detect(), w, first, block).ok()?;
+            super::blas::sgemm_nt_into(x, block, m, n, k, &mut y, out, first).ok()?;
+            first += n;
+        }
+        Some(())
+    })?;
+    Some(y)
 }

@@ -440,6 +440,51 @@ mod avx512 {
         j
     }
 
+    /// One activation row against `R` weight rows read side by side (`R` memory streams, each
+    /// prefetched a few cache lines ahead): `acc[r] += Σ_{j<n} x[c0 + j] · W[r, c0 + j]` with row
+    /// `r`'s scale. Returns the first column offset (from `c0`) not processed.
+    ///
+    /// # Safety
+    /// As [`dot`] for each of the `R` rows (`x` holds the row at `c0..c0 + n`).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn dot_tile<const R: usize, const INT4: bool>(
+        rows: [&[u8]; R],
+        c0: usize,
+        n: usize,
+        scales: [f32; R],
+        x: &[f32],
+        acc: &mut [f32; R],
+    ) -> usize {
+        let sv = scales.map(|s| _mm512_set1_ps(s));
+        let lut = sv.map(|v| int4_lut(v));
+        let mut a = [_mm512_setzero_ps(); R];
+        // Bytes per 16 columns, and how far ahead each row prefetches.
+        let (step_bytes, ahead) = if INT4 { (8, 256) } else { (16, 512) };
+        let xp = x.as_ptr();
+        let mut j = 0;
+        // SAFETY (whole block): every load stays below column c0 + n of each row and of x;
+        // prefetch addresses use wrapping arithmetic and are never dereferenced.
+        unsafe {
+            while j + 16 <= n {
+                let xv = _mm512_loadu_ps(xp.add(c0 + j));
+                for r in 0..R {
+                    let at = (c0 + j) / 16 * step_bytes;
+                    if at % 64 == 0 {
+                        let p = rows[r].as_ptr().wrapping_add(at + ahead);
+                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                    }
+                    let w = load16::<INT4>(rows[r], c0 + j, sv[r], lut[r]);
+                    a[r] = _mm512_fmadd_ps(w, xv, a[r]);
+                }
+                j += 16;
+            }
+        }
+        for r in 0..R {
+            acc[r] += _mm512_reduce_add_ps(a[r]);
+        }
+        j
+    }
+
     /// As [`super::avx2::dequant_row`], 16 columns at a time.
     ///
     /// # Safety
@@ -603,7 +648,59 @@ fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -
     yt.par_chunks_mut(block * m)
         .enumerate()
         .for_each(|(bi, chunk)| {
-            for (i, acc_row) in chunk.chunks_mut(m).enumerate() {
+            #[cfg(target_arch = "x86_64")]
+            let tiled = if m == 1 && isa == Isa::Avx512 {
+                // Decode: four weight rows side by side (more memory parallelism).
+                let first = bi * block;
+                let mut i = 0;
+                while i + 4 <= chunk.len() {
+                    let rows: [&[u8]; 4] = std::array::from_fn(|t| {
+                        let r = first + i + t;
+                        &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes]
+                    });
+                    let mut acc = [0f32; 4];
+                    for s in 0..l.shards {
+                        let scales: [f32; 4] =
+                            std::array::from_fn(|t| w.scales[s * out + first + i + t]);
+                        let c0 = s * per_shard;
+                        // SAFETY: as `dot_rows` (ISA checked; row bytes cover every column; x is
+                        // one row of `inp`; c0 is even for int4).
+                        let done = unsafe {
+                            if int4 {
+                                avx512::dot_tile::<4, true>(
+                                    rows, c0, per_shard, scales, x, &mut acc,
+                                )
+                            } else {
+                                avx512::dot_tile::<4, false>(
+                                    rows, c0, per_shard, scales, x, &mut acc,
+                                )
+                            }
+                        };
+                        if done < per_shard {
+                            for t in 0..4 {
+                                dot_scalar(
+                                    rows[t],
+                                    c0 + done,
+                                    per_shard - done,
+                                    scales[t],
+                                    int4,
+                                    x,
+                                    inp,
+                                    &mut acc[t..t + 1],
+                                );
+                            }
+                        }
+                    }
+                    chunk[i..i + 4].copy_from_slice(&acc);
+                    i += 4;
+                }
+                i
+            } else {
+                0
+            };
+            #[cfg(not(target_arch = "x86_64"))]
+            let tiled = 0;
+            for (i, acc_row) in chunk.chunks_mut(m).enumerate().skip(tiled / m.max(1)) {
                 let r = bi * block + i;
                 let row = &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes];
                 for s in 0..l.shards {
@@ -654,24 +751,53 @@ pub fn host_dequantize(w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
 /// # Errors
 /// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`; as [`host_dequantize`] otherwise.
 pub fn host_dequantize_with(isa: Isa, w: &HostMatrix<'_>, dst: &mut [f32]) -> Result<()> {
+    let l = w.layout;
+    if dst.len() != l.out_features.saturating_mul(l.in_features) {
+        return Err(QuantError::ShapeMismatch {
+            tensor: "dequantized".into(),
+            expected: vec![l.out_features, l.in_features],
+            found: vec![dst.len()],
+        });
+    }
+    host_dequantize_rows_with(isa, w, 0, dst)
+}
+
+/// Dequantizes rows `first .. first + dst.len() / in` to f32 (exact `f16(q · scale)`),
+/// multi-threaded: a block of the matrix, for a GEMM that runs block by block through one reused
+/// buffer.
+///
+/// # Shapes
+/// - `dst`: `[rows, in]` row-major, `first + rows ≤ out`
+///
+/// # Errors
+/// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`;
+/// [`QuantError::ShapeMismatch`] when the slices do not fit the layout or the rows.
+pub fn host_dequantize_rows_with(
+    isa: Isa,
+    w: &HostMatrix<'_>,
+    first: usize,
+    dst: &mut [f32],
+) -> Result<()> {
     isa.check()?;
     w.validate()?;
     let l = w.layout;
     let (out, inp) = (l.out_features, l.in_features);
-    if dst.len() != out * inp {
+    let rows = dst.len().checked_div(inp).unwrap_or(0);
+    if inp == 0 || dst.len() != rows * inp || first.checked_add(rows).is_none_or(|end| end > out) {
         return Err(QuantError::ShapeMismatch {
-            tensor: "dequantized".into(),
-            expected: vec![out, inp],
+            tensor: "dequantized rows".into(),
+            expected: vec![out.saturating_sub(first), inp],
             found: vec![dst.len()],
         });
     }
-    if out == 0 || inp == 0 {
+    if rows == 0 {
         return Ok(());
     }
     let int4 = l.scheme == QuantScheme::Int4;
     let per_shard = l.cols_per_shard();
     let row_bytes = l.row_bytes();
-    dst.par_chunks_mut(inp).enumerate().for_each(|(r, d)| {
+    dst.par_chunks_mut(inp).enumerate().for_each(|(local, d)| {
+        let r = first + local;
         let row = &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes];
         for s in 0..l.shards {
             let scale = w.scales[s * out + r];

@@ -1,5 +1,7 @@
-//! Element-wise CPU kernels of the forward pass on host slices: GELU's `erf` vectorized, and the
-//! GeGLU gate `u₁ · gelu(u₂)` fused into one pass over the `dense_h_to_4h` output.
+//! Element-wise CPU kernels of the forward pass on host slices: GELU's `erf` vectorized, the
+//! GeGLU gate `u₁ · gelu(u₂)` fused into one pass over the `dense_h_to_4h` output, and the split of
+//! the fused per-head QKV projection with rotary applied to q and k in the same pass
+//! ([`qkv_rotary_f32`]).
 //!
 //! The generic path (burn's `Flex`) evaluates GELU with libm's scalar `erff` over a strided view,
 //! then multiplies in a second pass. Here [`erf_f32`] is a rational approximation evaluated with
@@ -159,6 +161,92 @@ fn gate(isa: Isa, u1: &[f32], u2: &[f32], o: &mut [f32]) {
     }
 }
 
+/// The three outputs of [`qkv_rotary_f32`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct QkvRotary {
+    /// Rotated queries, `[batch, seq, heads, head_dim]`.
+    pub q: Vec<f32>,
+    /// Rotated keys, `[batch, heads, seq, head_dim]` (the KV cache's layout).
+    pub k: Vec<f32>,
+    /// Values, `[batch, heads, seq, head_dim]`.
+    pub v: Vec<f32>,
+}
+
+/// Splits the fused per-head `[heads][q|k|v][head_dim]` projection and rotates q and k,
+/// `x·cos + rotate_half(x)·sin` with `rotate_half(x) = [−x₂ | x₁]`: the same three roundings per
+/// element as the generic tensor ops (two products, one sum; the sign flip is exact), so the
+/// results are identical to them. One task per (batch row, head).
+///
+/// # Shapes
+/// - `qkv`: `[batch, seq, heads·3·head_dim]`
+/// - `cos`, `sin`: `[batch, seq, head_dim]` (the rotary rows of each position)
+/// - → [`QkvRotary`]
+///
+/// # Errors
+/// [`QuantError::ShapeMismatch`] when a slice does not have its shape or `head_dim` is odd.
+pub fn qkv_rotary_f32(
+    qkv: &[f32],
+    cos: &[f32],
+    sin: &[f32],
+    [batch, seq, heads, d]: [usize; 4],
+) -> Result<QkvRotary> {
+    let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
+        tensor: tensor.into(),
+        expected,
+        found: vec![found],
+    };
+    let rows = batch.checked_mul(seq);
+    let width = heads.checked_mul(d).and_then(|x| x.checked_mul(3));
+    if rows.zip(width).and_then(|(r, w)| r.checked_mul(w)) != Some(qkv.len()) {
+        return Err(bad("qkv", vec![batch, seq, width.unwrap_or(0)], qkv.len()));
+    }
+    let table = rows.and_then(|r| r.checked_mul(d));
+    if d % 2 != 0 || table != Some(cos.len()) || table != Some(sin.len()) {
+        return Err(bad(
+            "rotary rows",
+            vec![batch, seq, d],
+            cos.len().min(sin.len()),
+        ));
+    }
+    let half = d / 2;
+    let rotate = |x: &[f32], c: &[f32], s: &[f32], out: &mut [f32]| {
+        for t in 0..d {
+            let r = if t < half { -x[t + half] } else { x[t - half] };
+            out[t] = x[t] * c[t] + r * s[t];
+        }
+    };
+    // Per (b, h): q rows [seq, d], then k rows, then v rows.
+    let parts: Vec<Vec<f32>> = (0..batch * heads)
+        .into_par_iter()
+        .map(|bh| {
+            let (b, h) = (bh / heads, bh % heads);
+            let mut part = vec![0f32; 3 * seq * d];
+            let (qp, rest) = part.split_at_mut(seq * d);
+            let (kp, vp) = rest.split_at_mut(seq * d);
+            for i in 0..seq {
+                let row = b * seq + i;
+                let base = (row * heads + h) * 3 * d;
+                let (c, s) = (&cos[row * d..][..d], &sin[row * d..][..d]);
+                rotate(&qkv[base..base + d], c, s, &mut qp[i * d..][..d]);
+                rotate(&qkv[base + d..base + 2 * d], c, s, &mut kp[i * d..][..d]);
+                vp[i * d..][..d].copy_from_slice(&qkv[base + 2 * d..base + 3 * d]);
+            }
+            part
+        })
+        .collect();
+    let n = batch * seq * heads * d;
+    let (mut q, mut k, mut v) = (vec![0f32; n], Vec::with_capacity(n), Vec::with_capacity(n));
+    for (bh, part) in parts.iter().enumerate() {
+        let (b, h) = (bh / heads, bh % heads);
+        for i in 0..seq {
+            q[((b * seq + i) * heads + h) * d..][..d].copy_from_slice(&part[i * d..][..d]);
+        }
+        k.extend_from_slice(&part[seq * d..2 * seq * d]);
+        v.extend_from_slice(&part[2 * seq * d..]);
+    }
+    Ok(QkvRotary { q, k, v })
+}
+
 /// Generates the SIMD modules: `$w` lanes per vector.
 macro_rules! simd_module {
     ($name:ident, $feat:literal, $vec:ty, $w:literal, $set1:ident, $load:ident, $store:ident,
@@ -300,6 +388,47 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn qkv_split_and_rotary_match_a_plain_reading_of_the_formula() {
+        let (batch, seq, heads, d) = (2, 3, 2, 6);
+        let qkv: Vec<f32> = (0..batch * seq * heads * 3 * d)
+            .map(|i| (i as f32 * 0.37).sin())
+            .collect();
+        let cos: Vec<f32> = (0..batch * seq * d)
+            .map(|i| (i as f32 * 0.11).cos())
+            .collect();
+        let sin: Vec<f32> = (0..batch * seq * d)
+            .map(|i| (i as f32 * 0.11).sin())
+            .collect();
+        let out = qkv_rotary_f32(&qkv, &cos, &sin, [batch, seq, heads, d]).unwrap();
+        for b in 0..batch {
+            for i in 0..seq {
+                for h in 0..heads {
+                    let at = |part: usize, t: usize| {
+                        qkv[((b * seq + i) * heads + h) * 3 * d + part * d + t]
+                    };
+                    for t in 0..d {
+                        let (c, s) = (cos[(b * seq + i) * d + t], sin[(b * seq + i) * d + t]);
+                        let rot = |part| {
+                            if t < d / 2 {
+                                -at(part, t + d / 2)
+                            } else {
+                                at(part, t - d / 2)
+                            }
+                        };
+                        let q = at(0, t) * c + rot(0) * s;
+                        let k = at(1, t) * c + rot(1) * s;
+                        assert_eq!(out.q[((b * seq + i) * heads + h) * d + t], q);
+                        assert_eq!(out.k[((b * heads + h) * seq + i) * d + t], k);
+                        assert_eq!(out.v[((b * heads + h) * seq + i) * d + t], at(2, t));
+                    }
+                }
+            }
+        }
+        assert!(qkv_rotary_f32(&qkv, &cos, &sin, [batch, seq, heads, d + 1]).is_err());
+        assert!(qkv_rotary_f32(&qkv, &cos[1..], &sin, [batch, seq, heads, d]).is_err());
     }
 
     #[test]

@@ -121,6 +121,36 @@ pub fn try_write_rows<B: burn::tensor::backend::Backend>(
     }
 }
 
+/// The fused per-head QKV projection split into q, k, v with rotary applied to q and k in one
+/// pass ([`host_elem::qkv_rotary_f32`], identical results to the generic ops) when the backend is
+/// `Flex` and everything is f32; `None` otherwise, and always when `GLM_NO_FAST_GEMV` is set.
+///
+/// # Shapes
+/// - `qkv`: `[batch, seq, heads·3·head_dim]`; `cos`, `sin`: `[batch, seq, heads, head_dim]`
+/// - → q `[batch, seq, heads, head_dim]`, k and v `[batch, heads, seq, head_dim]`
+#[allow(clippy::type_complexity)]
+pub fn try_qkv_rotary_f32<B: burn::tensor::backend::Backend>(
+    qkv: &burn::tensor::Tensor<B, 3>,
+    heads: usize,
+    cos: &burn::tensor::Tensor<B, 4>,
+    sin: &burn::tensor::Tensor<B, 4>,
+) -> Option<(
+    burn::tensor::Tensor<B, 4>,
+    burn::tensor::Tensor<B, 4>,
+    burn::tensor::Tensor<B, 4>,
+)> {
+    if fast_paths_off() {
+        return None;
+    }
+    #[cfg(feature = "flex")]
+    return cpu::try_qkv_rotary_f32::<B>(qkv, heads, cos, sin);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = (qkv, heads, cos, sin);
+        None
+    }
+}
+
 /// Whether `GLM_NO_FAST_GEMV` is set (read once per process): every fast CPU path then gives its
 /// input back, to compare against the generic path.
 fn fast_paths_off() -> bool {
