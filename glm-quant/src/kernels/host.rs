@@ -469,7 +469,7 @@ mod avx512 {
                 let xv = _mm512_loadu_ps(xp.add(c0 + j));
                 for r in 0..R {
                     let at = (c0 + j) / 16 * step_bytes;
-                    if at % 64 == 0 {
+                    if at.is_multiple_of(64) {
                         let p = rows[r].as_ptr().wrapping_add(at + ahead);
                         _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
                     }

@@ -27,7 +27,8 @@ const ERF_CLAMP: f32 = 3.92;
 /// `erf(x) ≈ x · P(x²) / Q(x²)` on `[0, ERF_CLAMP]`, coefficients lowest degree first, fitted
 /// for relative error by Loeb's iteration (weighted least squares) against mpmath's `erf`.
 const ERF_P: [f32; 7] = [
-    1.128_379_2,
+    // The fit returns 2/√π (erf's slope at 0) to f32 precision.
+    std::f32::consts::FRAC_2_SQRT_PI,
     0.185_071_77,
     0.054_214_433,
     0.003_833_377_3,
@@ -37,7 +38,7 @@ const ERF_P: [f32; 7] = [
 ];
 const ERF_Q: [f32; 6] = [
     1.0,
-    0.497_348_99,
+    0.497_349,
     0.113_828_81,
     0.015_416_026,
     0.001_299_168_6,

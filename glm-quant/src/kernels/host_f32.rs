@@ -269,6 +269,7 @@ macro_rules! simd_module {
             /// # Safety
             /// The CPU has the target features; `x.len() == mb·k`, `mb ≤ 8`,
             /// `yt.len() == rows·m`, `g + mb ≤ m`.
+            #[allow(clippy::int_plus_one)] // `r + R <= rows` reads as "R more rows fit".
             pub(super) unsafe fn block_rows(
                 w: &[f32],
                 k: usize,
