@@ -499,7 +499,8 @@ fn main() {
             "prefill_tokens_per_s": round3((batch * p) as f64 / (median(&prefill) / 1e3)),
             "prefill_gflops": round3(flops / (median(&prefill) / 1e3) / 1e9),
             "prefill_fraction_of_peak": round3(flops / (median(&prefill) / 1e3) / 1e9 / peak),
-            "weight_GBps": round3(step_bytes as f64 * batch as f64 / 1e9 * median(&decode) / batch as f64),
+            // One step streams the weights once for all `batch` rows.
+            "weight_GBps": round3(step_bytes as f64 * median(&decode) / batch as f64 / 1e9),
             "decode_tokens_per_s_median": round3(median(&decode)),
             "decode_tokens_per_s_max": decode.iter().copied().fold(0.0, f64::max),
             "decode_tokens_per_s_all": decode,
