@@ -8,6 +8,7 @@
 
 use cblas_sys::{cblas_sgemm, CBLAS_LAYOUT, CBLAS_TRANSPOSE};
 
+use super::host_f32::check_shapes;
 use crate::error::{QuantError, Result};
 
 #[link(name = "openblas")]
@@ -29,50 +30,12 @@ pub fn sgemm_nt(
     n: usize,
     k: usize,
 ) -> Result<Vec<f32>> {
-    let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
-        tensor: tensor.into(),
-        expected,
-        found: vec![found],
-    };
-    if m.checked_mul(k) != Some(x.len()) {
-        return Err(bad("x", vec![m, k], x.len()));
-    }
-    if n.checked_mul(k) != Some(w.len()) {
-        return Err(bad("w", vec![n, k], w.len()));
-    }
-    if bias.is_some_and(|b| b.len() != n) {
-        return Err(bad("bias", vec![n], bias.map_or(0, <[f32]>::len)));
-    }
-    let int = |v: usize| i32::try_from(v).map_err(|_| bad("BLAS size", vec![i32::MAX as usize], v));
-    let (mi, ni, ki) = (int(m)?, int(n)?, int(k)?);
+    check_shapes(x, w, bias, m, n, k)?;
     let mut y = match bias {
         Some(b) => b.repeat(m),
         None => vec![0f32; m * n],
     };
-    if m == 0 || n == 0 {
-        return Ok(y);
-    }
-    let beta = if bias.is_some() { 1.0 } else { 0.0 };
-    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k), y is [m, n]
-    // (ldc = n), all checked above; k = 0 leaves y = β·y.
-    unsafe {
-        cblas_sgemm(
-            CBLAS_LAYOUT::CblasRowMajor,
-            CBLAS_TRANSPOSE::CblasNoTrans,
-            CBLAS_TRANSPOSE::CblasTrans,
-            mi,
-            ni,
-            ki,
-            1.0,
-            x.as_ptr(),
-            ki.max(1),
-            w.as_ptr(),
-            ki.max(1),
-            beta,
-            y.as_mut_ptr(),
-            ni.max(1),
-        );
-    }
+    gemm_block(x, w, m, n, k, &mut y, n, 0, bias.is_some())?;
     Ok(y)
 }
 
@@ -96,17 +59,29 @@ pub fn sgemm_nt_into(
     ldy: usize,
     first: usize,
 ) -> Result<()> {
+    check_shapes(x, w, None, m, n, k)?;
+    gemm_block(x, w, m, n, k, y, ldy, first, false)
+}
+
+/// The one `cblas_sgemm` call: `y[:, first..first + n] = x · Wᵀ (+ y when accumulate)`, operand
+/// shapes already checked.
+#[allow(clippy::too_many_arguments)]
+fn gemm_block(
+    x: &[f32],
+    w: &[f32],
+    m: usize,
+    n: usize,
+    k: usize,
+    y: &mut [f32],
+    ldy: usize,
+    first: usize,
+    accumulate: bool,
+) -> Result<()> {
     let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
         tensor: tensor.into(),
         expected,
         found: vec![found],
     };
-    if m.checked_mul(k) != Some(x.len()) {
-        return Err(bad("x", vec![m, k], x.len()));
-    }
-    if n.checked_mul(k) != Some(w.len()) {
-        return Err(bad("w", vec![n, k], w.len()));
-    }
     if first.checked_add(n).is_none_or(|end| end > ldy) || m.checked_mul(ldy) != Some(y.len()) {
         return Err(bad("y", vec![m, ldy], y.len()));
     }
@@ -115,8 +90,10 @@ pub fn sgemm_nt_into(
     if m == 0 || n == 0 {
         return Ok(());
     }
-    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k); the output block
-    // starts at column `first` of the [m, ldy] y (ldc = ldy) and spans n ≤ ldy − first columns.
+    let beta = if accumulate { 1.0 } else { 0.0 };
+    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k) (checked by the
+    // callers); the output block starts at column `first` of the [m, ldy] y (ldc = ldy) and
+    // spans n ≤ ldy − first columns (checked above); k = 0 leaves y = β·y.
     unsafe {
         cblas_sgemm(
             CBLAS_LAYOUT::CblasRowMajor,
@@ -130,7 +107,7 @@ pub fn sgemm_nt_into(
             ki.max(1),
             w.as_ptr(),
             ki.max(1),
-            0.0,
+            beta,
             y.as_mut_ptr().add(first),
             ldi.max(1),
         );

@@ -124,13 +124,7 @@ pub(crate) fn try_linear_f32<B: Backend>(
     if m == 0 || k != kw || !f32_only {
         return Err(x);
     }
-    if m > F32_GEMV_MAX_ROWS {
-        #[cfg(feature = "openblas")]
-        return match run_blas::<B>(x.clone(), w, bias, m, n, k) {
-            Some(y) => Ok(y),
-            None => Err(x),
-        };
-        #[cfg(not(feature = "openblas"))]
+    if m > F32_GEMV_MAX_ROWS && !cfg!(feature = "openblas") {
         return Err(x);
     }
     match run_f32::<B>(x.clone(), w, bias, m, n, k) {
@@ -139,30 +133,23 @@ pub(crate) fn try_linear_f32<B: Backend>(
     }
 }
 
-/// The prefill GEMM through OpenBLAS (same operands as [`run_f32`]).
-#[cfg(feature = "openblas")]
-fn run_blas<B: Backend>(
+/// `x`, `w` and the bias as contiguous host tensors (no copy when they already are).
+fn linear_operands<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,
     bias: Option<&Tensor<B, 1>>,
-    m: usize,
-    n: usize,
-    k: usize,
-) -> Option<Tensor<B, 2>> {
+) -> Option<(FlexTensor, FlexTensor, Option<FlexTensor>)> {
     let xt = contiguous(flex_float::<B>(x)?);
     let wt = contiguous(flex_float::<B>(w.clone())?);
     let bt = match bias {
         Some(b) => Some(contiguous(flex_float::<B>(b.clone().unsqueeze::<2>())?)),
         None => None,
     };
-    let b = match &bt {
-        Some(b) => Some(b.as_slice::<f32>()?),
-        None => None,
-    };
-    let y = super::blas::sgemm_nt(xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, b, m, n, k).ok()?;
-    to_backend::<B>(TensorData::new(y, [m, n]))
+    Some((xt, wt, bt))
 }
 
+/// The skinny GEMM (decode) or, with the `openblas` feature and more than
+/// [`F32_GEMV_MAX_ROWS`] rows, OpenBLAS (prefill).
 fn run_f32<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,
@@ -171,18 +158,21 @@ fn run_f32<B: Backend>(
     n: usize,
     k: usize,
 ) -> Option<Tensor<B, 2>> {
-    let xt = contiguous(flex_float::<B>(x)?);
-    let wt = contiguous(flex_float::<B>(w.clone())?);
-    let bt = match bias {
-        Some(b) => Some(contiguous(flex_float::<B>(b.clone().unsqueeze::<2>())?)),
-        None => None,
-    };
+    let (xt, wt, bt) = linear_operands::<B>(x, w, bias)?;
     let b = match &bt {
         Some(b) => Some(b.as_slice::<f32>()?),
         None => None,
     };
-    let y = gemv_f32(xt.as_slice::<f32>()?, wt.as_slice::<f32>()?, b, m, n, k).ok()?;
-    to_backend::<B>(TensorData::new(y, [m, n]))
+    let (xs, ws) = (xt.as_slice::<f32>()?, wt.as_slice::<f32>()?);
+    #[cfg(feature = "openblas")]
+    let y = if m > F32_GEMV_MAX_ROWS {
+        super::blas::sgemm_nt(xs, ws, b, m, n, k)
+    } else {
+        gemv_f32(xs, ws, b, m, n, k)
+    };
+    #[cfg(not(feature = "openblas"))]
+    let y = gemv_f32(xs, ws, b, m, n, k);
+    to_backend::<B>(TensorData::new(y.ok()?, [m, n]))
 }
 
 /// Runs the fused GeGLU gate of [`host_elem`](super::host_elem) when `B` is `Flex` and `u` is f32

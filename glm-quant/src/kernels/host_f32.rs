@@ -119,7 +119,8 @@ pub fn gemv_f32_with(
     Ok(y)
 }
 
-fn check_shapes(
+/// Checks `x` `[m, k]`, `w` `[n, k]` and `bias` `[n]` (typed errors naming the operand).
+pub(crate) fn check_shapes(
     x: &[f32],
     w: &[f32],
     bias: Option<&[f32]>,
