@@ -32,6 +32,9 @@ pub enum Error {
     /// The corpus cannot provide what training needs.
     #[error("data: {0}")]
     Data(String),
+    /// The training plot could not be drawn.
+    #[error("training plot: {0}")]
+    Plot(String),
     /// A checkpoint is damaged or does not fit the run.
     #[error("checkpoint {}: {reason}", path.display())]
     Checkpoint {

@@ -56,6 +56,7 @@ pub mod init;
 pub mod objective;
 pub mod optim;
 pub mod params;
+pub mod plot;
 pub mod quickstart;
 pub mod rng;
 pub mod schedule;

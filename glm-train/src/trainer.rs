@@ -407,8 +407,29 @@ impl<B: AutodiffBackend> Trainer<B> {
         Ok(lines)
     }
 
-    /// Writes a checkpoint of the current state.
+    /// Writes a checkpoint of the current state, then the training plot
+    /// (`OUT/`[`PLOT_FILE`](crate::plot::PLOT_FILE)) from `OUT/metrics.jsonl`.
     pub fn save_checkpoint(&self) -> Result<PathBuf> {
+        let saved = self.save_checkpoint_only()?;
+        self.write_plot()?;
+        Ok(saved)
+    }
+
+    /// Redraws `OUT/`[`PLOT_FILE`](crate::plot::PLOT_FILE) from `OUT/metrics.jsonl` (nothing
+    /// when no step has been logged yet).
+    pub fn write_plot(&self) -> Result<()> {
+        let metrics_path = self.out.join("metrics.jsonl");
+        if !metrics_path.is_file() {
+            return Ok(());
+        }
+        let metrics = read_metrics(&metrics_path)?;
+        if metrics.is_empty() {
+            return Ok(());
+        }
+        crate::plot::write_plot(&metrics, &self.out.join(crate::plot::PLOT_FILE))
+    }
+
+    fn save_checkpoint_only(&self) -> Result<PathBuf> {
         let meta = CheckpointMeta {
             step: self.step,
             updates: self.state.optim.updates,

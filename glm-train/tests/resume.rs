@@ -96,6 +96,24 @@ fn killed_and_resumed_run_repeats_the_losses_bit_for_bit() {
     assert!(status.success());
     let want = read_metrics(&reference.join("metrics.jsonl")).expect("metrics");
     assert_eq!(want.len(), STEPS);
+    // The run's plot (redrawn at every checkpoint): the loss series has one point per step.
+    let svg = std::fs::read_to_string(reference.join(glm_train::plot::PLOT_FILE)).expect("plot");
+    let loss_points: Vec<usize> = svg
+        .split("<polyline")
+        .filter(|el| {
+            el.split("/>")
+                .next()
+                .is_some_and(|el| el.contains("stroke=\"#0000FF\""))
+        })
+        .filter_map(|el| el.split("points=\"").nth(1)?.split('"').next())
+        .map(|points| points.split_whitespace().count())
+        .collect();
+    assert_eq!(
+        loss_points,
+        vec![STEPS],
+        "loss polyline of {}",
+        reference.display()
+    );
 
     // A run killed before its first checkpoint cannot be resumed: a clear error, and its history
     // stays byte for byte.

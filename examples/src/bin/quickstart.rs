@@ -28,6 +28,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             trained.metrics.len()
         );
     }
+    let plot = out.join(glm_train::plot::PLOT_FILE);
+    if plot.is_file() {
+        println!(
+            "training plot (loss, learning rate, gradient norm): {}",
+            plot.display()
+        );
+    }
     let glm = glm_infer::Glm::from_parts(trained.model, Some(trained.tokenizer));
     let prompts = [
         "The river runs to the [MASK] and the birds sing.",
