@@ -16,6 +16,9 @@ use plotters::prelude::*;
 use crate::error::{Error, Result};
 use crate::trainer::MetricsLine;
 
+/// Points `(step, value)` of one series.
+type Series = [(u64, f64)];
+
 /// File name of the plot inside the run folder.
 pub const PLOT_FILE: &str = "training.svg";
 
@@ -40,7 +43,7 @@ pub fn render_svg(metrics: &[MetricsLine]) -> Result<String> {
         let root = SVGBackend::with_string(&mut svg, (900, 900)).into_drawing_area();
         root.fill(&WHITE).map_err(|e| plot_err(&e))?;
         let panels = root.split_evenly((3, 1));
-        let specs: [(&str, &[(u64, f64)], RGBColor); 3] = [
+        let specs: [(&str, &Series, RGBColor); 3] = [
             ("loss", &loss, BLUE),
             ("learning rate", &lr, GREEN),
             ("gradient norm", &grad, RED),
