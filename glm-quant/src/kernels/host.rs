@@ -700,7 +700,8 @@ fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -
             };
             #[cfg(not(target_arch = "x86_64"))]
             let tiled = 0;
-            for (i, acc_row) in chunk.chunks_mut(m).enumerate().skip(tiled / m.max(1)) {
+            // The tiled rows (decode only: m = 1) are done; the rest one row at a time.
+            for (i, acc_row) in chunk.chunks_mut(m).enumerate().skip(tiled) {
                 let r = bi * block + i;
                 let row = &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes];
                 for s in 0..l.shards {
@@ -783,7 +784,7 @@ pub fn host_dequantize_rows_with(
     let l = w.layout;
     let (out, inp) = (l.out_features, l.in_features);
     let rows = dst.len().checked_div(inp).unwrap_or(0);
-    if inp == 0 || dst.len() != rows * inp || first.checked_add(rows).is_none_or(|end| end > out) {
+    if dst.len() != rows * inp || first.checked_add(rows).is_none_or(|end| end > out) {
         return Err(QuantError::ShapeMismatch {
             tensor: "dequantized rows".into(),
             expected: vec![out.saturating_sub(first), inp],
