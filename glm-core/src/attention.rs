@@ -36,14 +36,19 @@ impl<B: Backend> SelfAttention<B> {
     /// place ([`try_attention_f32`](glm_quant::kernels::try_attention_f32)); every other case
     /// runs the generic tensor ops.
     ///
+    /// On a tensor-parallel rank the layer holds `num_heads` of the heads, and the output
+    /// projection all-reduces its partial products before adding the bias (SAT's
+    /// `RowParallelLinear`).
+    ///
     /// # Shapes
     /// - `a`: `[batch, seq, hidden]`
     /// - `input.mask`: `[batch | 1, 1, seq, cached + seq]`, `true` = blocked
     /// - output: `[batch, seq, hidden]`
     pub fn forward(&self, a: Tensor<B, 3>, input: &mut LayerInput<'_, B>) -> Tensor<B, 3> {
-        let [batch, seq, hidden] = a.dims();
+        let [batch, seq, _] = a.dims();
         let heads = self.num_heads;
-        let hn = hidden / heads;
+        let hn = self.query_key_value.d_out() / (3 * heads.max(1));
+        let width = heads * hn;
         let dtype = a.dtype();
 
         let qkv = self.query_key_value.forward(a);
@@ -71,7 +76,7 @@ impl<B: Backend> SelfAttention<B> {
             if let Some(context) =
                 glm_quant::kernels::try_attention_f32(&q, &k, &v, &input.mask, coeff as f32)
             {
-                return self.dense.forward(context);
+                return self.dense.forward_row_parallel(context, input.tp);
             }
         }
         let q = q.swap_dims(1, 2);
@@ -83,11 +88,8 @@ impl<B: Backend> SelfAttention<B> {
         if let Some(d) = input.dropout.as_deref_mut() {
             probs = d.attention(probs);
         }
-        let context = probs
-            .matmul(v)
-            .swap_dims(1, 2)
-            .reshape([batch, seq, hidden]);
-        let out = self.dense.forward(context);
+        let context = probs.matmul(v).swap_dims(1, 2).reshape([batch, seq, width]);
+        let out = self.dense.forward_row_parallel(context, input.tp);
         match input.dropout.as_deref_mut() {
             Some(d) => d.hidden(out),
             None => out,

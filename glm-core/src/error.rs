@@ -100,6 +100,15 @@ pub enum Error {
     /// A device was asked for that this build or this machine cannot provide.
     #[error("device: {0}")]
     Device(String),
+    /// A rank of a tensor-parallel group failed (a panic, a device or communication error); every
+    /// rank of the group stops and returns this, naming the rank that failed first.
+    #[error("tensor-parallel rank {rank} failed: {reason}")]
+    TensorParallel {
+        /// The rank that failed first.
+        rank: usize,
+        /// What happened.
+        reason: String,
+    },
 }
 
 /// `Result` with this crate's [`Error`].

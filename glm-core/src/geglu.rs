@@ -9,6 +9,7 @@ use burn::tensor::{activation, backend::Backend, Tensor};
 
 use crate::dropout::Dropout;
 use crate::linear::GlmLinear;
+use crate::parallel::TpRank;
 
 /// GeGLU MLP: `dense_h_to_4h` (h → 2·inner), gate, `dense_4h_to_h` (inner → h).
 #[derive(Module, Debug)]
@@ -35,8 +36,23 @@ impl<B: Backend> GeGlu<B> {
         m: Tensor<B, 3>,
         dropout: Option<&mut Dropout>,
     ) -> Tensor<B, 3> {
+        self.forward_parallel(m, dropout, None)
+    }
+
+    /// [`forward_with_dropout`](Self::forward_with_dropout) on tensor-parallel rank `tp`: this
+    /// rank's `[value chunk | gate chunk]` rows of `dense_h_to_4h` keep the gate local, and
+    /// `dense_4h_to_h` all-reduces its partial products before adding the bias.
+    ///
+    /// # Shapes
+    /// - `m`: `[batch, seq, hidden]` → `[batch, seq, hidden]`
+    pub fn forward_parallel(
+        &self,
+        m: Tensor<B, 3>,
+        dropout: Option<&mut Dropout>,
+        tp: Option<&TpRank>,
+    ) -> Tensor<B, 3> {
         let u = self.dense_h_to_4h.forward(m);
-        let out = self.dense_4h_to_h.forward(geglu_gate(u));
+        let out = self.dense_4h_to_h.forward_row_parallel(geglu_gate(u), tp);
         match dropout {
             Some(d) => d.hidden(out),
             None => out,

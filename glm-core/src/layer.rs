@@ -14,6 +14,7 @@ use crate::dropout::Dropout;
 use crate::geglu::GeGlu;
 use crate::layernorm::LayerNorm;
 use crate::linear::GlmLinear;
+use crate::parallel::TpRank;
 use crate::rotary::Rotary;
 
 /// What every layer of one forward shares, built once per forward ([`LayerInput::new`]): the
@@ -32,6 +33,9 @@ pub struct LayerInput<'a, B: Backend> {
     pub cache: Option<&'a mut KvCache<B>>,
     /// Dropout in training (`None`: inference).
     pub dropout: Option<&'a mut Dropout>,
+    /// The tensor-parallel rank running this forward (`None`: the whole model on one device):
+    /// the row-parallel linears all-reduce through it.
+    pub tp: Option<&'a TpRank>,
 }
 
 impl<'a, B: Backend> LayerInput<'a, B> {
@@ -52,7 +56,14 @@ impl<'a, B: Backend> LayerInput<'a, B> {
             mask,
             cache,
             dropout,
+            tp: None,
         }
+    }
+
+    /// The same input for a forward of tensor-parallel rank `tp`.
+    pub fn with_tp(mut self, tp: Option<&'a TpRank>) -> Self {
+        self.tp = tp;
+        self
     }
 }
 
@@ -113,7 +124,7 @@ impl<B: Backend> GlmLayer<B> {
         let m = self.post_attention_layernorm.forward(h);
         let f = self
             .mlp
-            .forward_with_dropout(m.clone(), input.dropout.as_deref_mut());
+            .forward_parallel(m.clone(), input.dropout.as_deref_mut(), input.tp);
         m * alpha + f
     }
 }

@@ -11,6 +11,7 @@
 //! - [`blank`]: `[MASK]` / `[sMASK]` / `[gMASK]` inputs (tokens, positions, masks).
 //! - [`KvCache`]: incremental decoding.
 //! - [`weights`]: safetensors and original SAT checkpoints (tensor-parallel shards merged).
+//! - [`parallel`]: tensor parallelism (the model split over devices as SAT splits it).
 //!
 //! # Example
 //! ```
@@ -43,6 +44,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod model;
 pub mod offload;
+pub mod parallel;
 pub mod plan;
 pub mod quantized;
 pub mod rotary;

@@ -123,6 +123,44 @@ impl<B: Backend> GlmLinear<B> {
         y.reshape([batch, seq, self.d_out()])
     }
 
+    /// `x·Wᵀ` without the bias (the partial product of a row-parallel rank).
+    ///
+    /// # Shapes
+    /// - `x`: `[rows, in]` → `[rows, out]`
+    pub fn forward_no_bias(&self, x: Tensor<B, 2>) -> Tensor<B, 2> {
+        match &self.weight {
+            LinearWeight::Float(w) => {
+                let w = w.val();
+                match glm_quant::kernels::try_linear_f32(x, &w, None) {
+                    Ok(y) => y,
+                    Err(x) => x.matmul(w.transpose()),
+                }
+            }
+            LinearWeight::Quantized(q) => q.forward(x),
+        }
+    }
+
+    /// [`forward`](Self::forward) as a row-parallel linear of tensor-parallel rank `tp` (SAT
+    /// `RowParallelLinear`): this rank's partial product `x_r·W_rᵀ` is summed over the ranks by
+    /// an all-reduce, then the (replicated) bias is added once. `None`, or a degree of 1, is
+    /// [`forward`](Self::forward).
+    ///
+    /// # Shapes
+    /// - `x`: `[batch, seq, in / world]` → `[batch, seq, out]`
+    pub fn forward_row_parallel(
+        &self,
+        x: Tensor<B, 3>,
+        tp: Option<&crate::parallel::TpRank>,
+    ) -> Tensor<B, 3> {
+        let Some(tp) = tp.filter(|tp| tp.dims().world > 1) else {
+            return self.forward(x);
+        };
+        let [batch, seq, d_in] = x.dims();
+        let partial = self.forward_no_bias(x.reshape([batch * seq, d_in]));
+        let y = tp.all_reduce(partial) + self.bias.val().unsqueeze::<2>();
+        y.reshape([batch, seq, self.d_out()])
+    }
+
     /// Host copies of the parameters under the original names: `{prefix}.weight` / `{prefix}.bias`
     /// for a float weight; a quantized weight exports `{prefix}.weight` (I8 `[out, in]`, or packed
     /// int4 `[out, ceil(in/2)]`) and `{prefix}.weight_scale` (F16 `[out]`, or `[shards, out]`), the

@@ -20,6 +20,7 @@ use crate::geglu::GeGlu;
 use crate::layer::{GlmLayer, LayerInput};
 use crate::layernorm::LayerNorm;
 use crate::linear::GlmLinear;
+use crate::parallel::{EmbeddingLayout, ShardDims, TpRank};
 use crate::rotary::{Rotary, RotaryPrecision, RotaryTables};
 use crate::weights::{check_source, load_float, param_specs, WeightSource};
 
@@ -77,12 +78,33 @@ pub struct GlmModel<B: Backend> {
     /// Layers streamed from the checkpoint (layer-streamed offload), if any.
     #[module(skip)]
     pub(crate) offload: Option<crate::offload::OffloadStore>,
+    /// The tensor-parallel rank this model is (`None`: the whole model on one device).
+    #[module(skip)]
+    pub(crate) tp: Option<TpRank>,
 }
 
 impl<B: Backend> GlmModel<B> {
     /// The model's configuration.
     pub fn config(&self) -> &GlmConfig {
         &self.config
+    }
+
+    /// The tensor-parallel rank this model is, if it holds one shard of a
+    /// [`TensorParallel`](crate::parallel::TensorParallel) group.
+    pub fn tensor_parallel_rank(&self) -> Option<&TpRank> {
+        self.tp.as_ref()
+    }
+
+    /// Attention heads this model computes (all of them, or this rank's share).
+    pub fn local_heads(&self) -> usize {
+        self.tp
+            .as_ref()
+            .map_or(self.config.num_attention_heads, |tp| tp.dims().heads)
+    }
+
+    /// The group's first failure, if this is a tensor-parallel rank and any rank failed.
+    fn tp_check(&self) -> Result<()> {
+        self.tp.as_ref().map_or(Ok(()), TpRank::check)
     }
 
     /// Dtype of the parameters.
@@ -200,7 +222,7 @@ impl<B: Backend> GlmModel<B> {
             Some(cache) => {
                 cache.check_compatible(
                     self.config.num_layers,
-                    self.config.num_attention_heads,
+                    self.local_heads(),
                     self.config.head_dim(),
                     batch,
                 )?;
@@ -282,8 +304,10 @@ impl<B: Backend> GlmModel<B> {
             let seq = x.dims()[1];
             x = x.narrow(1, seq.saturating_sub(1), 1);
         }
+        let logits = self.logits(self.final_layernorm.forward(x));
+        self.tp_check()?;
         Ok(ForwardOutput {
-            logits: self.logits(self.final_layernorm.forward(x)),
+            logits,
             hidden_states,
         })
     }
@@ -302,13 +326,17 @@ impl<B: Backend> GlmModel<B> {
         let mut input = LayerInput::new(
             &self.rotary,
             position_ids,
-            self.config.num_attention_heads,
+            self.local_heads(),
             mask,
             cache,
             None,
-        );
+        )
+        .with_tp(self.tp.as_ref());
+        self.tp_check()?;
         for l in 0..self.config.num_layers {
             x = self.with_layer(l, |layer| layer.forward(x, &mut input))?;
+            // A failed rank leaves shape-correct placeholders behind: stop here.
+            self.tp_check()?;
             if keep {
                 hidden_states.push(x.clone());
             }
@@ -353,7 +381,9 @@ impl<B: Backend> GlmModel<B> {
         let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [batch]), &device)
             .reshape([batch, 1, 1])
             .expand([batch, 1, hidden]);
-        Ok(self.logits(self.final_layernorm.forward(x.gather(1, idx))))
+        let logits = self.logits(self.final_layernorm.forward(x.gather(1, idx)));
+        self.tp_check()?;
+        Ok(logits)
     }
 
     /// The inference forward up to the final LayerNorm, without the logits: what scoring chosen
@@ -413,13 +443,14 @@ impl<B: Backend> GlmModel<B> {
         // Training runs on resident models (glm-train never builds an offloaded one); a model
         // from `from_source_offloaded` is for inference and `try_forward_train` refuses it.
         assert!(
-            self.offload.is_none(),
-            "forward_train on a layer-streamed (offloaded) model: offload is for inference"
+            self.offload.is_none() && self.tp.is_none(),
+            "forward_train on a layer-streamed (offloaded) or tensor-parallel model: those are for \
+             inference"
         );
         let mut input = LayerInput::new(
             &self.rotary,
             position_ids,
-            self.config.num_attention_heads,
+            self.local_heads(),
             mask,
             None,
             Some(dropout),
@@ -440,9 +471,10 @@ impl<B: Backend> GlmModel<B> {
         shrink_alpha: f64,
         dropout: &mut Dropout,
     ) -> Result<Tensor<B, 3>> {
-        if self.offload.is_some() {
+        if self.offload.is_some() || self.tp.is_some() {
             return Err(Error::InvalidInput(
-                "a layer-streamed (offloaded) model is for inference; train a resident model"
+                "a layer-streamed (offloaded) or tensor-parallel model is for inference; train a \
+                 resident model on one device (data parallelism: glm-train)"
                     .into(),
             ));
         }
@@ -476,10 +508,40 @@ impl<B: Backend> GlmModel<B> {
     }
 
     fn embed_checked(&self, tokens: Tensor<B, 2, Int>) -> Tensor<B, 3> {
-        burn::tensor::module::embedding(self.word_embeddings.val(), tokens)
+        let Some(tp) = self.vocab_parallel() else {
+            return burn::tensor::module::embedding(self.word_embeddings.val(), tokens);
+        };
+        // SAT's VocabParallelEmbedding: ids outside this rank's rows look up row 0 and are
+        // zeroed, then the ranks' rows are summed (each id has exactly one non-zero row).
+        let [batch, seq] = tokens.dims();
+        let hidden = self.config.hidden_size;
+        let rows = &tp.dims().vocab;
+        let (start, end) = (rows.start as i64, rows.end as i64);
+        let outside = tokens
+            .clone()
+            .lower_elem(start)
+            .bool_or(tokens.clone().greater_equal_elem(end));
+        let local = (tokens - start).mask_fill(outside.clone(), 0);
+        let rows = burn::tensor::module::embedding(self.word_embeddings.val(), local);
+        let rows = rows.mask_fill(
+            outside
+                .reshape([batch, seq, 1])
+                .expand([batch, seq, hidden]),
+            0.0,
+        );
+        tp.all_reduce(rows)
     }
 
-    /// Tied output projection: `h · Eᵀ`, no bias.
+    /// The tensor-parallel rank, when it holds a vocabulary-parallel embedding over several ranks.
+    fn vocab_parallel(&self) -> Option<&TpRank> {
+        self.tp.as_ref().filter(|tp| {
+            tp.dims().world > 1 && tp.dims().embedding == EmbeddingLayout::VocabParallel
+        })
+    }
+
+    /// Tied output projection: `h · Eᵀ`, no bias. On a vocabulary-parallel tensor-parallel rank
+    /// each rank computes the logits of its rows and they are gathered (an all-reduce of the
+    /// zero-padded logits, exact), so every rank returns the whole vocabulary.
     ///
     /// # Shapes
     /// - `normed`: `[batch, seq, hidden]` (after the final LayerNorm) → `[batch, seq, vocab]`
@@ -493,10 +555,28 @@ impl<B: Backend> GlmModel<B> {
             Ok(y) => y,
             Err(x) => x.matmul(w.transpose()),
         };
+        let y = match self.vocab_parallel() {
+            None => y,
+            Some(tp) => {
+                let rows = &tp.dims().vocab;
+                let n = batch * seq;
+                let device = y.device();
+                let dtype = y.dtype();
+                let mut parts = Vec::with_capacity(3);
+                if rows.start > 0 {
+                    parts.push(Tensor::zeros([n, rows.start], (&device, dtype)));
+                }
+                parts.push(y);
+                if rows.end < vocab {
+                    parts.push(Tensor::zeros([n, vocab - rows.end], (&device, dtype)));
+                }
+                tp.all_reduce(Tensor::cat(parts, 1))
+            }
+        };
         y.reshape([batch, seq, vocab])
     }
 
-    /// An empty KV cache sized for this model.
+    /// An empty KV cache sized for this model (this rank's heads on a tensor-parallel rank).
     pub fn new_cache(&self) -> KvCache<B> {
         KvCache::new(self.config.num_layers)
     }
@@ -555,12 +635,22 @@ impl<B: Backend> GlmModel<B> {
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
         linear: &mut LinearLoader<'_, B>,
     ) -> Result<Self> {
-        Self::build_first(config, device, options, fetch, linear, config.num_layers)
+        Self::build_first(
+            config,
+            &ShardDims::single(config),
+            device,
+            options,
+            fetch,
+            linear,
+            config.num_layers,
+        )
     }
 
-    /// [`build`](Self::build) with only the first `resident` layers (offload streams the rest).
+    /// [`build`](Self::build) with only the first `resident` layers (offload streams the rest),
+    /// of the sizes `dims` holds (one tensor-parallel rank, or the whole model).
     pub(crate) fn build_first(
         config: &GlmConfig,
+        dims: &ShardDims,
         device: &B::Device,
         options: ModelOptions,
         fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
@@ -584,13 +674,10 @@ impl<B: Backend> GlmModel<B> {
         let mut layers = Vec::with_capacity(resident);
         for l in 0..resident.min(config.num_layers) {
             layers.push(Self::assemble_layer(
-                config, l, device, dtype, fetch, linear,
+                config, dims, l, device, dtype, fetch, linear,
             )?);
         }
-        let emb = fetch(
-            "transformer.word_embeddings.weight",
-            &[config.vocab_size, h],
-        )?;
+        let emb = fetch("transformer.word_embeddings.weight", &[dims.vocab.len(), h])?;
         let rotary = RotaryTables::new(
             config.head_dim(),
             config.max_sequence_length,
@@ -605,6 +692,7 @@ impl<B: Backend> GlmModel<B> {
             rotary,
             config: config.clone(),
             offload: None,
+            tp: None,
         })
     }
 
@@ -613,6 +701,7 @@ impl<B: Backend> GlmModel<B> {
     /// layer's forward.
     pub(crate) fn assemble_layer(
         config: &GlmConfig,
+        dims: &ShardDims,
         l: usize,
         device: &B::Device,
         dtype: DType,
@@ -620,8 +709,11 @@ impl<B: Backend> GlmModel<B> {
         linear: &mut LinearLoader<'_, B>,
     ) -> Result<GlmLayer<B>> {
         let h = config.hidden_size;
-        let i = config.inner_size();
         let p = format!("transformer.layers.{l}.");
+        let mut linear = |suffix: &str| {
+            let (out, inp) = dims.linear_dims(suffix);
+            linear(&format!("{p}{suffix}"), out, inp)
+        };
         let mut ln = |name: &str| -> Result<LayerNorm<B>> {
             let mut t1 = |part: &str| -> Result<Tensor<B, 1>> {
                 Ok(Tensor::from_data(
@@ -640,15 +732,15 @@ impl<B: Backend> GlmModel<B> {
         Ok(GlmLayer {
             input_layernorm,
             attention: SelfAttention {
-                query_key_value: linear(&format!("{p}attention.query_key_value"), 3 * h, h)?,
-                dense: linear(&format!("{p}attention.dense"), h, h)?,
-                num_heads: config.num_attention_heads,
+                query_key_value: linear("attention.query_key_value")?,
+                dense: linear("attention.dense")?,
+                num_heads: dims.heads,
                 layer_id: l,
             },
             post_attention_layernorm,
             mlp: GeGlu {
-                dense_h_to_4h: linear(&format!("{p}mlp.dense_h_to_4h"), 2 * i, h)?,
-                dense_4h_to_h: linear(&format!("{p}mlp.dense_4h_to_h"), h, i)?,
+                dense_h_to_4h: linear("mlp.dense_h_to_4h")?,
+                dense_4h_to_h: linear("mlp.dense_4h_to_h")?,
             },
             deepnorm_alpha: config.deepnorm_alpha(),
         })

@@ -66,6 +66,7 @@ impl OffloadStore {
         let dtype = self.options.dtype;
         GlmModel::<B>::assemble_layer(
             config,
+            &crate::parallel::ShardDims::single(config),
             l,
             device,
             dtype,
@@ -101,13 +102,19 @@ impl<B: Backend> GlmModel<B> {
         let src: &dyn WeightSource = source.as_ref();
         let scheme = source_scheme(src, config)?;
         match scheme {
-            Some(s) => crate::quantized::check_quantized_source(src, config, s)?,
+            Some(s) => crate::quantized::check_quantized_source(
+                src,
+                config,
+                &crate::parallel::ShardDims::single(config),
+                s,
+            )?,
             None => check_source(src, &param_specs(config), config.num_layers, &|_| false)?,
         }
         let resident = resident.min(config.num_layers);
         let dtype = options.dtype;
         let mut model = Self::build_first(
             config,
+            &crate::parallel::ShardDims::single(config),
             device,
             options,
             &mut |name, _| load_float(src, name, dtype),

@@ -31,9 +31,10 @@ pub use crate::weights::convert::{
 use crate::config::GlmConfig;
 use crate::error::{Error, Result};
 use crate::linear::{GlmLinear, LinearWeight};
-use crate::model::{GlmModel, ModelOptions};
+use crate::model::{GlmModel, LinearLoader, ModelOptions};
+use crate::parallel::ShardDims;
 use crate::weights::{
-    check_source, is_float, load_float, param_specs, split_rule, ParamKind, SatCheckpoint,
+    check_source, is_float, load_float, param_specs_for, split_rule, ParamKind, SatCheckpoint,
     SplitRule, WeightSource,
 };
 
@@ -105,9 +106,9 @@ pub(crate) fn source_tp(source: &dyn WeightSource) -> usize {
     }
 }
 
-/// The linear prefixes of a config, with `(out, in)`.
-fn linear_prefixes(config: &GlmConfig) -> Vec<(String, usize, usize)> {
-    param_specs(config)
+/// The linear prefixes of a config, with `(out, in)` as `dims` holds them.
+fn linear_prefixes(config: &GlmConfig, dims: &ShardDims) -> Vec<(String, usize, usize)> {
+    param_specs_for(config, dims)
         .into_iter()
         .filter(|s| s.kind == ParamKind::LinearWeight)
         .filter_map(|s| {
@@ -123,9 +124,18 @@ fn linear_prefixes(config: &GlmConfig) -> Vec<(String, usize, usize)> {
 /// # Errors
 /// Some linears quantized and others not, mixed schemes, or a shape that fits neither scheme.
 pub fn source_scheme(source: &dyn WeightSource, config: &GlmConfig) -> Result<Option<QuantScheme>> {
+    source_scheme_for(source, config, &ShardDims::single(config))
+}
+
+/// [`source_scheme`] of a source holding the sizes `dims` (a tensor-parallel rank's view).
+pub(crate) fn source_scheme_for(
+    source: &dyn WeightSource,
+    config: &GlmConfig,
+    dims: &ShardDims,
+) -> Result<Option<QuantScheme>> {
     let file = source.location().to_path_buf();
     let mut found: Option<Option<QuantScheme>> = None;
-    for (prefix, out, inp) in linear_prefixes(config) {
+    for (prefix, out, inp) in linear_prefixes(config, dims) {
         let weight = format!("{prefix}.weight");
         let scale = format!("{weight}{SCALE_SUFFIX}");
         let this = if source.shape(&scale).is_some() {
@@ -174,9 +184,10 @@ pub fn source_scheme(source: &dyn WeightSource, config: &GlmConfig) -> Result<Op
 pub(crate) fn check_quantized_source(
     source: &dyn WeightSource,
     config: &GlmConfig,
+    dims: &ShardDims,
     scheme: QuantScheme,
 ) -> Result<()> {
-    let specs: Vec<_> = param_specs(config)
+    let specs: Vec<_> = param_specs_for(config, dims)
         .into_iter()
         .filter(|s| s.kind != ParamKind::LinearWeight)
         .collect();
@@ -188,7 +199,7 @@ pub(crate) fn check_quantized_source(
     };
     check_source(source, &specs, config.num_layers, &extra)?;
     let file = source.location().to_path_buf();
-    for (prefix, out, inp) in linear_prefixes(config) {
+    for (prefix, out, inp) in linear_prefixes(config, dims) {
         let weight = format!("{prefix}.weight");
         let scale = format!("{weight}{SCALE_SUFFIX}");
         let expected = vec![out, scheme.row_bytes(inp)];
@@ -284,9 +295,33 @@ impl<B: Backend> GlmModel<B> {
         options: ModelOptions,
         quant: Option<QuantizeOptions>,
     ) -> Result<Self> {
+        let dims = ShardDims::single(config);
+        Self::load_for(
+            config,
+            &dims,
+            source,
+            device,
+            options,
+            quant,
+            source_tp(source),
+        )
+    }
+
+    /// [`from_source_quantized`](Self::from_source_quantized) of the sizes `dims` (a
+    /// tensor-parallel rank reading its view of the checkpoint); quantize-on-load computes
+    /// row-parallel scales over `scale_tp` shards of each local weight.
+    pub(crate) fn load_for(
+        config: &GlmConfig,
+        dims: &ShardDims,
+        source: &dyn WeightSource,
+        device: &B::Device,
+        options: ModelOptions,
+        quant: Option<QuantizeOptions>,
+        scale_tp: usize,
+    ) -> Result<Self> {
         config.validate()?;
         config.validate_rotary(options.rotary)?;
-        let stored = source_scheme(source, config)?;
+        let stored = source_scheme_for(source, config, dims)?;
         let dtype = options.dtype;
         let fetch = |name: &str| load_float(source, name, dtype);
         let bias = |prefix: &str| -> Result<Tensor<B, 1>> {
@@ -295,8 +330,30 @@ impl<B: Backend> GlmModel<B> {
                 (device, dtype),
             ))
         };
+        let build = |fetch: &mut dyn FnMut(&str, &[usize]) -> Result<TensorData>,
+                     linear: &mut LinearLoader<'_, B>| {
+            Self::build_first(
+                config,
+                dims,
+                device,
+                options,
+                fetch,
+                linear,
+                config.num_layers,
+            )
+        };
         match (stored, quant) {
-            (None, None) => Self::from_source(config, source, device, options),
+            (None, None) => {
+                check_source(
+                    source,
+                    &param_specs_for(config, dims),
+                    config.num_layers,
+                    &|_| false,
+                )?;
+                build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
+                    load_linear(source, prefix, None, inp, device, dtype)
+                })
+            }
             (Some(scheme), q) => {
                 if let Some(q) = q.filter(|q| q.scheme != scheme) {
                     return Err(Error::ConfigMismatch {
@@ -304,43 +361,35 @@ impl<B: Backend> GlmModel<B> {
                         reason: format!("checkpoint is {scheme}, {} was requested", q.scheme),
                     });
                 }
-                check_quantized_source(source, config, scheme)?;
-                Self::build(
-                    config,
-                    device,
-                    options,
-                    &mut |name, _| fetch(name),
-                    &mut |prefix, _out, inp| {
-                        load_linear(source, prefix, Some(scheme), inp, device, dtype)
-                    },
-                )
+                check_quantized_source(source, config, dims, scheme)?;
+                build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
+                    load_linear(source, prefix, Some(scheme), inp, device, dtype)
+                })
             }
             (None, Some(q)) => {
-                check_source(source, &param_specs(config), config.num_layers, &|_| false)?;
-                let tp = source_tp(source);
-                Self::build(
-                    config,
-                    device,
-                    options,
-                    &mut |name, _| fetch(name),
-                    &mut |prefix, _out, _inp| {
-                        let name = format!("{prefix}.weight");
-                        let weight = source.load(&name)?;
-                        let m = QuantizedMatrix::quantize(
-                            &name,
-                            &weight,
-                            q.shards(prefix, tp),
-                            q.scheme,
-                        )
-                        .map_err(quant_err)?;
-                        drop(weight);
-                        source.release(&name);
-                        Ok(GlmLinear::quantized(
-                            QuantizedWeight::from_matrix(&m, device),
-                            bias(prefix)?,
-                        ))
-                    },
-                )
+                check_source(
+                    source,
+                    &param_specs_for(config, dims),
+                    config.num_layers,
+                    &|_| false,
+                )?;
+                build(&mut |name, _| fetch(name), &mut |prefix, _out, _inp| {
+                    let name = format!("{prefix}.weight");
+                    let weight = source.load(&name)?;
+                    let m = QuantizedMatrix::quantize(
+                        &name,
+                        &weight,
+                        q.shards(prefix, scale_tp),
+                        q.scheme,
+                    )
+                    .map_err(quant_err)?;
+                    drop(weight);
+                    source.release(&name);
+                    Ok(GlmLinear::quantized(
+                        QuantizedWeight::from_matrix(&m, device),
+                        bias(prefix)?,
+                    ))
+                })
             }
         }
     }
@@ -355,7 +404,11 @@ impl<B: Backend> GlmModel<B> {
                     .into(),
             ));
         }
-        let tp = quant.tensor_parallel.unwrap_or(1);
+        // A tensor-parallel rank's weights are one shard each: its scales are per-shard already.
+        let tp = match self.tp {
+            Some(_) => 1,
+            None => quant.tensor_parallel.unwrap_or(1),
+        };
         for (l, layer) in self.layers.iter_mut().enumerate() {
             for (suffix, lin) in layer.linears_mut() {
                 let prefix = format!("transformer.layers.{l}.{suffix}");

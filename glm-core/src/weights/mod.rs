@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::{DType, TensorData};
 
-pub use self::names::{is_ignored_name, param_specs, ParamKind, ParamSpec};
+pub use self::names::{is_ignored_name, param_specs, param_specs_for, ParamKind, ParamSpec};
 pub use self::random::{deepnorm_std, RandomSource};
 pub use self::safetensors::{save_safetensors, SafetensorsFile};
 pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule, TorchShard};
@@ -37,6 +37,16 @@ pub trait WeightSource {
     /// again soon: a memory-mapped source gives the pages back to the OS (they are read again
     /// from the file if touched). The default does nothing.
     fn release(&self, _name: &str) {}
+    /// `name` exactly as tensor-parallel rank `rank` of `world` stores it, when this source is
+    /// made of such shards (a SAT folder of `world` ranks): read from the rank's own file, no
+    /// merge. `None` (the default) when the source does not store that split.
+    fn stored_shard(&self, _name: &str, _rank: usize, _world: usize) -> Option<Result<TensorData>> {
+        None
+    }
+    /// The shape of [`stored_shard`](Self::stored_shard), without reading data.
+    fn stored_shard_shape(&self, _name: &str, _rank: usize, _world: usize) -> Option<Vec<usize>> {
+        None
+    }
 }
 
 /// Float dtypes a model can be built in.

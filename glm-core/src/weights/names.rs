@@ -1,6 +1,7 @@
 //! The original SAT parameter names and shapes of a [`GlmConfig`].
 
 use crate::config::GlmConfig;
+use crate::parallel::ShardDims;
 
 /// What kind of tensor a parameter is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,25 +25,28 @@ pub struct ParamSpec {
 
 /// Every parameter of the model, in checkpoint order.
 pub fn param_specs(config: &GlmConfig) -> Vec<ParamSpec> {
+    param_specs_for(config, &ShardDims::single(config))
+}
+
+/// Every parameter one tensor-parallel rank holds (`dims`), with the rank's shapes, in checkpoint
+/// order.
+pub fn param_specs_for(config: &GlmConfig, dims: &ShardDims) -> Vec<ParamSpec> {
     let h = config.hidden_size;
-    let i = config.inner_size();
     let mut specs = Vec::with_capacity(2 + config.num_layers * 12 + 2);
     let mut push = |name: String, shape: Vec<usize>, kind: ParamKind| {
         specs.push(ParamSpec { name, shape, kind })
     };
     push(
         "transformer.word_embeddings.weight".into(),
-        vec![config.vocab_size, h],
+        vec![dims.vocab.len(), h],
         ParamKind::Float,
     );
     for l in 0..config.num_layers {
         let p = format!("transformer.layers.{l}.");
-        let linears = [
-            ("attention.query_key_value", 3 * h, h),
-            ("attention.dense", h, h),
-            ("mlp.dense_h_to_4h", 2 * i, h),
-            ("mlp.dense_4h_to_h", h, i),
-        ];
+        let linears = crate::layer::LINEAR_NAMES.map(|name| {
+            let (out, inp) = dims.linear_dims(name);
+            (name, out, inp)
+        });
         for ln in ["input_layernorm", "post_attention_layernorm"] {
             push(format!("{p}{ln}.weight"), vec![h], ParamKind::Float);
             push(format!("{p}{ln}.bias"), vec![h], ParamKind::Float);

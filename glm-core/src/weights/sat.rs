@@ -292,6 +292,18 @@ impl WeightSource for SatCheckpoint {
         Some(merged)
     }
 
+    fn stored_shard(&self, name: &str, rank: usize, world: usize) -> Option<Result<TensorData>> {
+        (world > 1 && world == self.shards.len()).then(|| self.load_shard(name, rank))
+    }
+
+    fn stored_shard_shape(&self, name: &str, rank: usize, world: usize) -> Option<Vec<usize>> {
+        if world > 1 && world == self.shards.len() {
+            Some(self.shards.get(rank)?.shape(name)?.to_vec())
+        } else {
+            None
+        }
+    }
+
     fn load(&self, name: &str) -> Result<TensorData> {
         if is_ignored_name(name) {
             return self.load_shard(name, 0);
