@@ -32,14 +32,7 @@ use crate::config::GlmConfig;
 use crate::error::{Error, Result};
 
 /// How the word embedding / tied LM head is laid out across tensor-parallel ranks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EmbeddingLayout {
-    /// Rows split as `torch.chunk` (the original): masked lookup + all-reduce, logits gathered.
-    VocabParallel,
-    /// Every rank holds the whole table.
-    Replicated,
-}
+pub use crate::parallel::EmbeddingLayout;
 
 /// Weight format of the four linears of every layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]

@@ -17,9 +17,11 @@
 //! same model on any burn backend the crate is built with (wgpu, CUDA).
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
+use glm_core::parallel::{EmbeddingLayout, TensorParallel, TpLayout};
 use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision};
 
 use crate::beam::{BeamConfig, BeamSearchStrategy};
@@ -42,8 +44,15 @@ pub struct LoadOptions {
     /// Quantize a float checkpoint on load to INT4 / INT8 (`Some(4)` / `Some(8)`), as the
     /// original's `--quantization-bit-width`; quantized checkpoints load as they are.
     pub quantization_bit_width: Option<u32>,
-    /// Tensor-parallel degree the row-parallel INT scales are computed for.
+    /// Tensor-parallel degree: `Some(n)` with `n > 1` splits the model over `n` ranks (threads,
+    /// one device each: [`Glm::load_on_devices`]) exactly as SAT splits it; a SAT folder of `n`
+    /// shards gives each rank its own file. INT4/INT8 quantize-on-load then computes each rank's
+    /// scales over its own shard, as the original's `convert_tp.py`.
     pub tensor_parallel: Option<usize>,
+    /// With tensor parallelism: every rank holds the whole word embedding (no communication for
+    /// the lookup and the logits, `n` times its memory) instead of the original's
+    /// vocabulary-parallel split.
+    pub replicated_embedding: bool,
     /// The icetk SentencePiece model (`ice_text.model`); `None`: an `ice_text.model` next to the
     /// checkpoint if there is one, else integer-id text.
     pub tokenizer: Option<PathBuf>,
@@ -65,6 +74,7 @@ impl Default for LoadOptions {
             dtype: DType::F32,
             quantization_bit_width: None,
             tensor_parallel: None,
+            replicated_embedding: false,
             tokenizer: None,
             tokenizer_mode: "icetk".into(),
             config: None,
@@ -159,9 +169,13 @@ impl Iterator for Stream {
     }
 }
 
-/// A loaded model with its tokenizer.
+/// A loaded model with its tokenizer: on one device, or split over tensor-parallel ranks
+/// ([`LoadOptions::tensor_parallel`]); every method works the same on both.
 pub struct Glm<B: Backend = Cpu> {
+    /// The model, or rank 0's shard under tensor parallelism.
     model: GlmModel<B>,
+    /// The tensor-parallel group, if the model is split.
+    group: Option<Arc<TensorParallel<B>>>,
     codec: Codec,
 }
 
@@ -190,6 +204,19 @@ impl<B: Backend> Glm<B> {
         options: LoadOptions,
         device: &B::Device,
     ) -> Result<Self> {
+        Self::load_on_devices(path, options, std::slice::from_ref(device))
+    }
+
+    /// [`Glm::load`] on `devices` of backend `B`: one per tensor-parallel rank (or one shared by
+    /// every rank); without tensor parallelism the first one.
+    pub fn load_on_devices(
+        path: impl AsRef<Path>,
+        options: LoadOptions,
+        devices: &[B::Device],
+    ) -> Result<Self> {
+        let device = devices
+            .first()
+            .ok_or_else(|| Error::Usage("no device to load the model on".into()))?;
         let path = path.as_ref();
         let folder = if path.is_file() {
             path.parent()
@@ -219,6 +246,28 @@ impl<B: Backend> Glm<B> {
                 RotaryPrecision::Fp16Sat
             },
         };
+        let world = options.tensor_parallel.unwrap_or(1);
+        if world > 1 {
+            let quant = crate::cli::quantize_options(options.quantization_bit_width, None)?;
+            let group = crate::cli::load_parallel::<B>(
+                &folder,
+                &config,
+                devices,
+                model_options,
+                quant,
+                &options.offload,
+                TpLayout::new(world).with_embedding(if options.replicated_embedding {
+                    EmbeddingLayout::Replicated
+                } else {
+                    EmbeddingLayout::VocabParallel
+                }),
+            )?;
+            return Ok(Self {
+                model: group.ranks()[0].clone(),
+                group: Some(Arc::new(group)),
+                codec,
+            });
+        }
         let quant =
             crate::cli::quantize_options(options.quantization_bit_width, options.tensor_parallel)?;
         let model = crate::cli::load_model::<B>(
@@ -232,7 +281,11 @@ impl<B: Backend> Glm<B> {
                 .sequence_length
                 .unwrap_or(config.max_sequence_length),
         )?;
-        Ok(Self { model, codec })
+        Ok(Self {
+            model,
+            group: None,
+            codec,
+        })
     }
 
     /// A model and codec built elsewhere (e.g. [`GlmModel::random`] with integer-id text).
@@ -241,12 +294,46 @@ impl<B: Backend> Glm<B> {
             Some(t) => Codec::Ice(Box::new(t)),
             None => Codec::Ids(crate::prompt::IdCodec),
         };
-        Self { model, codec }
+        Self {
+            model,
+            group: None,
+            codec,
+        }
     }
 
-    /// The model.
+    /// A tensor-parallel group and a codec built elsewhere.
+    pub fn from_group(
+        group: TensorParallel<B>,
+        tokenizer: Option<glm_tokenizer::Tokenizer>,
+    ) -> Self {
+        let mut glm = Self::from_parts(group.ranks()[0].clone(), tokenizer);
+        glm.group = Some(Arc::new(group));
+        glm
+    }
+
+    /// The model; under tensor parallelism rank 0's shard, whose forwards need every rank: run
+    /// them through [`tensor_parallel`](Self::tensor_parallel) (alone they return
+    /// [`glm_core::Error::TensorParallel`]).
     pub fn model(&self) -> &GlmModel<B> {
         &self.model
+    }
+
+    /// The tensor-parallel group, if the model is split over ranks.
+    pub fn tensor_parallel(&self) -> Option<&TensorParallel<B>> {
+        self.group.as_deref()
+    }
+
+    /// Runs `lead` on rank 0 (the calling thread) and `follow` on the other ranks of the
+    /// tensor-parallel group, or `lead` alone on a model on one device.
+    fn on_ranks<T>(
+        &self,
+        lead: impl FnOnce(&GlmModel<B>) -> Result<T>,
+        follow: impl Fn(&GlmModel<B>) -> Result<()> + Sync,
+    ) -> Result<T> {
+        match &self.group {
+            None => lead(&self.model),
+            Some(group) => group.run(lead, follow),
+        }
     }
 
     /// The text codec: the tokenizer, or whitespace-separated ids.
@@ -302,6 +389,7 @@ impl<B: Backend> Glm<B> {
         let (tx, rx) = std::sync::mpsc::sync_channel::<Result<StreamItem>>(16);
         let worker = Glm {
             model: self.model.clone(),
+            group: self.group.clone(),
             codec: self.codec.clone(),
         };
         let (text, options) = (text.to_string(), options.clone());
@@ -347,44 +435,61 @@ impl<B: Backend> Glm<B> {
             Codec::Ice(t) => Some(t.as_ref()),
             Codec::Ids(_) => None,
         };
-        let result = crate::fill::fill_blanks(
-            &self.model,
-            &prompt,
-            strategy.as_mut(),
-            out_seq_length,
-            &mut |rows| {
-                if !stream_text {
-                    return;
-                }
-                let Some(row) = rows.first() else { return };
-                let ctx = row
-                    .iter()
-                    .take_while(|&&t| t != i64::from(specials.sop))
-                    .count()
-                    + 1;
-                match tokenizer {
-                    Some(tok) => {
-                        let s = match &mut streamer {
-                            Some((c, s)) if *c == ctx => s,
-                            _ => {
-                                &mut streamer
-                                    .insert((ctx, TokenStream::new(tok, ctx, ends.clone())))
-                                    .1
-                            }
-                        };
-                        let piece = s.push_rows(rows);
-                        if !piece.is_empty() {
-                            on_piece(&piece);
+        let mut on_step = |rows: &[Vec<i64>]| {
+            if !stream_text {
+                return;
+            }
+            let Some(row) = rows.first() else { return };
+            let ctx = row
+                .iter()
+                .take_while(|&&t| t != i64::from(specials.sop))
+                .count()
+                + 1;
+            match tokenizer {
+                Some(tok) => {
+                    let s = match &mut streamer {
+                        Some((c, s)) if *c == ctx => s,
+                        _ => {
+                            &mut streamer
+                                .insert((ctx, TokenStream::new(tok, ctx, ends.clone())))
+                                .1
                         }
-                    }
-                    None => {
-                        if let Some(&last) = row.last().filter(|&&t| t >= 0) {
-                            on_piece(&format!("{last} "));
-                        }
+                    };
+                    let piece = s.push_rows(rows);
+                    if !piece.is_empty() {
+                        on_piece(&piece);
                     }
                 }
-            },
-        )?;
+                None => {
+                    if let Some(&last) = row.last().filter(|&&t| t >= 0) {
+                        on_piece(&format!("{last} "));
+                    }
+                }
+            }
+        };
+        let result = match &self.group {
+            None => crate::fill::fill_blanks(
+                &self.model,
+                &prompt,
+                strategy.as_mut(),
+                out_seq_length,
+                &mut on_step,
+            )?,
+            Some(group) => {
+                // Every other rank runs its own strategy, built alike (same seed).
+                let followers = (1..group.world())
+                    .map(|_| self.strategy(options).map(Mutex::new))
+                    .collect::<Result<Vec<_>>>()?;
+                crate::fill::fill_blanks_parallel(
+                    group,
+                    &prompt,
+                    strategy.as_mut(),
+                    &followers,
+                    out_seq_length,
+                    &mut on_step,
+                )?
+            }
+        };
         let tokens = result.sequences.first().cloned().unwrap_or_default();
         let blanks = result
             .blanks
@@ -407,17 +512,13 @@ impl<B: Backend> Glm<B> {
         let prompt = build_prompt(text, &self.codec, &specials, config.max_sequence_length)?;
         let blank = glm_core::blank::BlankInput::from_context(&prompt.tokens, &specials)?;
         let input = blank.to_input(config)?;
-        let device = self.model.word_embeddings.val().device();
-        let (tokens, positions, mask) = input.to_tensors::<B>(&device);
-        let out = self.model.forward_with(
-            tokens,
-            positions,
-            mask,
-            None,
-            glm_core::ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
+        let options = glm_core::ForwardOptions {
+            hidden_states: false,
+            last_only: true,
+        };
+        let out = self.on_ranks(
+            |model| Ok(model.forward_input(&input, options)?),
+            |model| Ok(model.forward_input(&input, options).map(drop)?),
         )?;
         out.logits
             .cast(DType::F32)
@@ -460,12 +561,17 @@ impl<B: Backend> Glm<B> {
             .first()
             .map(|rows| rows.iter().copied().zip(choice.iter().copied()).collect())
             .unwrap_or_default();
-        let values = crate::eval::score::token_log_probs(
-            &self.model,
-            &input,
-            &[pairs],
-            crate::eval::score::SoftmaxDtype::F32,
-        )?;
+        let pairs = [pairs];
+        let score = |model: &GlmModel<B>| {
+            crate::eval::score::token_log_probs(
+                model,
+                &input,
+                &pairs,
+                crate::eval::score::SoftmaxDtype::F32,
+            )
+            .map_err(Error::from)
+        };
+        let values = self.on_ranks(score, |model| score(model).map(drop))?;
         Ok(values.first().map_or(0.0, |v| v.iter().sum()))
     }
 }

@@ -80,18 +80,7 @@ pub(crate) fn load_model<B: Backend>(
     offload: &OffloadFlags,
     sequence_length: usize,
 ) -> Result<GlmModel<B>> {
-    if !model_dir.is_dir() {
-        return Err(Error::Usage(format!(
-            "model folder {} does not exist",
-            model_dir.display()
-        )));
-    }
-    if !model_dir.join("latest").is_file() && !model_dir.join("model.safetensors").is_file() {
-        return Err(Error::Usage(format!(
-            "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
-            model_dir.display()
-        )));
-    }
+    check_model_dir(model_dir)?;
     let source: glm_core::offload::SharedSource =
         std::sync::Arc::from(glm_core::quantized::open_checkpoint(model_dir)?);
     if !offload.offload {
@@ -142,6 +131,54 @@ pub(crate) fn load_model<B: Backend>(
     };
     Ok(GlmModel::from_source_offloaded(
         config, source, device, options, resident,
+    )?)
+}
+
+/// Checks that `model_dir` is a checkpoint folder (`model.safetensors` or a SAT `latest`).
+fn check_model_dir(model_dir: &Path) -> Result<()> {
+    if !model_dir.is_dir() {
+        return Err(Error::Usage(format!(
+            "model folder {} does not exist",
+            model_dir.display()
+        )));
+    }
+    if !model_dir.join("latest").is_file() && !model_dir.join("model.safetensors").is_file() {
+        return Err(Error::Usage(format!(
+            "{}: neither model.safetensors nor a SAT checkpoint (`latest`) found",
+            model_dir.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Loads a model folder (as [`load_model`]) split over the tensor-parallel ranks of `layout`, one
+/// device each (`devices`: one per rank, or one for all). A SAT folder of that many shards gives
+/// each rank its own `mp_rank_XX` file; anything else is sliced on load.
+pub(crate) fn load_parallel<B: Backend>(
+    model_dir: &Path,
+    config: &GlmConfig,
+    devices: &[B::Device],
+    options: ModelOptions,
+    quant: Option<QuantizeOptions>,
+    offload: &OffloadFlags,
+    layout: glm_core::parallel::TpLayout,
+) -> Result<glm_core::parallel::TensorParallel<B>> {
+    check_model_dir(model_dir)?;
+    if offload.offload {
+        return Err(Error::Usage(
+            "--offload and --tensor-parallel together are not supported: split the model over \
+             ranks, or stream its layers on one device"
+                .into(),
+        ));
+    }
+    let source = glm_core::quantized::open_checkpoint(model_dir)?;
+    Ok(glm_core::parallel::TensorParallel::from_source(
+        config,
+        source.as_ref(),
+        devices,
+        options,
+        quant,
+        layout,
     )?)
 }
 

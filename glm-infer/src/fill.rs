@@ -4,8 +4,11 @@
 //! sequence (full re-encoding). The `out_seq_length` budget is shared by all blanks. With beam
 //! search only beam 0's fill is carried into the next blank.
 
+use std::sync::{Mutex, PoisonError};
+
 use burn::tensor::backend::Backend;
 use glm_core::blank::BlankInput;
+use glm_core::parallel::TensorParallel;
 use glm_core::GlmModel;
 
 use crate::error::{Error, Result};
@@ -130,4 +133,40 @@ pub fn fill_blanks<B: Backend>(
         blanks,
         iterations,
     })
+}
+
+/// [`fill_blanks`] on a tensor-parallel group: rank 0 runs `strategy` on the calling thread (with
+/// `on_step`), every other rank `r` runs `followers[r - 1]` — a strategy built like `strategy`,
+/// with the same seed and the same history, so that every rank takes the same decisions from the
+/// same (all-reduced) logits. Returns rank 0's result.
+///
+/// `followers` must hold `world − 1` strategies (a typed error otherwise). A rank that fails stops
+/// every rank ([`TensorParallel::run`]).
+pub fn fill_blanks_parallel<B: Backend>(
+    group: &TensorParallel<B>,
+    prompt: &Prompt,
+    strategy: &mut dyn Strategy,
+    followers: &[Mutex<Box<dyn Strategy>>],
+    out_seq_length: usize,
+    on_step: &mut StepCallback<'_>,
+) -> Result<FillResult> {
+    let world = group.world();
+    if followers.len() + 1 != world {
+        return Err(Error::Usage(format!(
+            "{} follower strategies for {world} tensor-parallel ranks (need {})",
+            followers.len(),
+            world.saturating_sub(1)
+        )));
+    }
+    group.run(
+        |lead| fill_blanks(lead, prompt, strategy, out_seq_length, on_step),
+        |rank| {
+            let r = rank.tensor_parallel_rank().map_or(0, |tp| tp.dims().rank);
+            let follower = followers
+                .get(r.wrapping_sub(1))
+                .ok_or_else(|| Error::Usage(format!("no strategy for rank {r}")))?;
+            let mut follower = follower.lock().unwrap_or_else(PoisonError::into_inner);
+            fill_blanks(rank, prompt, follower.as_mut(), out_seq_length, &mut |_| {}).map(drop)
+        },
+    )
 }

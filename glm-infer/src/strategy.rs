@@ -15,8 +15,9 @@ pub struct Hypothesis {
     pub raw_score: Option<f32>,
 }
 
-/// A decoding strategy: BaseStrategy (sampling / greedy) or BeamSearchStrategy.
-pub trait Strategy {
+/// A decoding strategy: BaseStrategy (sampling / greedy) or BeamSearchStrategy. `Send`, so that
+/// each tensor-parallel rank can run its own copy (same seed, same decisions) on its own thread.
+pub trait Strategy: Send {
     /// One step. `logits` is `[rows, vocab]` row-major (f32); `tokens` holds every live row's
     /// sequence and gets the new token appended (rows may be replaced). Returns, when the rows
     /// were reordered or expanded, the parent row of each new row (the KV cache follows it).

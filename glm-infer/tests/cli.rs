@@ -640,6 +640,27 @@ fn generate_files_match_the_fixture_beams_and_greedy_answers() {
         let s1 = one_answer(&format!("sample1-{name}"), text, &sampling);
         let s2 = one_answer(&format!("sample2-{name}"), text, &sampling);
         assert_eq!(s1, s2, "{name}: sampling is reproducible under a seed");
+        // Split over tensor-parallel ranks: the same greedy answer, the same seeded draw (every
+        // rank samples from the same logits with the same seed).
+        if let Some(world) = (2..=4)
+            .rev()
+            .find(|&n| glm_core::parallel::TpLayout::new(n).check(&cfg).is_ok())
+        {
+            let tp = ["--tensor-parallel".to_string(), world.to_string()];
+            let split: Vec<String> = args.iter().chain(&tp).cloned().collect();
+            let got = one_answer(&format!("greedy-tp-{name}"), text, &split);
+            assert_eq!(
+                got,
+                [case["fill_blanks_answer"].as_str().unwrap()],
+                "{name}: greedy answer with --tensor-parallel {world}"
+            );
+            let split: Vec<String> = sampling.iter().chain(&tp).cloned().collect();
+            let drawn = one_answer(&format!("sample-tp-{name}"), text, &split);
+            assert_eq!(
+                drawn, s1,
+                "{name}: seeded draw with --tensor-parallel {world}"
+            );
+        }
         assert_eq!(s1.len(), 1, "{name}: one sampled answer");
         let words: Vec<&str> = text.split_whitespace().collect();
         let mask = words

@@ -483,8 +483,28 @@ fn task_folders_are_searched_recursively() {
 
 #[test]
 fn glm_evaluate_cli_reports_the_original_numbers() {
+    evaluate_cli(&[]);
+}
+
+/// The same report with the model split over the largest tensor-parallel degree (up to 4) that
+/// the fixture config divides.
+#[test]
+fn glm_evaluate_cli_split_over_ranks_reports_the_original_numbers() {
+    let cfg = common::config();
+    let world = (2..=4)
+        .rev()
+        .find(|&n| glm_core::parallel::TpLayout::new(n).check(&cfg).is_ok())
+        .expect("a tensor-parallel degree the fixture config divides");
+    evaluate_cli(&["--tensor-parallel".to_string(), world.to_string()]);
+}
+
+fn evaluate_cli(extra: &[String]) {
     let json = read_json("eval.json");
-    let out_dir = std::env::temp_dir().join(format!("glm-eval-cli-{}", std::process::id()));
+    let out_dir = std::env::temp_dir().join(format!(
+        "glm-eval-cli-{}-{}",
+        std::process::id(),
+        extra.join("")
+    ));
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
     let report_path = out_dir.join("report.json");
@@ -498,11 +518,12 @@ fn glm_evaluate_cli_reports_the_original_numbers() {
         .arg("--report")
         .arg(&report_path)
         .arg("--no-progress")
+        .args(extra)
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "glm evaluate failed: {}",
+        "glm evaluate {extra:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     // Every printed line against the original's stdout, numbers included.

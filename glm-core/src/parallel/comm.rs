@@ -57,6 +57,12 @@ impl GroupState {
         })
     }
 
+    /// The rank that failed first, if any.
+    pub(crate) fn first_rank(&self) -> Option<usize> {
+        let first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
+        first.as_ref().map(|(rank, _)| *rank)
+    }
+
     pub(crate) fn clear(&self) {
         *self.first.lock().unwrap_or_else(PoisonError::into_inner) = None;
         self.failed.store(false, Ordering::SeqCst);

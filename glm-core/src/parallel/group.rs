@@ -145,15 +145,15 @@ impl<B: Backend> TensorParallel<B> {
     ///
     /// When a rank fails (returns an error, panics, or a collective fails), every rank stops at
     /// its next collective or layer boundary and this returns [`Error::TensorParallel`] naming the
-    /// rank that failed first — never a hang. An error of `lead`'s own that is not a group
-    /// failure (e.g. a bad prompt) is returned as it is.
-    pub fn run<T>(
+    /// rank that failed first — never a hang. When rank 0 failed first (e.g. on a bad prompt,
+    /// which every rank refuses alike), its own error is returned as it is.
+    pub fn run<T, E>(
         &self,
-        lead: impl FnOnce(&GlmModel<B>) -> Result<T>,
-        follow: impl Fn(&GlmModel<B>) -> Result<()> + Sync,
-    ) -> Result<T>
+        lead: impl FnOnce(&GlmModel<B>) -> std::result::Result<T, E>,
+        follow: impl Fn(&GlmModel<B>) -> std::result::Result<(), E> + Sync,
+    ) -> std::result::Result<T, E>
     where
-        GlmModel<B>: Sync,
+        E: From<Error> + std::fmt::Display,
     {
         let world = self.world();
         let _turn = collective_turn();
@@ -167,30 +167,30 @@ impl<B: Backend> TensorParallel<B> {
                 let config = config.clone();
                 let follow = &follow;
                 scope.spawn(move || {
-                    rank_body::<B, ()>(rank, device, config, state, || follow(model))
+                    // A follower's failure reaches the caller through the group state.
+                    let _ = rank_body::<B, (), E>(rank, device, config, state, || follow(model));
                 });
             }
-            rank_body::<B, T>(0, self.devices[0].clone(), config, state, || {
+            rank_body::<B, T, E>(0, self.devices[0].clone(), config, state, || {
                 lead(&self.ranks[0])
             })
         });
         reset_collective::<B>();
-        match lead_result {
-            Err(e) if !matches!(e, Error::TensorParallel { .. }) => Err(e),
-            lead_result => match state.error() {
-                Some(e) => Err(e),
-                None => lead_result,
-            },
+        match (lead_result, state.first_rank()) {
+            (result, None) => result,
+            (Err(own), Some(0)) => Err(own),
+            (_, Some(_)) => Err(E::from(state.error().unwrap_or(Error::TensorParallel {
+                rank: 0,
+                reason: "a rank failed".into(),
+            }))),
         }
     }
 
     /// Runs `f` on every rank (rank 0 on the calling thread) and returns every rank's value, rank
     /// 0 first. Failures as in [`run`](Self::run).
-    pub fn run_all<T: Send>(&self, f: impl Fn(&GlmModel<B>) -> Result<T> + Sync) -> Result<Vec<T>>
-    where
-        GlmModel<B>: Sync,
-    {
-        let others = std::sync::Mutex::new(Vec::new());
+    pub fn run_all<T: Send>(&self, f: impl Fn(&GlmModel<B>) -> Result<T> + Sync) -> Result<Vec<T>> {
+        type Others<T> = std::sync::Mutex<Vec<(usize, T)>>;
+        let others: Others<T> = std::sync::Mutex::new(Vec::new());
         let first = self.run(&f, |model| {
             let value = f(model)?;
             let rank = model.tensor_parallel_rank().map_or(0, |tp| tp.dims().rank);
@@ -212,25 +212,25 @@ impl<B: Backend> TensorParallel<B> {
 
 /// One rank's part of [`TensorParallel::run`]: register with burn-collective, run `body` (a
 /// failure or panic marks the group failed, which wakes the others), finish.
-fn rank_body<B: Backend, T>(
+fn rank_body<B: Backend, T, E: From<Error> + std::fmt::Display>(
     rank: usize,
     device: B::Device,
     config: CollectiveConfig,
     state: &GroupState,
-    body: impl FnOnce() -> Result<T>,
-) -> Result<T> {
+    body: impl FnOnce() -> std::result::Result<T, E>,
+) -> std::result::Result<T, E> {
     let peer = PeerId::from(rank as u32);
     if let Err(e) = register::<B>(peer, device, config) {
         let reason = format!("burn-collective register: {e:?}");
         state.fail::<B>(rank, reason.clone());
-        return Err(Error::TensorParallel { rank, reason });
+        return Err(E::from(Error::TensorParallel { rank, reason }));
     }
     let result = match catch_unwind(AssertUnwindSafe(body)) {
         Ok(result) => result,
-        Err(panic) => Err(Error::TensorParallel {
+        Err(panic) => Err(E::from(Error::TensorParallel {
             rank,
             reason: format!("panicked: {}", panic_message(panic.as_ref())),
-        }),
+        })),
     };
     if let Err(e) = &result {
         state.fail::<B>(rank, e.to_string());

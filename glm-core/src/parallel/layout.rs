@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 use crate::weights::{split_rule, SplitRule};
 
 /// Where the word embedding (and the tied LM head) lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
 pub enum EmbeddingLayout {
     /// As the original: rank `r` holds the `torch.chunk` vocabulary rows `r` (a contiguous id
     /// range). The lookup masks the ids outside the range and all-reduces the rows (one

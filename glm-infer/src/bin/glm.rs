@@ -18,9 +18,11 @@
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Mutex;
 
 use burn::tensor::backend::Backend;
 use clap::{Parser, Subcommand};
+use glm_core::parallel::TensorParallel;
 use glm_core::{GlmConfig, GlmModel, SpecialTokens};
 use glm_infer::cli::{load_config, Codec};
 use glm_infer::{
@@ -121,9 +123,15 @@ struct GenerateArgs {
     /// Quantize a float checkpoint on load to INT4/INT8 weights (quantized checkpoints load as they are).
     #[arg(long)]
     quantization_bit_width: Option<u32>,
-    /// Tensor-parallel degree the row-parallel INT scales are computed for (default: the SAT folder's shard count, else 1).
+    /// Split the model over N tensor-parallel ranks as SAT splits it (one device each: cuda devices
+    /// 0..N; on cpu and wgpu the ranks share the device). A SAT folder of N shards gives each rank
+    /// its own file; INT quantize-on-load then uses per-rank scales, as convert_tp.py.
     #[arg(long)]
     tensor_parallel: Option<usize>,
+    /// With --tensor-parallel: every rank holds the whole word embedding (no communication for the
+    /// lookup and the logits) instead of its vocabulary rows.
+    #[arg(long, requires = "tensor_parallel")]
+    replicated_embedding: bool,
 }
 
 #[derive(clap::Args)]
@@ -504,13 +512,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
         type Output = ();
         type Error = Error;
         fn run<B: Backend>(self, devices: &[B::Device]) -> Result<()> {
-            let device = devices
-                .first()
-                .ok_or_else(|| Error::Usage("no device to run on".into()))?;
-            run::<B>(&self.0, device)
+            run::<B>(&self.0, devices)
         }
     }
-    glm_infer::cli::dispatch(args.device.parse()?, 1, Generate(args))
+    let ranks = args.tensor_parallel.unwrap_or(1);
+    glm_infer::cli::dispatch(args.device.parse()?, ranks, Generate(args))
 }
 
 fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn Strategy>> {
@@ -540,13 +546,14 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
     }
 }
 
-fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
+fn run<B: Backend>(args: &GenerateArgs, devices: &[B::Device]) -> Result<()> {
     let config = load_config(&args.model, args.config.as_deref())?;
     // `Glm::load_on` checks the tokenizer and the quantization flags before any weight is read.
     let options = LoadOptions {
         dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
         quantization_bit_width: args.quantization_bit_width,
         tensor_parallel: args.tensor_parallel,
+        replicated_embedding: args.replicated_embedding,
         tokenizer: args.tokenizer.clone(),
         tokenizer_mode: args.tokenizer_mode.clone(),
         config: args.config.clone(),
@@ -561,10 +568,14 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         config.num_parameters()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let glm = Glm::<B>::load_on(&args.model, options, device);
+    let glm = Glm::<B>::load_on_devices(&args.model, options, devices);
     spinner.finish_and_clear();
     let glm = glm?;
-    let (model, codec) = (glm.model(), glm.codec());
+    let codec = glm.codec();
+    let engine = Engine {
+        model: glm.model(),
+        group: glm.tensor_parallel(),
+    };
     if args.out_seq_length > config.max_sequence_length {
         return Err(Error::Usage(format!(
             "--out-seq-length {} exceeds the model's max_sequence_length {}",
@@ -572,6 +583,11 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
         )));
     }
     let mut strategy = make_strategy(args, config.special_tokens.end_tokens().to_vec())?;
+    // Under tensor parallelism every other rank keeps its own strategy across the inputs, built
+    // alike, so that its random state follows rank 0's.
+    let followers = (1..engine.group.map_or(1, |g| g.world()))
+        .map(|_| make_strategy(args, config.special_tokens.end_tokens().to_vec()).map(Mutex::new))
+        .collect::<Result<Vec<_>>>()?;
     std::fs::create_dir_all(&args.output_path).map_err(|e| Error::Io {
         path: args.output_path.clone(),
         source: e,
@@ -599,7 +615,11 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             if line.trim().is_empty() {
                 continue;
             }
-            if let Err(e) = process(args, model, codec, strategy.as_mut(), line, n, true) {
+            let strategies = Strategies {
+                lead: strategy.as_mut(),
+                followers: &followers,
+            };
+            if let Err(e) = process(args, &engine, codec, strategies, line, n, true) {
                 eprintln!("error: {e}");
             }
             n += 1;
@@ -615,17 +635,58 @@ fn run<B: Backend>(args: &GenerateArgs, device: &B::Device) -> Result<()> {
             .enumerate()
             .filter(|(_, l)| !l.trim().is_empty())
         {
-            process(args, model, codec, strategy.as_mut(), line, n, false)?;
+            let strategies = Strategies {
+                lead: strategy.as_mut(),
+                followers: &followers,
+            };
+            process(args, &engine, codec, strategies, line, n, false)?;
         }
     }
     Ok(())
 }
 
+/// The model `glm generate` runs: on one device, or a tensor-parallel group (`model` is then rank
+/// 0's shard).
+struct Engine<'a, B: Backend> {
+    model: &'a GlmModel<B>,
+    group: Option<&'a TensorParallel<B>>,
+}
+
+/// The strategy of rank 0 and those of the other ranks (none on one device).
+struct Strategies<'a> {
+    lead: &'a mut dyn Strategy,
+    followers: &'a [Mutex<Box<dyn Strategy>>],
+}
+
+impl<B: Backend> Engine<'_, B> {
+    /// `fill_blanks` on the model, or on every rank of the group.
+    fn fill(
+        &self,
+        prompt: &glm_infer::Prompt,
+        strategies: Strategies<'_>,
+        out_seq_length: usize,
+        on_step: &mut glm_infer::generate::StepCallback<'_>,
+    ) -> Result<glm_infer::FillResult> {
+        let Strategies { lead, followers } = strategies;
+        match self.group {
+            None => fill_blanks(self.model, prompt, lead, out_seq_length, on_step),
+            Some(group) => glm_infer::fill::fill_blanks_parallel(
+                group,
+                prompt,
+                lead,
+                followers,
+                out_seq_length,
+                on_step,
+            ),
+        }
+    }
+}
+
 fn process<B: Backend>(
     args: &GenerateArgs,
-    model: &GlmModel<B>,
+    engine: &Engine<'_, B>,
     codec: &Codec,
-    strategy: &mut dyn Strategy,
+    strategies: Strategies<'_>,
     line: &str,
     n: usize,
     stream: bool,
@@ -638,7 +699,7 @@ fn process<B: Backend>(
     } else {
         (None, line)
     };
-    let config = model.config();
+    let config = engine.model.config();
     let prompt = build_prompt(
         raw,
         codec,
@@ -646,14 +707,14 @@ fn process<B: Backend>(
         config.max_sequence_length,
     )?;
     println!("\nInput: {}", prompt.raw_text);
-    let end_tokens = strategy.end_tokens().to_vec();
+    let end_tokens = strategies.lead.end_tokens().to_vec();
     let streaming = stream && args.sampling_strategy == "BaseStrategy";
     let result = match (streaming, codec) {
         (true, Codec::Ice(tok)) => {
             // Stream the blank being filled as its tokens arrive.
             let mut streamer: Option<(usize, TokenStream)> = None;
             let mut out = std::io::stdout();
-            let r = fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |rows| {
+            let r = engine.fill(&prompt, strategies, args.out_seq_length, &mut |rows| {
                 let Some(row) = rows.first() else {
                     return;
                 };
@@ -679,7 +740,7 @@ fn process<B: Backend>(
             }
             r?
         }
-        _ => fill_blanks(model, &prompt, strategy, args.out_seq_length, &mut |_| {})?,
+        _ => engine.fill(&prompt, strategies, args.out_seq_length, &mut |_| {})?,
     };
     let answers: Vec<String> = result
         .sequences

@@ -57,6 +57,21 @@ pub struct EvaluateArgs {
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     pub rotary_fp32: bool,
+    /// Split the model over N tensor-parallel ranks (one device each: cuda devices 0..N; on cpu
+    /// and wgpu the ranks share the device). Every rank runs the harness; rank 0 reports.
+    #[arg(long)]
+    pub tensor_parallel: Option<usize>,
+    /// With --tensor-parallel: every rank holds the whole word embedding instead of its
+    /// vocabulary rows.
+    #[arg(long, requires = "tensor_parallel")]
+    pub replicated_embedding: bool,
+}
+
+/// The observer of the ranks other than 0: they report nothing.
+struct Silent;
+
+impl Observer for Silent {
+    fn line(&mut self, _text: &str) {}
 }
 
 /// Prints report lines on stdout and draws one progress bar per task on stderr.
@@ -112,17 +127,15 @@ pub fn run(args: EvaluateArgs) -> EvalResult<()> {
         type Output = ();
         type Error = EvalError;
         fn run<B: Backend>(self, devices: &[B::Device]) -> EvalResult<()> {
-            let device = devices
-                .first()
-                .ok_or_else(|| EvalError::Usage("no device to run on".into()))?;
-            run_on::<B>(&self.0, device)
+            run_on::<B>(&self.0, devices)
         }
     }
     let device: DeviceKind = args.device.parse()?;
-    crate::cli::dispatch(device, 1, Evaluate(args))
+    let ranks = args.tensor_parallel.unwrap_or(1);
+    crate::cli::dispatch(device, ranks, Evaluate(args))
 }
 
-fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()> {
+fn run_on<B: Backend>(args: &EvaluateArgs, devices: &[B::Device]) -> EvalResult<()> {
     let mut console = Console {
         bar: None,
         progress: !args.no_progress,
@@ -132,7 +145,8 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
     let options = crate::api::LoadOptions {
         dtype: crate::cli::parse_dtype(&args.dtype)?,
         quantization_bit_width: args.quantization_bit_width,
-        tensor_parallel: None,
+        tensor_parallel: args.tensor_parallel,
+        replicated_embedding: args.replicated_embedding,
         tokenizer: args.tokenizer.clone(),
         tokenizer_mode: args.tokenizer_mode.clone(),
         config: args.config.clone(),
@@ -140,13 +154,19 @@ fn run_on<B: Backend>(args: &EvaluateArgs, device: &B::Device) -> EvalResult<()>
         offload: args.offload.clone(),
         sequence_length: None,
     };
-    let glm = crate::api::Glm::<B>::load_on(&args.model, options, device)?;
+    let glm = crate::api::Glm::<B>::load_on_devices(&args.model, options, devices)?;
     let (model, codec) = (glm.model(), glm.codec());
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),
         token_losses: args.token_losses,
     };
-    let report = evaluate_tasks(model, codec, &tasks, &eval_options, &mut console)?;
+    let report = match glm.tensor_parallel() {
+        None => evaluate_tasks(model, codec, &tasks, &eval_options, &mut console)?,
+        Some(group) => group.run(
+            |rank0| evaluate_tasks(rank0, codec, &tasks, &eval_options, &mut console),
+            |rank| evaluate_tasks(rank, codec, &tasks, &eval_options, &mut Silent).map(drop),
+        )?,
+    };
     let json = serde_json::to_vec_pretty(&report)
         .map_err(|e| EvalError::Usage(format!("serializing the report: {e}")))?;
     glm_core::weights::write_atomic(&args.report, &json)?;
