@@ -110,3 +110,63 @@ fn gmask_case_matches_the_original_on_wgpu() {
         "wgpu cache step differs from full recompute by {d}"
     );
 }
+
+/// Tensor parallelism on wgpu: the TP=2 SAT folder loaded per rank (both ranks on the one
+/// adapter, all-reduced by burn-collective) reproduces the original two-process run's logits.
+#[test]
+fn tp2_sat_folder_on_wgpu_matches_the_two_process_run() {
+    use glm_core::parallel::{TensorParallel, TpLayout};
+    use glm_core::weights::SatCheckpoint;
+    let device = burn::backend::wgpu::WgpuDevice::default();
+    let json = read_json("sat_tp.json");
+    let case_name = json["logits"]["case"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the case of sat_tp.json's logits");
+    let cases = read_json("cases.json");
+    let case = cases["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == case_name)
+        .expect("the sat_tp case");
+    let tokens = ints2(&case["tokens"]);
+    let input = GlmInput {
+        batch: tokens.len(),
+        seq: tokens[0].len(),
+        tokens: tokens.concat(),
+        position_ids: ints2(&case["position_ids"]).concat(),
+        mask: mask4(&case["attention_mask"]),
+    };
+    let ckpt = SatCheckpoint::open(fixtures().join("sat_tp2")).expect("sat_tp2");
+    let cfg = config();
+    let group = TensorParallel::<Wgpu>::from_source(
+        &cfg,
+        &ckpt,
+        &[device],
+        ModelOptions::default(),
+        None,
+        TpLayout::new(ckpt.tensor_parallel()),
+    )
+    .expect("load per rank on wgpu");
+    let out = group
+        .run(
+            |rank0| rank0.forward_input(&input, Default::default()),
+            |rank| rank.forward_input(&input, Default::default()).map(drop),
+        )
+        .expect("forward");
+    let ours = to_vec(out.logits);
+    let (golden, _) = tensor_f32(
+        "sat_tp.safetensors",
+        &format!("tp2_fp16.{case_name}.logits"),
+    );
+    let d = max_diff_valid(
+        &ours,
+        &golden,
+        input.batch,
+        input.seq,
+        cfg.vocab_size,
+        &[input.seq],
+    );
+    assert!(d <= 1e-3, "wgpu TP=2 logits differ by {d}");
+}

@@ -21,6 +21,19 @@ pub fn collective_turn() -> MutexGuard<'static, ()> {
     COLLECTIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// Whether `B` computes synchronously on the host (the CPU backend), where tensors handed between
+/// threads need no stream synchronisation.
+fn runs_on_host<B: Backend>() -> bool {
+    #[cfg(feature = "flex")]
+    {
+        std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()
+    }
+    #[cfg(not(feature = "flex"))]
+    {
+        false
+    }
+}
+
 /// What the ranks of one group share: the first failure.
 #[derive(Debug, Default)]
 pub(crate) struct GroupState {
@@ -101,13 +114,34 @@ impl TpRank {
         if self.dims.world == 1 || self.state.failed() {
             return t;
         }
+        // burn-collective sums on its own thread: the input must be complete before it reads it
+        // (on GPU backends each thread queues work on its own stream).
+        let device = t.device();
+        if let Err(e) = B::sync(&device) {
+            self.state.fail::<B>(
+                self.dims.rank,
+                format!("device sync before all-reduce: {e:?}"),
+            );
+            return t;
+        }
         let primitive = t.clone().into_primitive().tensor();
-        match all_reduce::<B>(
+        let reduced = all_reduce::<B>(
             PeerId::from(self.dims.rank as u32),
             primitive,
             ReduceOperation::Sum,
-        ) {
-            Ok(sum) => Tensor::from_primitive(TensorPrimitive::Float(sum)),
+        );
+        match reduced {
+            Ok(sum) => {
+                let sum = Tensor::from_primitive(TensorPrimitive::Float(sum));
+                if runs_on_host::<B>() {
+                    return sum;
+                }
+                // On GPU backends the ranks receive one shared buffer, written on the collective
+                // thread's stream; a rank that later updates its copy in place could race with
+                // another rank's pending reads. Each rank takes a private copy, read back once the
+                // sum is complete.
+                Tensor::from_data(sum.into_data(), &device)
+            }
             Err(e) => {
                 self.state
                     .fail::<B>(self.dims.rank, format!("burn-collective all-reduce: {e:?}"));

@@ -80,6 +80,11 @@ impl<B: Backend> TensorParallel<B> {
             });
             ranks.push(model);
         }
+        // The weights were uploaded from this thread; the ranks read them from their own (on GPU
+        // backends: their own streams).
+        for device in &devices {
+            B::sync(device).map_err(|e| Error::Device(format!("sync after loading: {e:?}")))?;
+        }
         Ok(Self {
             ranks,
             devices,
