@@ -690,3 +690,93 @@ fn generate_files_match_the_fixture_beams_and_greedy_answers() {
     assert!(checked > 0, "greedy.json has no prompt case");
     std::fs::remove_dir_all(&work).ok();
 }
+
+/// `glm convert` writes an original SAT folder split over ranks (and back to safetensors); `glm
+/// generate --tensor-parallel` runs each rank from its own file and gives greedy.json's answers.
+#[test]
+fn convert_to_sat_then_generate_split_over_ranks() {
+    let work = tmp("convert");
+    let fixtures = glm_core::data_dir::data_dir("GLM_FIXTURES", "../shared/fixtures").unwrap();
+    let cfg = common::config();
+    let world = (2..=4)
+        .rev()
+        .find(|&n| glm_core::parallel::TpLayout::new(n).check(&cfg).is_ok())
+        .expect("a degree the fixture config divides");
+    let sat = work.join("sat");
+    let o = run(
+        &[
+            "convert",
+            "--tensor-parallel",
+            &world.to_string(),
+            "--dtype",
+            "f32",
+        ],
+        &[&fixtures, &sat],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let ckpt = glm_core::weights::SatCheckpoint::open(&sat).unwrap();
+    assert_eq!(ckpt.tensor_parallel(), world);
+    let st = work.join("st");
+    let o = run(
+        &["convert", "--format", "safetensors", "--dtype", "f32"],
+        &[&sat, &st],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    // Back in safetensors: the original tensors, bit for bit (f32 all the way).
+    use glm_core::weights::WeightSource;
+    let (a, b) = (
+        glm_core::weights::SafetensorsFile::open(fixtures.join("model.safetensors")).unwrap(),
+        glm_core::weights::SafetensorsFile::open(st.join("model.safetensors")).unwrap(),
+    );
+    assert_eq!(a.names().len(), b.names().len());
+    for name in a.names() {
+        assert!(
+            a.load(&name).unwrap().as_bytes() == b.load(&name).unwrap().as_bytes(),
+            "{name}"
+        );
+    }
+    // Converting onto its own input is refused.
+    let o = run(&["convert"], &[&sat, &sat]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("input's folder"));
+    let greedy = common::read_json("greedy.json");
+    let (name, case) = greedy
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(_, c)| c.get("prompt_text").is_some())
+        .expect("a prompt_text case");
+    let prompts = work.join("prompts.txt");
+    std::fs::write(
+        &prompts,
+        format!("{}\n", case["prompt_text"].as_str().unwrap()),
+    )
+    .unwrap();
+    let out_len = case["context_length"].as_u64().unwrap() as usize
+        + case["generated_tokens"].as_array().unwrap().len();
+    let answers = work.join("answers");
+    let o = glm()
+        .arg("generate")
+        .arg("--model")
+        .arg(&sat)
+        .arg("--input-source")
+        .arg(&prompts)
+        .arg("--output-path")
+        .arg(&answers)
+        .args(["--top-k", "1", "--out-seq-length", &out_len.to_string()])
+        .args(["--tensor-parallel", &world.to_string()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let files: Vec<PathBuf> = std::fs::read_dir(&answers)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(files.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(&files[0]).unwrap().trim_end(),
+        case["fill_blanks_answer"].as_str().unwrap(),
+        "{name}"
+    );
+    std::fs::remove_dir_all(&work).ok();
+}

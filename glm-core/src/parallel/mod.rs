@@ -35,5 +35,6 @@ mod source;
 
 pub use self::comm::{collective_turn, TpRank};
 pub use self::group::TensorParallel;
+pub(crate) use self::layout::slice_bytes;
 pub use self::layout::{chunk_range, EmbeddingLayout, ShardDims, TpLayout};
 pub use self::source::RankSource;

@@ -9,6 +9,7 @@ mod names;
 mod random;
 mod safetensors;
 mod sat;
+pub mod tp_convert;
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -19,7 +20,10 @@ use burn::tensor::{DType, TensorData};
 pub use self::names::{is_ignored_name, param_specs, param_specs_for, ParamKind, ParamSpec};
 pub use self::random::{deepnorm_std, RandomSource};
 pub use self::safetensors::{save_safetensors, SafetensorsFile};
-pub use self::sat::{merge_tp_shards, split_rule, SatCheckpoint, SplitRule, TorchShard};
+pub use self::sat::{
+    merge_tp_shards, split_rule, write_torch_shard, SatCheckpoint, SplitRule, TorchEntry,
+    TorchShard,
+};
 use crate::error::{Error, Result};
 
 /// A checkpoint that can hand out tensors by their original name.

@@ -11,8 +11,10 @@ use crate::error::{Error, Result};
 
 mod pickle;
 mod shard;
+mod writer;
 
 pub use self::shard::TorchShard;
+pub use self::writer::{write_torch_shard, TorchEntry};
 
 /// How a parameter is split across tensor-parallel ranks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

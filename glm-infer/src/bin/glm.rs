@@ -3,6 +3,8 @@
 //! ```text
 //! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
 //! glm quantize INPUT OUTPUT --quantization-bit-width 4|8 [--tensor-parallel N]
+//! glm convert INPUT OUTPUT [--format sat|safetensors] [--tensor-parallel N]
+//!             [--quantization-bit-width 4|8] [--dtype f16] [--iteration IT]
 //! glm init-random --out DIR [--preset tiny|small|base|glm-130b] [--layers K] [--vocab-size N]
 //!                 [--quantization-bit-width 4|8] [--tensor-parallel N] [--dtype f16] [--seed S]
 //! glm evaluate TASK.yaml|DIR ... --model DIR [--data-path ROOT] [--report FILE]
@@ -49,6 +51,9 @@ enum Command {
     InitRandom(InitArgs),
     /// Convert a float checkpoint into an INT8 / INT4 one (GLM-130B's scheme, bit-exact).
     Quantize(QuantizeArgs),
+    /// Convert between an original SAT folder and safetensors, and between tensor-parallel
+    /// degrees (GLM-130B's tools/convert_tp.py, bit-exact), optionally quantizing per shard.
+    Convert(ConvertArgs),
     /// Run GLM-130B evaluation tasks (task YAMLs / folders) against a model (evaluate.py).
     Evaluate(glm_infer::eval::cli::EvaluateArgs),
     /// Plan memory: what a model needs per device (weights by kind, KV cache, activations) and
@@ -152,6 +157,35 @@ struct QuantizeArgs {
 }
 
 #[derive(clap::Args)]
+struct ConvertArgs {
+    /// A safetensors file, a folder with model.safetensors (+ config.json), or an original SAT folder.
+    input: PathBuf,
+    /// Output folder: `latest` + `<iteration>/mp_rank_XX_model_states.pt` (sat) or
+    /// model.safetensors (safetensors), plus config.json.
+    output: PathBuf,
+    /// sat or safetensors.
+    #[arg(long, default_value = "sat")]
+    format: String,
+    /// sat: the number of ranks to split into (default: the input's degree, 1 for safetensors);
+    /// safetensors with --quantization-bit-width: the degree of the per-shard scales.
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+    /// Quantize the four linears of every layer per shard (4 or 8); a quantized input keeps its
+    /// scheme.
+    #[arg(long)]
+    quantization_bit_width: Option<u32>,
+    /// dtype of the float tensors: f16 (the original checkpoints), bf16 or f32.
+    #[arg(long, default_value = "f16")]
+    dtype: String,
+    /// sat: the iteration folder named by `latest` (default: the input's, else `release`).
+    #[arg(long)]
+    iteration: Option<String>,
+    /// config.json of an input folder that has none.
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
 struct InitArgs {
     /// Output folder (gets config.json + model.safetensors).
     #[arg(long)]
@@ -188,6 +222,7 @@ fn main() -> ExitCode {
         Command::InitRandom(args) => init_random(args),
         Command::Plan(args) => plan(args),
         Command::Quantize(args) => quantize(args),
+        Command::Convert(args) => convert(args),
         Command::Evaluate(args) => glm_infer::eval::cli::run(args).map_err(Error::from),
     };
     match result {
@@ -238,6 +273,105 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         report.tensors,
         report.quantized
     );
+    Ok(())
+}
+
+fn convert(args: ConvertArgs) -> Result<()> {
+    let input_dir = if args.input.is_dir() {
+        args.input.clone()
+    } else {
+        args.input
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(std::path::Path::new("."))
+            .to_path_buf()
+    };
+    let config = load_config(&input_dir, args.config.as_deref())?;
+    let source = glm_core::quantized::open_checkpoint(&args.input)?;
+    let float_dtype = glm_infer::cli::parse_dtype(&args.dtype)?;
+    std::fs::create_dir_all(&args.output).map_err(|e| Error::Io {
+        path: args.output.clone(),
+        source: e,
+    })?;
+    let canonical = |p: &std::path::Path| {
+        std::fs::canonicalize(p).map_err(|e| Error::Io {
+            path: p.to_path_buf(),
+            source: e,
+        })
+    };
+    if canonical(&input_dir)? == canonical(&args.output)? {
+        return Err(Error::Usage(format!(
+            "{}: the output folder is the input's folder; converting in place would replace the \
+             checkpoint, choose another output folder",
+            args.output.display()
+        )));
+    }
+    let bar = tensor_bar();
+    let scheme = args
+        .quantization_bit_width
+        .map(glm_core::quantized::QuantScheme::from_bits)
+        .transpose()
+        .map_err(|e| Error::Usage(format!("--quantization-bit-width: {e}")))?;
+    let summary = match args.format.as_str() {
+        "sat" => {
+            let source_tp = glm_core::weights::SatCheckpoint::open(&args.input)
+                .map(|c| c.tensor_parallel())
+                .unwrap_or(1);
+            let options = glm_core::weights::tp_convert::SatWriteOptions {
+                tensor_parallel: args.tensor_parallel.unwrap_or(source_tp),
+                quantization: scheme,
+                float_dtype,
+                iteration: args.iteration.clone(),
+            };
+            let report = glm_core::weights::tp_convert::write_sat_checkpoint(
+                source.as_ref(),
+                &config,
+                &args.output,
+                &options,
+                &mut |p| {
+                    bar.set_length(p.total as u64);
+                    bar.set_position(p.done as u64);
+                    bar.set_message(format!("rank {} {}", p.rank, p.tensor));
+                },
+            );
+            bar.finish_and_clear();
+            let report = report?;
+            format!(
+                "{} shards of {} tensors, {:.2} GB",
+                report.shards.len(),
+                report.tensors,
+                report.bytes as f64 / 1e9
+            )
+        }
+        "safetensors" => {
+            let quant = glm_infer::cli::quantize_options(
+                args.quantization_bit_width,
+                args.tensor_parallel,
+            )?;
+            let report = glm_core::weights::convert::stream_safetensors(
+                source.as_ref(),
+                &args.output.join("model.safetensors"),
+                quant,
+                float_dtype,
+                &mut |p| show_progress(&bar, p),
+            );
+            bar.finish_and_clear();
+            let report = report?;
+            format!(
+                "{} tensors, {} linears quantized, {:.2} GB",
+                report.tensors,
+                report.quantized,
+                report.bytes as f64 / 1e9
+            )
+        }
+        other => {
+            return Err(Error::Usage(format!(
+                "--format {other}: expected sat or safetensors"
+            )))
+        }
+    };
+    config.save(args.output.join("config.json"))?;
+    println!("wrote {} ({summary})", args.output.display());
     Ok(())
 }
 
