@@ -263,3 +263,76 @@ fn what_cannot_be_converted_is_a_typed_error_and_folders_never_mix() {
     assert_eq!(reused.tensor_parallel(), small);
     std::fs::remove_dir_all(&work).ok();
 }
+
+#[test]
+fn an_odd_vocabulary_is_written_merged_and_run_per_rank() {
+    use glm_core::parallel::{chunk_range, TensorParallel};
+    use glm_core::{ForwardOptions, GlmModel, ModelOptions};
+    let work = tmp("odd");
+    let mut cfg = config();
+    if cfg.vocab_size % 2 == 0 {
+        cfg.vocab_size += 1;
+    }
+    let world = 2;
+    let source = glm_core::weights::RandomSource::new(&cfg, 5).expect("random");
+    let options = SatWriteOptions {
+        tensor_parallel: world,
+        quantization: None,
+        float_dtype: DType::F32,
+        iteration: None,
+    };
+    write_sat_checkpoint(&source, &cfg, &work, &options, &mut |_| {}).expect("write");
+    let ckpt = SatCheckpoint::open(&work).expect("folder");
+    let name = "transformer.word_embeddings.weight";
+    for rank in 0..world {
+        let rows = ckpt.load_shard(name, rank).expect("shard").shape[0];
+        assert_eq!(
+            Some(rows),
+            chunk_range(cfg.vocab_size, world, rank).map(|r| r.len())
+        );
+    }
+    // Merged: the drawn embedding again.
+    assert_eq!(ckpt.shape(name), source.shape(name));
+    assert!(
+        ckpt.load(name).expect("merged").as_bytes() == source.load(name).expect("drawn").as_bytes()
+    );
+    // Per rank and merged on one device: the same logits.
+    let device = Default::default();
+    let single = GlmModel::<Cpu>::from_source(&cfg, &ckpt, &device, ModelOptions::default())
+        .expect("merged");
+    let group = TensorParallel::<Cpu>::from_source(
+        &cfg,
+        &ckpt,
+        &[device],
+        ModelOptions::default(),
+        None,
+        TpLayout::new(world),
+    )
+    .expect("per rank");
+    let cases = read_json("cases.json");
+    let tokens = ints2(&cases["cases"][0]["tokens"]);
+    let input = glm_core::blank::GlmInput {
+        batch: 1,
+        seq: tokens[0].len(),
+        tokens: tokens.concat(),
+        position_ids: ints2(&cases["cases"][0]["position_ids"]).concat(),
+        mask: mask4(&cases["cases"][0]["attention_mask"]),
+    };
+    let want = to_vec(
+        single
+            .forward_input(&input, ForwardOptions::default())
+            .expect("f")
+            .logits,
+    );
+    let got = group
+        .run(
+            |r| r.forward_input(&input, ForwardOptions::default()),
+            |r| r.forward_input(&input, ForwardOptions::default()).map(drop),
+        )
+        .expect("tp forward");
+    let got = to_vec(got.logits);
+    let tol = cases["tolerance"]["logits_max_abs"].as_f64().expect("tol") as f32;
+    let d = max_diff_valid(&got, &want, 1, input.seq, cfg.vocab_size, &[input.seq]);
+    assert!(d <= tol, "{d}");
+    std::fs::remove_dir_all(&work).ok();
+}

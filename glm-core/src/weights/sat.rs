@@ -64,10 +64,19 @@ pub fn split_rule(name: &str) -> SplitRule {
 ///
 /// Every shard must have the same dtype and shape, and hold exactly `numel · dtype size` bytes
 /// (`TensorData`'s fields are public, so this is checked rather than trusted); otherwise, and when
-/// the merged size overflows, the result is [`Error::InvalidInput`] naming the tensor.
+/// the merged size overflows, the result is [`Error::InvalidInput`] naming the tensor. Rows split
+/// by `torch.chunk` over a size the degree does not divide (an odd vocabulary: the last shard is
+/// smaller) merge too, when every shard has exactly its `torch.chunk` size.
 pub fn merge_tp_shards(name: &str, rule: SplitRule, shards: Vec<TensorData>) -> Result<TensorData> {
     let bad = |reason: String| Error::InvalidInput(format!("tensor `{name}`: {reason}"));
     let first = shards.first().ok_or_else(|| bad("no shards".into()))?;
+    if rule == SplitRule::Rows
+        && shards
+            .iter()
+            .any(|s| s.shape.first() != first.shape.first())
+    {
+        return merge_chunked_rows(name, shards);
+    }
     let dtype = first.dtype;
     let shape = first.shape.to_vec();
     let esize = dtype.size();
@@ -163,6 +172,46 @@ pub fn merge_tp_shards(name: &str, rule: SplitRule, shards: Vec<TensorData>) -> 
         }
     };
     Ok(TensorData::from_bytes_vec(out, merged_shape, dtype))
+}
+
+/// [`merge_tp_shards`] of row shards of different lengths: `torch.chunk` sizes, checked.
+fn merge_chunked_rows(name: &str, shards: Vec<TensorData>) -> Result<TensorData> {
+    let bad = |reason: String| Error::InvalidInput(format!("tensor `{name}`: {reason}"));
+    let first = shards.first().ok_or_else(|| bad("no shards".into()))?;
+    let (dtype, rest) = (first.dtype, first.shape.get(1..).unwrap_or(&[]).to_vec());
+    let row_bytes = rest
+        .iter()
+        .try_fold(dtype.size(), |a, &d| a.checked_mul(d))
+        .ok_or_else(|| bad(format!("shape {:?} overflows", first.shape)))?;
+    let rows: Vec<usize> = shards
+        .iter()
+        .map(|s| s.shape.first().copied().unwrap_or(0))
+        .collect();
+    let total: usize = rows.iter().sum();
+    for (rank, s) in shards.iter().enumerate() {
+        let want = crate::parallel::chunk_range(total, shards.len(), rank).map_or(0, |r| r.len());
+        if s.dtype != dtype
+            || s.shape.get(1..) != Some(&rest[..])
+            || rows[rank] != want
+            || Some(s.as_bytes().len()) != rows[rank].checked_mul(row_bytes)
+        {
+            return Err(bad(format!(
+                "shard {rank} is {:?} {:?} ({} bytes); torch.chunk of {total} rows over {} ranks \
+                 gives it {want} rows of {rest:?} {dtype:?}",
+                s.dtype,
+                s.shape,
+                s.as_bytes().len(),
+                shards.len()
+            )));
+        }
+    }
+    let mut out = Vec::with_capacity(total.saturating_mul(row_bytes));
+    for s in &shards {
+        out.extend_from_slice(s.as_bytes());
+    }
+    let mut shape = vec![total];
+    shape.extend(rest);
+    Ok(TensorData::from_bytes_vec(out, shape, dtype))
 }
 
 /// An original SAT checkpoint folder, read lazily and merged across tensor-parallel ranks.
@@ -281,7 +330,15 @@ impl WeightSource for SatCheckpoint {
         match split_rule(name) {
             SplitRule::Replicated => {}
             _ if tp == 1 => {}
-            SplitRule::Rows | SplitRule::GluHalves => {
+            SplitRule::Rows => {
+                // torch.chunk rows: the last shard may be smaller.
+                let mut rows = 0usize;
+                for s in &self.shards {
+                    rows = rows.checked_add(*s.shape(name)?.first()?)?;
+                }
+                *merged.first_mut()? = rows;
+            }
+            SplitRule::GluHalves => {
                 let d = merged.first_mut()?;
                 *d = d.checked_mul(tp)?;
             }
@@ -344,6 +401,26 @@ mod tests {
                 "{rule:?}: {msg}"
             );
         }
+    }
+
+    #[test]
+    fn uneven_rows_merge_only_in_torch_chunk_sizes() {
+        // 5 rows over 2 ranks: torch.chunk gives 3 + 2.
+        let ok = merge_tp_shards(
+            "e",
+            SplitRule::Rows,
+            vec![shard(3 * 2 * 4, [3, 2]), shard(2 * 2 * 4, [2, 2])],
+        )
+        .expect("3 + 2 rows");
+        assert_eq!(ok.shape.to_vec(), vec![5, 2]);
+        // 2 + 3 is not what torch.chunk writes.
+        let err = merge_tp_shards(
+            "e",
+            SplitRule::Rows,
+            vec![shard(2 * 2 * 4, [2, 2]), shard(3 * 2 * 4, [3, 2])],
+        )
+        .expect_err("2 + 3 rows");
+        assert!(err.to_string().contains("torch.chunk"), "{err}");
     }
 
     #[test]
