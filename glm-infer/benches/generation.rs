@@ -6,7 +6,7 @@
 //!     --weights ../shared/bench/weights/glm-small/model.safetensors \
 //!     [--reference results.jsonl] [--membw membw.jsonl] [--out ours.jsonl] [--last-row-only]
 //!     [--prompt-len P] [--new-tokens N] [--warmup W] [--reps R] [--no-batch4]
-//!     [--format f32|int8|int4]
+//!     [--format f32|int8|int4] [--tensor-parallel N]
 //! cargo bench -p glm-infer --features openblas --bench generation -- …   # prefill through OpenBLAS
 //! ```
 //! One generation = the forward calls of GLM-130B's `batch_filling_sequence`: a prefill over the P
@@ -26,12 +26,18 @@
 //! GFLOP/s (matmul FLOPs of the prefill: every linear, QKᵀ and PV, the LM head on the rows it
 //! computes) beside `peak_gflops`, an FMA-throughput loop measured in the same run on all
 //! threads (AVX-512 or AVX2 as the CPU has it).
+//!
+//! `--tensor-parallel N` splits the model over N ranks (threads on the one CPU, burn-collective
+//! all-reduces, the vocabulary-parallel embedding): every rank runs the same generation, rank 0's
+//! times are reported, and `allreduce_us` is the median time of one `[1, hidden]` all-reduce (two
+//! per layer per decode step, plus the embedding's and the `[1, vocab]` logits gather).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use burn::backend::Flex;
 use burn::tensor::{Bool, Int, Tensor, TensorData};
+use glm_core::parallel::{TensorParallel, TpLayout};
 use glm_core::quantized::QuantizeOptions;
 use glm_core::weights::SafetensorsFile;
 use glm_core::{ForwardOptions, GlmConfig, GlmModel, ModelOptions};
@@ -52,6 +58,7 @@ struct Args {
     reps: Option<usize>,
     batch4: Option<bool>,
     format: String,
+    tensor_parallel: usize,
 }
 
 fn usage(msg: &str) -> ! {
@@ -73,6 +80,7 @@ fn parse_args() -> Args {
         reps: None,
         batch4: None,
         format: "f32".into(),
+        tensor_parallel: 1,
     };
     let mut it = std::env::args().skip(1);
     let num = |v: Option<String>, flag: &str| -> usize {
@@ -94,6 +102,7 @@ fn parse_args() -> Args {
             "--no-batch4" => a.batch4 = Some(false),
             "--batch4" => a.batch4 = Some(true),
             "--format" => a.format = it.next().unwrap_or_default(),
+            "--tensor-parallel" => a.tensor_parallel = num(it.next(), "--tensor-parallel"),
             // cargo bench passes --bench to harness-less targets.
             "--bench" => {}
             other => usage(&format!("unknown argument {other}")),
@@ -389,6 +398,61 @@ fn pad_heap() -> Option<usize> {
     None
 }
 
+/// The model the bench runs: on one device, or split over tensor-parallel ranks.
+enum Engine {
+    Single(GlmModel<B>),
+    Split(TensorParallel<B>),
+}
+
+impl Engine {
+    /// One timed generation: on the model, or on every rank in lock step (rank 0's times).
+    fn generate(&self, rows: &[Vec<i64>], n: usize, last_row_only: bool) -> Run {
+        match self {
+            Engine::Single(model) => generate(model, rows, n, last_row_only),
+            Engine::Split(group) => group
+                .run::<Run, glm_core::Error>(
+                    |lead| Ok(generate(lead, rows, n, last_row_only)),
+                    |rank| {
+                        generate(rank, rows, n, last_row_only);
+                        Ok(())
+                    },
+                )
+                .unwrap_or_else(|e| usage(&e.to_string())),
+        }
+    }
+
+    /// What a batch-1 step reads, over all ranks.
+    fn decode_step_bytes(&self) -> usize {
+        match self {
+            Engine::Single(model) => decode_step_bytes(model),
+            Engine::Split(group) => group.ranks().iter().map(decode_step_bytes).sum(),
+        }
+    }
+
+    /// Median microseconds of one all-reduce of `[1, hidden]` f32 over the ranks.
+    fn allreduce_us(&self, hidden: usize) -> Option<f64> {
+        let Engine::Split(group) = self else {
+            return None;
+        };
+        let time = |model: &GlmModel<B>| -> glm_core::Result<f64> {
+            let tp = model
+                .tensor_parallel_rank()
+                .ok_or_else(|| glm_core::Error::InvalidInput("not a rank".into()))?;
+            let x = Tensor::<B, 2>::ones([1, hidden], &Default::default());
+            let mut times = Vec::with_capacity(200);
+            for _ in 0..200 {
+                let t = Instant::now();
+                let y = tp.all_reduce(x.clone());
+                std::hint::black_box(y);
+                times.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+            tp.check()?;
+            Ok(median(&times))
+        };
+        group.run(time, |rank| time(rank).map(drop)).ok()
+    }
+}
+
 fn main() {
     let heap_pad = pad_heap();
     let args = parse_args();
@@ -429,20 +493,37 @@ fn main() {
     let t = Instant::now();
     let quant = quant
         .map(|bits| QuantizeOptions::from_bits(bits).unwrap_or_else(|e| usage(&e.to_string())));
-    let model = GlmModel::<B>::from_source_quantized(
-        &config,
-        &file,
-        &Default::default(),
-        ModelOptions::default(),
-        quant,
-    )
-    .unwrap_or_else(|e| usage(&e.to_string()));
+    let model = if args.tensor_parallel > 1 {
+        Engine::Split(
+            TensorParallel::<B>::from_source(
+                &config,
+                &file,
+                &[Default::default()],
+                ModelOptions::default(),
+                quant,
+                TpLayout::new(args.tensor_parallel),
+            )
+            .unwrap_or_else(|e| usage(&e.to_string())),
+        )
+    } else {
+        Engine::Single(
+            GlmModel::<B>::from_source_quantized(
+                &config,
+                &file,
+                &Default::default(),
+                ModelOptions::default(),
+                quant,
+            )
+            .unwrap_or_else(|e| usage(&e.to_string())),
+        )
+    };
     let build_s = t.elapsed().as_secs_f64();
     let params = config.num_parameters();
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
     let load_before = load_avg();
 
-    let step_bytes = decode_step_bytes(&model);
+    let step_bytes = model.decode_step_bytes();
+    let allreduce_us = model.allreduce_us(config.hidden_size);
     let peak = peak_gflops();
     let mut line = json!({
         "bench": "glm-rs generation (burn Flex)",
@@ -450,6 +531,8 @@ fn main() {
         "weights": args.weights.display().to_string(),
         "dtype": "float32",
         "format": args.format,
+        "tensor_parallel": args.tensor_parallel,
+        "allreduce_us": allreduce_us.map(round3),
         "params": params,
         "weight_bytes": params * 4,
         "bytes_per_decode_step": step_bytes,
@@ -476,10 +559,10 @@ fn main() {
             .map(|b| prompt_row(&config, num_text_tokens, p, b))
             .collect();
         for _ in 0..warmup {
-            generate(&model, &rows, n, args.last_row_only);
+            model.generate(&rows, n, args.last_row_only);
         }
         let runs: Vec<Run> = (0..reps)
-            .map(|_| generate(&model, &rows, n, args.last_row_only))
+            .map(|_| model.generate(&rows, n, args.last_row_only))
             .collect();
         let prefill: Vec<f64> = runs.iter().map(|r| round3(r.prefill_ms)).collect();
         let decode: Vec<f64> = runs.iter().map(|r| round3(r.decode_tok_s)).collect();

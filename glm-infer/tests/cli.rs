@@ -598,6 +598,26 @@ fn generate_files_match_the_fixture_beams_and_greedy_answers() {
             .map(|v| v.as_str().unwrap().to_string())
             .collect();
         assert_eq!(got, want, "beam run {k}: every beam, best first");
+        // Split over tensor-parallel ranks: every beam the same.
+        if let Some(world) = (2..=4)
+            .rev()
+            .find(|&n| glm_core::parallel::TpLayout::new(n).check(&cfg).is_ok())
+        {
+            let split: Vec<String> = args
+                .iter()
+                .cloned()
+                .chain(["--tensor-parallel".to_string(), world.to_string()])
+                .collect();
+            let got = one_answer(
+                &format!("beam-tp{k}"),
+                p["raw_text"].as_str().unwrap(),
+                &split,
+            );
+            assert_eq!(
+                got, want,
+                "beam run {k} with --tensor-parallel {world}: every beam"
+            );
+        }
     }
 
     // Greedy through the sampling strategy (top-k 1, any temperature): greedy.json's answers.

@@ -193,6 +193,9 @@ struct InitArgs {
     /// tiny, small, base, or glm-130b (hidden 12288, 96 heads, inner 32768, vocab 150528).
     #[arg(long, default_value = "tiny")]
     preset: String,
+    /// A config.json to draw instead of a preset (e.g. a shared/bench config).
+    #[arg(long, conflicts_with = "preset")]
+    config: Option<PathBuf>,
     /// Override the number of layers (e.g. a 2-layer full-width GLM-130B slice).
     #[arg(long)]
     layers: Option<usize>,
@@ -546,7 +549,10 @@ fn preset(name: &str) -> Result<GlmConfig> {
 }
 
 fn init_random(args: InitArgs) -> Result<()> {
-    let mut config = preset(&args.preset)?;
+    let mut config = match &args.config {
+        Some(path) => GlmConfig::from_file(path)?,
+        None => preset(&args.preset)?,
+    };
     if args.glm130b_specials {
         config.special_tokens = SpecialTokens::glm_130b();
     }
