@@ -270,7 +270,7 @@ fn an_odd_vocabulary_is_written_merged_and_run_per_rank() {
     use glm_core::{ForwardOptions, GlmModel, ModelOptions};
     let work = tmp("odd");
     let mut cfg = config();
-    if cfg.vocab_size % 2 == 0 {
+    if cfg.vocab_size.is_multiple_of(2) {
         cfg.vocab_size += 1;
     }
     let world = 2;

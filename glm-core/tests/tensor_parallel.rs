@@ -240,7 +240,7 @@ fn quantize_on_load_per_rank_equals_the_original_per_shard_scales() {
 fn an_odd_vocabulary_splits_as_torch_chunk_and_matches_one_device() {
     let mut cfg = config();
     // One more row than the fixture vocabulary when it is even: an odd size that 2 does not divide.
-    if cfg.vocab_size % 2 == 0 {
+    if cfg.vocab_size.is_multiple_of(2) {
         cfg.vocab_size += 1;
     }
     let world = 2;

@@ -400,7 +400,7 @@ fn pad_heap() -> Option<usize> {
 
 /// The model the bench runs: on one device, or split over tensor-parallel ranks.
 enum Engine {
-    Single(GlmModel<B>),
+    Single(Box<GlmModel<B>>),
     Split(TensorParallel<B>),
 }
 
@@ -506,7 +506,7 @@ fn main() {
             .unwrap_or_else(|e| usage(&e.to_string())),
         )
     } else {
-        Engine::Single(
+        Engine::Single(Box::new(
             GlmModel::<B>::from_source_quantized(
                 &config,
                 &file,
@@ -515,7 +515,7 @@ fn main() {
                 quant,
             )
             .unwrap_or_else(|e| usage(&e.to_string())),
-        )
+        ))
     };
     let build_s = t.elapsed().as_secs_f64();
     let params = config.num_parameters();

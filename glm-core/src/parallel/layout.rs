@@ -62,14 +62,14 @@ impl TpLayout {
             ));
         }
         let heads = config.num_attention_heads;
-        if heads % world != 0 {
+        if !heads.is_multiple_of(world) {
             return Err(bad(
                 "num_attention_heads",
                 format!("{heads} heads do not split over {world} tensor-parallel ranks"),
             ));
         }
         let inner = config.inner_size();
-        if inner % world != 0 {
+        if !inner.is_multiple_of(world) {
             return Err(bad(
                 "inner_hidden_size",
                 format!("{inner} does not split over {world} tensor-parallel ranks"),
@@ -200,7 +200,7 @@ impl ShardDims {
         let bad = |reason: String| Error::InvalidInput(format!("tensor `{name}`: {reason}"));
         let (r, w) = (self.rank, self.world);
         let even = |n: usize| -> Result<Range<usize>> {
-            if n % w != 0 {
+            if !n.is_multiple_of(w) {
                 return Err(bad(format!("{n} does not split over {w} ranks")));
             }
             let size = n / w;
@@ -236,7 +236,7 @@ impl ShardDims {
             // checkpoint was quantized for this degree; `[out]` scales are kept whole.
             SplitRule::PerShard => match full {
                 [_] | [1, _] => None,
-                [s, _] if *s == w => Some((0, vec![r..r + 1])),
+                [s, _] if *s == w => Some((0, std::iter::once(r..r + 1).collect())),
                 _ => {
                     return Err(bad(format!(
                         "per-shard scales {full:?} were computed for another tensor-parallel \
@@ -342,11 +342,17 @@ mod tests {
     fn slices_rows_columns_and_two_ranges() {
         // [3, 4] of u8 values 0..12.
         let bytes: Vec<u8> = (0..12).collect();
-        let cols = slice_bytes(&bytes, &[3, 4], 1, 1, &[1..3]);
+        let cols = slice_bytes(&bytes, &[3, 4], 1, 1, std::slice::from_ref(&(1..3)));
         assert_eq!(cols, Some(vec![1, 2, 5, 6, 9, 10]));
         let rows = slice_bytes(&bytes, &[3, 4], 1, 0, &[0..1, 2..3]);
         assert_eq!(rows, Some(vec![0, 1, 2, 3, 8, 9, 10, 11]));
-        assert_eq!(slice_bytes(&bytes, &[3, 5], 1, 0, &[0..1]), None);
-        assert_eq!(slice_bytes(&bytes, &[3, 4], 1, 0, &[2..4]), None);
+        assert_eq!(
+            slice_bytes(&bytes, &[3, 5], 1, 0, std::slice::from_ref(&(0..1))),
+            None
+        );
+        assert_eq!(
+            slice_bytes(&bytes, &[3, 4], 1, 0, std::slice::from_ref(&(2..4))),
+            None
+        );
     }
 }
