@@ -191,6 +191,66 @@ impl<B: Backend> KvCache<B> {
         Ok(())
     }
 
+    /// Appends the rows of `other` to this cache's batch (continuous batching: a sequence
+    /// prefilled on its own joins the running batch). The shorter side is padded with zero
+    /// positions at the end, so both hold `max(len, other.len)` positions; the caller masks the
+    /// padded positions of each row. Either side may be empty. Layer counts, heads and head sizes
+    /// must agree (a typed error, the cache unchanged).
+    pub fn merge_batch(&mut self, other: KvCache<B>) -> Result<()> {
+        if other.is_empty() {
+            return Ok(());
+        }
+        if self.is_empty() {
+            let reserve = self.reserve.max(other.reserve);
+            *self = other;
+            self.reserve(reserve);
+            return Ok(());
+        }
+        if other.layers.len() != self.layers.len() {
+            return Err(Error::InvalidInput(format!(
+                "merge_batch: {} cached layers into {}",
+                other.layers.len(),
+                self.layers.len()
+            )));
+        }
+        let len = self.len().max(other.len());
+        let capacity = len.max(self.reserve);
+        let mut merged = Vec::with_capacity(self.layers.len());
+        for (layer, (a, b)) in self.layers.iter().zip(&other.layers).enumerate() {
+            let (Some(a), Some(b)) = (a, b) else {
+                return Err(Error::InvalidInput(format!(
+                    "merge_batch: layer {layer} is cached on one side only"
+                )));
+            };
+            let [_, heads, _, head_dim] = a.k.dims();
+            let [_, other_heads, _, other_dim] = b.k.dims();
+            if (heads, head_dim) != (other_heads, other_dim) {
+                return Err(Error::InvalidInput(format!(
+                    "merge_batch: layer {layer} holds {heads}×{head_dim} heads, the other cache \
+                     {other_heads}×{other_dim}"
+                )));
+            }
+            let padded = |t: &Tensor<B, 4>, len: usize| {
+                let t = t.clone().narrow(2, 0, len);
+                let [batch, heads, filled, head_dim] = t.dims();
+                if filled == capacity {
+                    return t;
+                }
+                let pad =
+                    Tensor::<B, 4>::zeros([batch, heads, capacity - filled, head_dim], &t.device())
+                        .cast(t.dtype());
+                Tensor::cat(vec![t, pad], 2)
+            };
+            merged.push(Some(Slot {
+                k: Tensor::cat(vec![padded(&a.k, a.len), padded(&b.k, b.len)], 0),
+                v: Tensor::cat(vec![padded(&a.v, a.len), padded(&b.v, b.len)], 0),
+                len,
+            }));
+        }
+        self.layers = merged;
+        Ok(())
+    }
+
     /// Checks that this cache can take a step of `batch` rows of a model with `num_layers` layers
     /// of `heads` heads of size `head_dim`: no layer beyond `num_layers`, and either nothing
     /// cached or every layer cached with the same `[batch, heads, len, head_dim]` keys and values.
@@ -281,6 +341,41 @@ mod tests {
     fn address(cache: &KvCache<Flex>) -> usize {
         let slot = cache.layers[0].as_ref().expect("filled");
         flex(slot.k.clone()).storage::<f32>().as_ptr() as usize
+    }
+
+    #[test]
+    fn merging_pads_the_shorter_batch_and_keeps_every_row() {
+        let device = Default::default();
+        let rows = |batch: usize, len: usize, base: f32| {
+            let n = batch * 2 * len * 3;
+            let values: Vec<f32> = (0..n).map(|i| base + i as f32).collect();
+            Tensor::<Flex, 4>::from_data(TensorData::new(values, [batch, 2, len, 3]), &device)
+        };
+        let mut a = KvCache::<Flex>::new(1);
+        a.reserve(16);
+        a.append(0, rows(2, 5, 0.0), rows(2, 5, 1000.0));
+        let mut b = KvCache::<Flex>::new(1);
+        b.append(0, rows(1, 3, 5000.0), rows(1, 3, 7000.0));
+        a.merge_batch(b).expect("merge");
+        assert_eq!(a.len(), 5);
+        assert_eq!(a.batch_size(), Some(3));
+        let kv = a.layer(0).expect("layer");
+        let k: Vec<f32> = kv.k.into_data().to_vec().expect("f32");
+        // Row 2 = b's row: its 3 positions, then 2 zero positions, per head.
+        for head in 0..2 {
+            let at = ((2 * 2 + head) * 5) * 3;
+            let want: Vec<f32> = (0..9).map(|i| 5000.0 + (head * 9 + i) as f32).collect();
+            assert_eq!(&k[at..at + 9], &want[..], "head {head}");
+            assert_eq!(&k[at + 9..at + 15], &[0.0; 6], "head {head} padding");
+        }
+        // The merged cache keeps taking steps (room reserved).
+        let (k2, _) = a.append(0, rows(3, 1, 9000.0), rows(3, 1, 9500.0));
+        assert_eq!(k2.dims(), [3, 2, 6, 3]);
+        let mut c = KvCache::<Flex>::new(2);
+        assert!(a.merge_batch(KvCache::new(1)).is_ok(), "an empty side");
+        c.append(0, rows(1, 1, 0.0), rows(1, 1, 0.0));
+        c.append(1, rows(1, 1, 0.0), rows(1, 1, 0.0));
+        assert!(a.merge_batch(c).is_err(), "layer counts differ");
     }
 
     #[test]

@@ -125,7 +125,8 @@ impl GenerationSample {
         })
     }
 
-    fn total(&self) -> usize {
+    /// Total length: context width + generation budget (every position of the layout).
+    pub fn total(&self) -> usize {
         self.position_ids.len()
     }
 }

@@ -37,6 +37,8 @@ pub mod fill;
 pub mod generate;
 pub mod prompt;
 pub mod sampling;
+#[cfg(feature = "serve")]
+pub mod serve;
 pub mod strategy;
 pub mod stream;
 

@@ -3,6 +3,7 @@
 //! ```text
 //! glm generate --model DIR [--tokenizer ice_text.model] --input-source interactive|FILE ...
 //! glm quantize INPUT OUTPUT --quantization-bit-width 4|8 [--tensor-parallel N]
+//! glm serve --model DIR [--tokenizer ice_text.model] [--host 127.0.0.1] [--port 8000] ...
 //! glm convert INPUT OUTPUT [--format sat|safetensors] [--tensor-parallel N]
 //!             [--quantization-bit-width 4|8] [--dtype f16] [--iteration IT]
 //! glm init-random --out DIR [--preset tiny|small|base|glm-130b] [--layers K] [--vocab-size N]
@@ -54,6 +55,8 @@ enum Command {
     /// Convert between an original SAT folder and safetensors, and between tensor-parallel
     /// degrees (GLM-130B's tools/convert_tp.py, bit-exact), optionally quantizing per shard.
     Convert(ConvertArgs),
+    /// An OpenAI-compatible HTTP server with continuous batching and a blank-filling page.
+    Serve(ServeArgs),
     /// Run GLM-130B evaluation tasks (task YAMLs / folders) against a model (evaluate.py).
     Evaluate(glm_infer::eval::cli::EvaluateArgs),
     /// Plan memory: what a model needs per device (weights by kind, KV cache, activations) and
@@ -157,6 +160,61 @@ struct QuantizeArgs {
 }
 
 #[derive(clap::Args)]
+struct ServeArgs {
+    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// config.json to use with a SAT checkpoint folder that has none.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// SentencePiece model (ice_text.model; default: one next to the model). Without one,
+    /// prompts are whitespace-separated token ids.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
+    #[arg(long, default_value = "icetk")]
+    tokenizer_mode: String,
+    #[arg(long, default_value = "127.0.0.1")]
+    host: String,
+    /// Port (0: any free port; the address is printed).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// The model name clients send.
+    #[arg(long, default_value = "glm")]
+    model_name: String,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Quantize a float checkpoint on load to INT4/INT8 weights.
+    #[arg(long)]
+    quantization_bit_width: Option<u32>,
+    /// Most sequences decoded together (continuous batching; a beam request counts its beams).
+    #[arg(long, default_value_t = 16)]
+    max_batch: usize,
+    /// Most requests waiting (beyond: 429 with Retry-After).
+    #[arg(long, default_value_t = 64)]
+    max_queue: usize,
+    #[arg(long, default_value_t = 1024)]
+    max_prompt_tokens: usize,
+    /// Largest max_tokens a request may ask for.
+    #[arg(long, default_value_t = 512)]
+    max_new_tokens: usize,
+    #[arg(long, default_value_t = 16)]
+    max_blanks: usize,
+    #[arg(long, default_value_t = 1 << 20)]
+    max_body_bytes: usize,
+    /// Seconds a request may take (0: no limit).
+    #[arg(long, default_value_t = 300)]
+    request_timeout: u64,
+    /// Seconds in-flight requests get after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    shutdown_grace: u64,
+}
+
+#[derive(clap::Args)]
 struct ConvertArgs {
     /// A safetensors file, a folder with model.safetensors (+ config.json), or an original SAT folder.
     input: PathBuf,
@@ -226,6 +284,7 @@ fn main() -> ExitCode {
         Command::Plan(args) => plan(args),
         Command::Quantize(args) => quantize(args),
         Command::Convert(args) => convert(args),
+        Command::Serve(args) => serve(args),
         Command::Evaluate(args) => glm_infer::eval::cli::run(args).map_err(Error::from),
     };
     match result {
@@ -277,6 +336,46 @@ fn quantize(args: QuantizeArgs) -> Result<()> {
         report.quantized
     );
     Ok(())
+}
+
+fn serve(args: ServeArgs) -> Result<()> {
+    struct Serve(ServeArgs);
+    impl glm_infer::cli::OnBackend for Serve {
+        type Output = ();
+        type Error = Error;
+        fn run<B: Backend>(self, devices: &[B::Device]) -> Result<()> {
+            let args = self.0;
+            let options = LoadOptions {
+                dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
+                quantization_bit_width: args.quantization_bit_width,
+                tokenizer: args.tokenizer.clone(),
+                tokenizer_mode: args.tokenizer_mode.clone(),
+                config: args.config.clone(),
+                ..LoadOptions::default()
+            };
+            let glm = Glm::<B>::load_on_devices(&args.model, options, devices)?;
+            let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
+                .parse()
+                .map_err(|e| {
+                    Error::Usage(format!("--host {} --port {}: {e}", args.host, args.port))
+                })?;
+            let options = glm_infer::serve::ServeOptions {
+                addr,
+                model_name: args.model_name,
+                max_batch_rows: args.max_batch,
+                queue_capacity: args.max_queue,
+                max_prompt_tokens: args.max_prompt_tokens,
+                max_new_tokens: args.max_new_tokens,
+                max_blanks: args.max_blanks,
+                max_body_bytes: args.max_body_bytes,
+                request_timeout: (args.request_timeout > 0)
+                    .then(|| std::time::Duration::from_secs(args.request_timeout)),
+                shutdown_grace: std::time::Duration::from_secs(args.shutdown_grace),
+            };
+            glm_infer::serve::serve(glm, options)
+        }
+    }
+    glm_infer::cli::dispatch(args.device.parse()?, 1, Serve(args))
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {

@@ -1,0 +1,604 @@
+//! The scheduler of `glm serve`: one thread owns the model and runs **continuous batching** —
+//! a new request is prefilled on its own (batch 1, its own KV cache) at a step boundary and its
+//! cache rows join the running batch ([`KvCache::merge_batch`]: the shorter side padded, the
+//! padded positions masked per row); every step decodes one token for every row of every request
+//! (each request with its own strategy, so its seed and beams are its own); a request leaves the
+//! batch as soon as its blank is filled, its client is gone or its deadline passed.
+//!
+//! Each request fills its blanks as GLM-130B's `generate.py fill_blanks` does (the first remaining
+//! mask, re-encoded context per blank, a shared budget): the same decisions as
+//! [`fill_blanks`](crate::fill::fill_blanks) on the same model, which the tests check for greedy
+//! decoding under concurrency.
+//!
+//! (Over 400 lines: the scheduler's request life cycle — admission, prefill, joining the batch,
+//! the batched step with per-row masks, per-request strategy steps, leaving — kept in one place.)
+
+use std::sync::atomic::Ordering;
+use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
+use glm_core::blank::BlankInput;
+use glm_core::{ForwardOptions, GlmModel, KvCache};
+use tokio::sync::mpsc::UnboundedSender;
+
+use super::metrics::Metrics;
+use crate::cli::Codec;
+use crate::error::{Error, Result};
+use crate::generate::{generated_tokens, GenerationSample};
+use crate::prompt::{Prompt, TextCodec};
+use crate::strategy::{Strategy, DONE};
+use crate::stream::TokenStream;
+
+/// Why a completion ended (OpenAI's `finish_reason`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    /// An end token or a stop string.
+    Stop,
+    /// The token budget ran out.
+    Length,
+}
+
+impl FinishReason {
+    /// The OpenAI spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+/// A finished request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Completion {
+    /// The generated text: the fills of the blanks, in order, joined (for a `[gMASK]`
+    /// continuation: the continuation); cut before the first stop string.
+    pub text: String,
+    /// Each blank's fill.
+    pub blanks: Vec<String>,
+    /// The prompt with every blank filled.
+    pub filled_text: String,
+    /// Why it ended.
+    pub finish_reason: FinishReason,
+    /// Prompt tokens (after generate.py's rules: masks, appended `[gMASK]`).
+    pub prompt_tokens: usize,
+    /// Tokens sampled (end tokens included), over all blanks.
+    pub completion_tokens: usize,
+}
+
+/// What the engine sends back for a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// New text of the blank being filled (sampling only; UTF-8 safe).
+    Piece(String),
+    /// The request is done.
+    Done(Completion),
+    /// The request failed (the message is safe to show the client).
+    Failed(String),
+}
+
+/// One request to the engine.
+pub struct Request {
+    /// Which choice of its HTTP request this is (events carry it).
+    pub index: usize,
+    /// The prompt after generate.py's rules.
+    pub prompt: Prompt,
+    /// The decoding strategy (its own seed; beams are rows of this request).
+    pub strategy: Box<dyn Strategy>,
+    /// Total length limit of each blank's generation (context + `<sop>` + new tokens).
+    pub out_seq_length: usize,
+    /// Stop strings: the text is cut before the first one and the request ends.
+    pub stop: Vec<String>,
+    /// Stream pieces ([`Event::Piece`]).
+    pub stream: bool,
+    /// The request is dropped (and [`Event::Failed`] sent) when this passes.
+    pub deadline: Option<Instant>,
+    /// When the server received it (time to first token is measured from here).
+    pub received: Instant,
+    /// Where events go; a closed channel (client gone) cancels the request.
+    pub events: UnboundedSender<(usize, Event)>,
+}
+
+/// Engine limits.
+#[derive(Debug, Clone, Copy)]
+pub struct EngineLimits {
+    /// Most rows (sequences; a beam request counts its beams) decoded together.
+    pub max_batch_rows: usize,
+}
+
+/// A request in the batch: its blank being filled and where its rows are.
+struct Active<'t> {
+    req: Request,
+    /// The sequence with the blanks filled so far (generate.py's `output`).
+    seq: Vec<u32>,
+    blanks: Vec<Vec<u32>>,
+    completion_tokens: usize,
+    sample: GenerationSample,
+    context_length: usize,
+    /// Rows of this request: context + generated (−1 once done).
+    tokens: Vec<Vec<i64>>,
+    /// The sequence index of the next token to feed.
+    counter: usize,
+    /// Per batch-cache position: the sequence index cached there, or −1 for padding.
+    slots: Vec<i64>,
+    stream: Option<TokenStream<'t>>,
+    text: String,
+    stopped: bool,
+    first_token: bool,
+    last_token_at: Instant,
+}
+
+/// Runs the engine until `rx` closes and every request is done.
+pub fn run<B: Backend>(
+    model: &GlmModel<B>,
+    codec: &Codec,
+    rx: Receiver<Request>,
+    limits: EngineLimits,
+    metrics: Arc<Metrics>,
+) {
+    let mut engine = Engine {
+        model,
+        codec,
+        metrics,
+        limits,
+        active: Vec::new(),
+        cache: model.new_cache(),
+    };
+    let mut open = true;
+    loop {
+        // Admission at the step boundary: wait when idle, else take what fits.
+        if engine.active.is_empty() {
+            if !open {
+                return;
+            }
+            match rx.recv() {
+                Ok(req) => engine.admit(req),
+                Err(_) => return,
+            }
+        }
+        while open && engine.rows() < engine.limits.max_batch_rows {
+            match rx.try_recv() {
+                Ok(req) => engine.admit(req),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => open = false,
+            }
+        }
+        if !engine.active.is_empty() {
+            engine.step();
+        }
+    }
+}
+
+struct Engine<'m, 't, B: Backend> {
+    model: &'m GlmModel<B>,
+    codec: &'t Codec,
+    metrics: Arc<Metrics>,
+    limits: EngineLimits,
+    active: Vec<Active<'t>>,
+    cache: KvCache<B>,
+}
+
+impl<'t, B: Backend> Engine<'_, 't, B> {
+    fn rows(&self) -> usize {
+        self.active.iter().map(|a| a.tokens.len()).sum()
+    }
+
+    /// Takes a new request: its first blank is prefilled and joins the batch.
+    fn admit(&mut self, req: Request) {
+        self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+        if req.events.is_closed() {
+            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let seq = req.prompt.tokens.clone();
+        self.start_blank(req, seq, Vec::new(), 0);
+    }
+
+    /// Prefills the first remaining blank of `seq` and joins the batch, or finishes the request
+    /// when no blank is left.
+    fn start_blank(
+        &mut self,
+        req: Request,
+        seq: Vec<u32>,
+        blanks: Vec<Vec<u32>>,
+        completion_tokens: usize,
+    ) {
+        match self.prefill(req, seq, blanks, completion_tokens) {
+            Ok(Some((active, cache))) => self.join(active, cache),
+            Ok(None) => {}
+            Err((req, e)) => fail(&self.metrics, &req, &e.to_string()),
+        }
+    }
+
+    /// The prefill of one blank: `None` when the request finished instead.
+    #[allow(clippy::type_complexity)]
+    fn prefill(
+        &mut self,
+        req: Request,
+        seq: Vec<u32>,
+        blanks: Vec<Vec<u32>>,
+        completion_tokens: usize,
+    ) -> std::result::Result<Option<(Active<'t>, KvCache<B>)>, (Request, Error)> {
+        let config = self.model.config();
+        let specials = config.special_tokens;
+        let mask_id = req.prompt.kind.token(&specials);
+        let Some(mask_position) = seq.iter().position(|&t| t == mask_id) else {
+            self.finish(req, seq, blanks, completion_tokens, FinishReason::Stop);
+            return Ok(None);
+        };
+        let blank = BlankInput {
+            tokens: [seq.as_slice(), &[specials.sop]].concat(),
+            mask_position,
+            kind: req.prompt.kind,
+        };
+        let ctx = blank.context_length();
+        let Some(max_gen) = req.out_seq_length.checked_sub(ctx).filter(|&m| m > 0) else {
+            // The budget is spent: what was filled so far is the answer.
+            self.finish(req, seq, blanks, completion_tokens, FinishReason::Length);
+            return Ok(None);
+        };
+        let sample = match GenerationSample::from_blank(&blank, max_gen, config) {
+            Ok(s) => s,
+            Err(e) => return Err((req, e)),
+        };
+        let total = sample.total();
+        let device = self.model.word_embeddings.val().device();
+        let mut cache = self.model.new_cache();
+        cache.reserve(total);
+        let tok: Vec<i64> = sample.tokens.iter().map(|&t| i64::from(t)).collect();
+        let pos: Vec<i64> = sample.position_ids[..ctx]
+            .iter()
+            .map(|&p| i64::from(p))
+            .collect();
+        let mut mask = Vec::with_capacity(ctx * ctx);
+        for i in 0..ctx {
+            mask.extend_from_slice(&sample.mask[i * total..i * total + ctx]);
+        }
+        let out = self.model.forward_with(
+            Tensor::<B, 2, Int>::from_data(TensorData::new(tok.clone(), [1, ctx]), &device),
+            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [1, ctx]), &device),
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, ctx, ctx]), &device),
+            Some(&mut cache),
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        );
+        let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
+            Ok(l) => l,
+            Err(e) => return Err((req, e)),
+        };
+        let mut req = req;
+        let mut tokens = vec![tok];
+        let vocab = config.vocab_size;
+        let parents = req.strategy.step(&logits, vocab, &mut tokens);
+        if let Some(parents) = &parents {
+            if let Err(e) = cache.select_batch(parents) {
+                return Err((req, e.into()));
+            }
+        }
+        let stream = match (req.stream, self.codec) {
+            (true, Codec::Ice(t)) => {
+                Some(TokenStream::new(t, ctx, req.strategy.end_tokens().to_vec()))
+            }
+            _ => None,
+        };
+        let mut active = Active {
+            req,
+            seq,
+            blanks,
+            completion_tokens,
+            sample,
+            context_length: ctx,
+            tokens,
+            counter: ctx,
+            slots: (0..ctx as i64).collect(),
+            stream,
+            text: String::new(),
+            stopped: false,
+            first_token: true,
+            last_token_at: Instant::now(),
+        };
+        self.after_step(&mut active);
+        if self.blank_done(&active) {
+            self.end_blank(active);
+            return Ok(None);
+        }
+        Ok(Some((active, cache)))
+    }
+
+    /// Joins a prefilled blank's cache rows to the batch.
+    fn join(&mut self, mut active: Active<'t>, cache: KvCache<B>) {
+        let (have, new) = (self.cache.len(), cache.len());
+        if let Err(e) = self.cache.merge_batch(cache) {
+            fail(&self.metrics, &active.req, &e.to_string());
+            return;
+        }
+        let len = have.max(new);
+        for a in &mut self.active {
+            a.slots.resize(len, -1);
+        }
+        active.slots.resize(len, -1);
+        self.active.push(active);
+        self.metrics
+            .batch_rows
+            .store(self.rows() as i64, Ordering::Relaxed);
+    }
+
+    /// One decode step for every row of every request in the batch.
+    fn step(&mut self) {
+        let device = self.model.word_embeddings.val().device();
+        let vocab = self.model.config().vocab_size;
+        let len = self.cache.len();
+        let rows = self.rows();
+        let mut tok = Vec::with_capacity(rows);
+        let mut pos = Vec::with_capacity(rows);
+        let mut mask = Vec::with_capacity(rows * (len + 1));
+        for a in &self.active {
+            let total = a.sample.total();
+            let cur = a.counter;
+            let row_mask: Vec<bool> = a
+                .slots
+                .iter()
+                .map(|&s| s < 0 || a.sample.mask[cur * total + s as usize])
+                .chain(std::iter::once(a.sample.mask[cur * total + cur]))
+                .collect();
+            for row in &a.tokens {
+                let t = row.get(cur).copied().unwrap_or(0);
+                tok.push(if t == DONE { 0 } else { t });
+                pos.push(i64::from(a.sample.position_ids[cur]));
+                mask.extend_from_slice(&row_mask);
+            }
+        }
+        let started = Instant::now();
+        let out = self.model.forward_with(
+            Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [rows, 1]), &device),
+            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [rows, 1]), &device),
+            Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, 1, len + 1]), &device),
+            Some(&mut self.cache),
+            ForwardOptions {
+                hidden_states: false,
+                last_only: true,
+            },
+        );
+        let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
+            Ok(l) => l,
+            Err(e) => {
+                // A failed step fails every request of the batch; the engine starts afresh.
+                for a in self.active.drain(..) {
+                    fail(&self.metrics, &a.req, &e.to_string());
+                }
+                self.cache = self.model.new_cache();
+                return;
+            }
+        };
+        self.metrics.observe_step(started.elapsed(), rows);
+        // Each request steps its own strategy on its rows; the cache follows every row kept.
+        let mut keep: Vec<usize> = Vec::with_capacity(rows);
+        let mut staying = Vec::with_capacity(self.active.len());
+        let mut leaving = Vec::new();
+        let mut offset = 0;
+        let mut reordered = false;
+        for mut a in std::mem::take(&mut self.active) {
+            let n = a.tokens.len();
+            let part = &logits[offset * vocab..(offset + n) * vocab];
+            let parents = a.req.strategy.step(part, vocab, &mut a.tokens);
+            a.slots.push(a.counter as i64);
+            a.counter += 1;
+            self.after_step(&mut a);
+            let cancelled = a.req.events.is_closed();
+            let late = a.req.deadline.is_some_and(|d| Instant::now() > d);
+            if cancelled || late || self.blank_done(&a) {
+                reordered = true;
+                if cancelled {
+                    self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                } else if late {
+                    fail(&self.metrics, &a.req, "the request deadline passed");
+                } else {
+                    leaving.push(a);
+                }
+            } else {
+                match parents {
+                    Some(p) => {
+                        reordered = true;
+                        keep.extend(p.iter().map(|&r| offset + r));
+                    }
+                    None => keep.extend(offset..offset + n),
+                }
+                staying.push(a);
+            }
+            offset += n;
+        }
+        self.active = staying;
+        if self.active.is_empty() {
+            self.cache = self.model.new_cache();
+        } else if reordered {
+            if let Err(e) = self.cache.select_batch(&keep) {
+                for a in self.active.drain(..) {
+                    fail(&self.metrics, &a.req, &e.to_string());
+                }
+                self.cache = self.model.new_cache();
+            }
+        }
+        self.metrics
+            .batch_rows
+            .store(self.rows() as i64, Ordering::Relaxed);
+        for a in leaving {
+            self.end_blank(a);
+        }
+    }
+
+    /// Streams the new text, checks stop strings and records timings after a strategy step.
+    fn after_step(&self, a: &mut Active<'t>) {
+        let now = Instant::now();
+        if a.first_token {
+            self.metrics
+                .observe_ttft(now.duration_since(a.req.received));
+            a.first_token = false;
+        } else {
+            self.metrics
+                .observe_token_latency(now.duration_since(a.last_token_at));
+        }
+        a.last_token_at = now;
+        self.metrics.tokens.fetch_add(1, Ordering::Relaxed);
+        a.completion_tokens += 1;
+        if let Some(stream) = &mut a.stream {
+            let piece = stream.push_rows(&a.tokens);
+            if !piece.is_empty() {
+                a.text.push_str(&piece);
+                let cut = first_stop(&a.text, &a.req.stop);
+                let send = match cut {
+                    Some(at) => {
+                        a.stopped = true;
+                        let before = a.text.len() - piece.len();
+                        piece[..at.saturating_sub(before).min(piece.len())].to_string()
+                    }
+                    None => piece,
+                };
+                if !send.is_empty() {
+                    let _ = a.req.events.send((a.req.index, Event::Piece(send)));
+                }
+            }
+        } else if let (true, Codec::Ids(_)) = (a.req.stream, self.codec) {
+            // Integer-id text: each new token of row 0 is a piece.
+            let ends = a.req.strategy.end_tokens();
+            if let Some(&t) = a.tokens.first().and_then(|row| row.last()) {
+                if t >= 0 && !ends.contains(&(t as u32)) {
+                    let _ = a
+                        .req
+                        .events
+                        .send((a.req.index, Event::Piece(format!("{t} "))));
+                }
+            }
+        }
+        if a.stream.is_none() && !a.req.stop.is_empty() {
+            // Without streaming, stop strings are checked on the decoded fill.
+            let fill = current_fill(a);
+            let text = self.codec.detokenize(&fill);
+            a.stopped = first_stop(&text, &a.req.stop).is_some();
+        }
+    }
+
+    fn blank_done(&self, a: &Active<'t>) -> bool {
+        a.stopped || a.req.strategy.is_done() || a.counter >= a.sample.total() - 1
+    }
+
+    /// The blank is filled: splice it in (beam 0) and go on with the next blank, or finish.
+    fn end_blank(&mut self, a: Active<'t>) {
+        let Active {
+            mut req,
+            seq,
+            mut blanks,
+            completion_tokens,
+            tokens,
+            context_length,
+            stopped,
+            ..
+        } = a;
+        let ends = req.strategy.end_tokens().to_vec();
+        let hypotheses = req.strategy.finalize(tokens);
+        let Some(best) = hypotheses.first().and_then(|h| h.first()) else {
+            fail(&self.metrics, &req, "the strategy returned no sequence");
+            return;
+        };
+        let ended = best
+            .tokens
+            .get(context_length..)
+            .is_some_and(|t| t.iter().any(|&x| x >= 0 && ends.contains(&(x as u32))));
+        let fill = generated_tokens(best, context_length, &ends);
+        let mask_id = req.prompt.kind.token(&self.model.config().special_tokens);
+        let Some(at) = seq.iter().position(|&t| t == mask_id) else {
+            fail(&self.metrics, &req, "the blank disappeared");
+            return;
+        };
+        let spliced = [&seq[..at], fill.as_slice(), &seq[at + 1..]].concat();
+        blanks.push(fill);
+        if stopped {
+            self.finish(req, spliced, blanks, completion_tokens, FinishReason::Stop);
+            return;
+        }
+        let budget_left = spliced.len() + 1 < req.out_seq_length;
+        let more = spliced.contains(&mask_id);
+        if more && budget_left {
+            req.received = Instant::now();
+            self.start_blank(req, spliced, blanks, completion_tokens);
+        } else {
+            let reason = if ended && !more {
+                FinishReason::Stop
+            } else {
+                FinishReason::Length
+            };
+            self.finish(req, spliced, blanks, completion_tokens, reason);
+        }
+    }
+
+    fn finish(
+        &self,
+        req: Request,
+        mut seq: Vec<u32>,
+        blanks: Vec<Vec<u32>>,
+        completion_tokens: usize,
+        reason: FinishReason,
+    ) {
+        if seq.last() == Some(&self.model.config().special_tokens.eos) {
+            seq.pop();
+        }
+        let blanks: Vec<String> = blanks.iter().map(|b| self.codec.detokenize(b)).collect();
+        let mut text = blanks.concat();
+        let mut reason = reason;
+        if let Some(at) = first_stop(&text, &req.stop) {
+            text.truncate(at);
+            reason = FinishReason::Stop;
+        }
+        let completion = Completion {
+            text,
+            blanks,
+            filled_text: self.codec.detokenize(&seq),
+            finish_reason: reason,
+            prompt_tokens: req.prompt.tokens.len(),
+            completion_tokens,
+        };
+        self.metrics.completed.fetch_add(1, Ordering::Relaxed);
+        let _ = req.events.send((req.index, Event::Done(completion)));
+    }
+}
+
+/// Beam 0's generated tokens so far (end tokens and −1 dropped).
+fn current_fill(a: &Active<'_>) -> Vec<u32> {
+    let ends = a.req.strategy.end_tokens();
+    a.tokens
+        .first()
+        .map(|row| {
+            row.iter()
+                .skip(a.context_length)
+                .take_while(|&&t| t >= 0 && !ends.contains(&(t as u32)))
+                .map(|&t| t as u32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Byte index of the first stop string in `text`.
+fn first_stop(text: &str, stop: &[String]) -> Option<usize> {
+    stop.iter()
+        .filter(|s| !s.is_empty())
+        .filter_map(|s| text.find(s.as_str()))
+        .min()
+}
+
+fn fail(metrics: &Metrics, req: &Request, message: &str) {
+    metrics.failed.fetch_add(1, Ordering::Relaxed);
+    let _ = req
+        .events
+        .send((req.index, Event::Failed(message.to_string())));
+}
+
+fn host_logits<B: Backend>(logits: Tensor<B, 3>) -> Result<Vec<f32>> {
+    logits
+        .cast(DType::F32)
+        .into_data()
+        .to_vec::<f32>()
+        .map_err(|e| Error::Prompt(format!("reading logits: {e:?}")))
+}
