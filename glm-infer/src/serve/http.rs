@@ -126,6 +126,9 @@ struct Controls {
     length_penalty: Option<f64>,
     no_repeat_ngram_size: Option<u64>,
     min_tokens: Option<u64>,
+    /// Beam search: top-k candidates (`true`, the evaluation harness's) or sampled candidates
+    /// (`false`, generate.py's default, seeded).
+    deterministic: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -242,6 +245,7 @@ fn check_controls(state: &AppState, c: Controls, texts: Vec<String>) -> Result<P
         ));
     }
     let ngram = c.no_repeat_ngram_size.unwrap_or(0);
+    let deterministic = c.deterministic.unwrap_or(false);
     let min_tokens = c.min_tokens.unwrap_or(0);
     if num_beams == 1 && (ngram > 0 || min_tokens > 0) {
         return Err(ApiError::bad(
@@ -284,6 +288,7 @@ fn check_controls(state: &AppState, c: Controls, texts: Vec<String>) -> Result<P
             &config.special_tokens,
             config.max_sequence_length,
         )
+        .and_then(|p| p.validate(config).map(|()| p))
         .map_err(|e| ApiError::bad(Some("prompt"), e.to_string()))?;
         let specials = &config.special_tokens;
         let blanks = prompt
@@ -329,6 +334,7 @@ fn check_controls(state: &AppState, c: Controls, texts: Vec<String>) -> Result<P
                     length_penalty: length_penalty as f32,
                     no_repeat_ngram_size: ngram as usize,
                     min_gen_length: min_tokens as usize,
+                    deterministic,
                     end_tokens: ends.clone(),
                     seed,
                     ..BeamConfig::default()
