@@ -457,3 +457,94 @@ fn shutdown_lets_in_flight_requests_finish() {
         "still listening after shutdown"
     );
 }
+
+#[test]
+fn chat_completions_render_the_messages_and_continue_them() {
+    use glm_core::{GlmConfig, GlmModel, ModelOptions, SpecialTokens};
+    // A random tiny model with GLM-130B's vocabulary layout, text through the synthetic icetk
+    // tokenizer.
+    let mut cfg = GlmConfig::tiny();
+    cfg.vocab_size = 150528;
+    cfg.special_tokens = SpecialTokens::glm_130b();
+    let model =
+        GlmModel::<common::Cpu>::random(&cfg, &Default::default(), ModelOptions::default(), 3)
+            .expect("model");
+    let path = glm_core::data_dir::data_dir("GLM_TOKENIZER_DIR", "../shared/tokenizer")
+        .expect("tokenizer folder")
+        .join("ice_text_synth.model");
+    let load = || {
+        glm_tokenizer::Tokenizer::from_file(&path, glm_tokenizer::TokenizerOptions::icetk())
+            .expect("tokenizer")
+    };
+    let glm = Glm::from_parts(model.clone(), Some(load()));
+    let server = start(
+        glm,
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .expect("server");
+    let addr = server.addr();
+    let messages = [
+        ("system", "Answer briefly."),
+        ("user", "What is the weather like?"),
+    ];
+    let body = json!({
+        "messages": messages.iter().map(|(r, c)| json!({"role": r, "content": c})).collect::<Vec<_>>(),
+        "max_tokens": 8, "temperature": 0,
+    });
+    let (status, reply) = post(addr, "/v1/chat/completions", &body);
+    assert_eq!(status, 200, "{reply}");
+    assert_eq!(reply["object"], "chat.completion");
+    assert_eq!(reply["choices"][0]["message"]["role"], "assistant");
+    // The same as filling the documented template directly.
+    let template = glm_infer::serve::http::chat_prompt(
+        &messages
+            .iter()
+            .map(|(r, c)| (r.to_string(), c.to_string()))
+            .collect::<Vec<_>>(),
+    );
+    let local = Glm::from_parts(model, Some(load()));
+    let want = local
+        .fill(&template, &glm_infer::GenerateOptions::greedy(8))
+        .expect("fill");
+    assert_eq!(
+        reply["choices"][0]["message"]["content"],
+        want.blanks.concat()
+    );
+    // Streaming: chat.completion.chunk deltas.
+    let mut stream = body.clone();
+    stream["stream"] = json!(true);
+    let (status, _, bytes) = http(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        stream.to_string().as_bytes(),
+    );
+    assert_eq!(status, 200);
+    let text = String::from_utf8(bytes).expect("UTF-8");
+    let chunks: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).expect("chunk"))
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let deltas: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(deltas, want.blanks.concat());
+    let (status, _) = post(
+        addr,
+        "/v1/chat/completions",
+        &json!({"messages": [{"role": "robot", "content": "x"}]}),
+    );
+    assert_eq!(status, 400);
+    let (status, _) = post(addr, "/v1/chat/completions", &json!({"messages": []}));
+    assert_eq!(status, 400);
+}
