@@ -86,6 +86,7 @@ fn every_degree_gives_the_original_greedy_and_beam_answers() {
     }
 }
 
+#[cfg(feature = "eval")]
 #[test]
 fn logits_score_and_streams_match_one_device() {
     let single = Glm::load(common::fixtures(), LoadOptions::default()).expect("load");

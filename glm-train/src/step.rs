@@ -5,7 +5,6 @@
 //! (Over 400 lines: one optimisation step: forward with the GLM objective, mixed-precision loss scaling, gradient checks, clipping and the optimiser.)
 
 use std::panic::AssertUnwindSafe;
-use std::sync::{Mutex, PoisonError};
 
 use burn::module::{AutodiffModule, Module};
 use burn::tensor::backend::{AutodiffBackend, Backend};
@@ -114,10 +113,6 @@ type WorkerResult<B> = (f64, Option<Vec<Tensor<B, 1>>>);
 /// What one data-parallel replica hands back: its loss sum and, on replica 0, the all-reduced
 /// gradient bucket.
 type ReplicaOutcome<B> = Result<(f64, Option<Tensor<B, 1>>)>;
-
-/// Serialises data-parallel steps within a process (burn-collective has one local server per
-/// backend type).
-static COLLECTIVE: Mutex<()> = Mutex::new(());
 
 /// The text of a panic payload.
 fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
@@ -290,7 +285,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         let config = CollectiveConfig::default().with_num_devices(replicas);
         // One burn-collective server per backend type and process: hold it for the whole step and
         // start from a clean server (a failed earlier step cannot leave peers registered).
-        let _turn = COLLECTIVE.lock().unwrap_or_else(PoisonError::into_inner);
+        let _turn = glm_core::parallel::collective_turn();
         reset_collective::<Inner<B>>();
         let collective_error =
             |replica: usize, what: &str, e: CollectiveError| Error::DataParallel {

@@ -16,7 +16,9 @@ use crate::error::{Error, Result};
 /// this lock, from `register` to `finish`.
 static COLLECTIVE: Mutex<()> = Mutex::new(());
 
-/// Takes the process-wide turn on burn-collective (see [`COLLECTIVE`]); released on drop.
+/// Takes the process-wide turn on burn-collective (one local server per backend type and
+/// process: tensor-parallel groups and glm-train's data-parallel steps take turns); released on
+/// drop.
 pub fn collective_turn() -> MutexGuard<'static, ()> {
     COLLECTIVE.lock().unwrap_or_else(PoisonError::into_inner)
 }

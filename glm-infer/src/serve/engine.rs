@@ -205,28 +205,30 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         blanks: Vec<Vec<u32>>,
         completion_tokens: usize,
     ) {
-        match self.prefill(req, seq, blanks, completion_tokens) {
-            Ok(Some((active, cache))) => self.join(active, cache),
-            Ok(None) => {}
-            Err((req, e)) => fail(&self.metrics, &req, &e.to_string()),
+        if let Some((active, cache)) = self.prefill(req, seq, blanks, completion_tokens) {
+            self.join(active, cache);
         }
     }
 
-    /// The prefill of one blank: `None` when the request finished instead.
-    #[allow(clippy::type_complexity)]
+    /// The prefill of one blank: `None` when the request finished (or failed) instead.
     fn prefill(
         &mut self,
         req: Request,
         seq: Vec<u32>,
         blanks: Vec<Vec<u32>>,
         completion_tokens: usize,
-    ) -> std::result::Result<Option<(Active<'t>, KvCache<B>)>, (Request, Error)> {
+    ) -> Option<(Active<'t>, KvCache<B>)> {
+        let metrics = Arc::clone(&self.metrics);
+        let failed = |req: Request, e: Error| {
+            fail(&metrics, &req, &e.to_string());
+            None
+        };
         let config = self.model.config();
         let specials = config.special_tokens;
         let mask_id = req.prompt.kind.token(&specials);
         let Some(mask_position) = seq.iter().position(|&t| t == mask_id) else {
             self.finish(req, seq, blanks, completion_tokens, FinishReason::Stop);
-            return Ok(None);
+            return None;
         };
         let blank = BlankInput {
             tokens: [seq.as_slice(), &[specials.sop]].concat(),
@@ -237,11 +239,11 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let Some(max_gen) = req.out_seq_length.checked_sub(ctx).filter(|&m| m > 0) else {
             // The budget is spent: what was filled so far is the answer.
             self.finish(req, seq, blanks, completion_tokens, FinishReason::Length);
-            return Ok(None);
+            return None;
         };
         let sample = match GenerationSample::from_blank(&blank, max_gen, config) {
             Ok(s) => s,
-            Err(e) => return Err((req, e)),
+            Err(e) => return failed(req, e),
         };
         let total = sample.total();
         let device = self.model.word_embeddings.val().device();
@@ -268,7 +270,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         );
         let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
             Ok(l) => l,
-            Err(e) => return Err((req, e)),
+            Err(e) => return failed(req, e),
         };
         let mut req = req;
         let mut tokens = vec![tok];
@@ -276,7 +278,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let parents = req.strategy.step(&logits, vocab, &mut tokens);
         if let Some(parents) = &parents {
             if let Err(e) = cache.select_batch(parents) {
-                return Err((req, e.into()));
+                return failed(req, e.into());
             }
         }
         let stream = match (req.stream, self.codec) {
@@ -304,9 +306,9 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         self.after_step(&mut active);
         if self.blank_done(&active) {
             self.end_blank(active);
-            return Ok(None);
+            return None;
         }
-        Ok(Some((active, cache)))
+        Some((active, cache))
     }
 
     /// Joins a prefilled blank's cache rows to the batch.

@@ -170,6 +170,9 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad(None, format!("invalid JSON body: {e}")))
 }
 
+/// Builds a choice's strategy from its seed.
+type StrategyFactory = Box<dyn Fn(u64) -> Result<Box<dyn Strategy>, ApiError> + Send + Sync>;
+
 /// A checked request: what the engine needs per choice.
 struct Plan {
     prompts: Vec<crate::prompt::Prompt>,
@@ -177,7 +180,7 @@ struct Plan {
     max_tokens: usize,
     stop: Vec<String>,
     stream: bool,
-    make_strategy: Box<dyn Fn(u64) -> Result<Box<dyn Strategy>, ApiError> + Send + Sync>,
+    make_strategy: StrategyFactory,
     seed: u64,
 }
 
@@ -326,42 +329,41 @@ fn check_controls(state: &AppState, c: Controls, texts: Vec<String>) -> Result<P
         prompts.push(prompt);
     }
     let ends = config.special_tokens.end_tokens().to_vec();
-    let make_strategy: Box<dyn Fn(u64) -> Result<Box<dyn Strategy>, ApiError> + Send + Sync> =
-        if num_beams > 1 {
-            Box::new(move |seed| {
-                let s = BeamSearchStrategy::new(BeamConfig {
-                    num_beams: num_beams as usize,
-                    length_penalty: length_penalty as f32,
-                    no_repeat_ngram_size: ngram as usize,
-                    min_gen_length: min_tokens as usize,
-                    deterministic,
-                    end_tokens: ends.clone(),
-                    seed,
-                    ..BeamConfig::default()
-                })
-                .map_err(|e| ApiError::bad(Some("num_beams"), e.to_string()))?;
-                Ok(Box::new(s) as Box<dyn Strategy>)
+    let make_strategy: StrategyFactory = if num_beams > 1 {
+        Box::new(move |seed| {
+            let s = BeamSearchStrategy::new(BeamConfig {
+                num_beams: num_beams as usize,
+                length_penalty: length_penalty as f32,
+                no_repeat_ngram_size: ngram as usize,
+                min_gen_length: min_tokens as usize,
+                deterministic,
+                end_tokens: ends.clone(),
+                seed,
+                ..BeamConfig::default()
             })
-        } else {
-            Box::new(move |seed| {
-                // Temperature 0 is greedy decoding.
-                let (temperature, top_k) = if temperature == 0.0 {
-                    (1.0, 1)
-                } else {
-                    (temperature, top_k)
-                };
-                let s = BaseStrategy::new(SamplingConfig {
-                    temperature: temperature as f32,
-                    top_k: top_k as usize,
-                    top_p: top_p as f32,
-                    invalid_tokens: vec![],
-                    end_tokens: ends.clone(),
-                    seed,
-                })
-                .map_err(|e| ApiError::bad(Some("temperature"), e.to_string()))?;
-                Ok(Box::new(s) as Box<dyn Strategy>)
+            .map_err(|e| ApiError::bad(Some("num_beams"), e.to_string()))?;
+            Ok(Box::new(s) as Box<dyn Strategy>)
+        })
+    } else {
+        Box::new(move |seed| {
+            // Temperature 0 is greedy decoding.
+            let (temperature, top_k) = if temperature == 0.0 {
+                (1.0, 1)
+            } else {
+                (temperature, top_k)
+            };
+            let s = BaseStrategy::new(SamplingConfig {
+                temperature: temperature as f32,
+                top_k: top_k as usize,
+                top_p: top_p as f32,
+                invalid_tokens: vec![],
+                end_tokens: ends.clone(),
+                seed,
             })
-        };
+            .map_err(|e| ApiError::bad(Some("temperature"), e.to_string()))?;
+            Ok(Box::new(s) as Box<dyn Strategy>)
+        })
+    };
     Ok(Plan {
         prompts,
         n: n as usize,
