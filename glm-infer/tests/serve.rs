@@ -548,3 +548,51 @@ fn chat_completions_render_the_messages_and_continue_them() {
     let (status, _) = post(addr, "/v1/chat/completions", &json!({"messages": []}));
     assert_eq!(status, 400);
 }
+
+/// Split over tensor-parallel ranks (the largest degree up to 4 the fixture config divides): the
+/// engine replays every forward on the other ranks; concurrent greedy requests still give the
+/// original's answers.
+#[test]
+fn a_server_split_over_ranks_gives_the_same_answers() {
+    let cfg = common::config();
+    let world = (2..=4)
+        .rev()
+        .find(|&n| glm_core::parallel::TpLayout::new(n).check(&cfg).is_ok())
+        .expect("a degree the fixture config divides");
+    let options = LoadOptions {
+        tensor_parallel: Some(world),
+        ..LoadOptions::default()
+    };
+    let glm = Glm::load(common::fixtures(), options).expect("split model");
+    let server = start(
+        glm,
+        ServeOptions {
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..ServeOptions::default()
+        },
+        false,
+    )
+    .expect("server");
+    let addr = server.addr();
+    let threads: Vec<_> = (0..2)
+        .flat_map(|_| greedy_cases())
+        .map(|(prompt, max_tokens, answer)| {
+            std::thread::spawn(move || {
+                let (status, body) = post(
+                    addr,
+                    "/v1/completions",
+                    &json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
+                );
+                assert_eq!(status, 200, "{body}");
+                assert_eq!(
+                    body["choices"][0]["filled_text"], answer,
+                    "TP={world}: {prompt}"
+                );
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("request thread");
+    }
+    server.shutdown().expect("shutdown");
+}

@@ -72,10 +72,10 @@ impl GroupState {
         })
     }
 
-    /// The rank that failed first, if any.
-    pub(crate) fn first_rank(&self) -> Option<usize> {
+    /// The rank that failed first and why, if any.
+    pub(crate) fn first(&self) -> Option<(usize, String)> {
         let first = self.first.lock().unwrap_or_else(PoisonError::into_inner);
-        first.as_ref().map(|(rank, _)| *rank)
+        first.clone()
     }
 
     pub(crate) fn clear(&self) {

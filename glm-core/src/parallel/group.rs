@@ -150,8 +150,9 @@ impl<B: Backend> TensorParallel<B> {
     ///
     /// When a rank fails (returns an error, panics, or a collective fails), every rank stops at
     /// its next collective or layer boundary and this returns [`Error::TensorParallel`] naming the
-    /// rank that failed first — never a hang. When rank 0 failed first (e.g. on a bad prompt,
-    /// which every rank refuses alike), its own error is returned as it is.
+    /// rank that failed first — never a hang. When rank 0 failed first, or met the same error as
+    /// the rank that did (a bad prompt every rank refuses alike), its own error is returned as it
+    /// is.
     pub fn run<T, E>(
         &self,
         lead: impl FnOnce(&GlmModel<B>) -> std::result::Result<T, E>,
@@ -181,9 +182,10 @@ impl<B: Backend> TensorParallel<B> {
             })
         });
         reset_collective::<B>();
-        match (lead_result, state.first_rank()) {
+        match (lead_result, state.first()) {
             (result, None) => result,
-            (Err(own), Some(0)) => Err(own),
+            // Rank 0 failed first, or every rank met the same error (a bad input): rank 0's own.
+            (Err(own), Some((rank, reason))) if rank == 0 || reason == own.to_string() => Err(own),
             (_, Some(_)) => Err(E::from(state.error().unwrap_or(Error::TensorParallel {
                 rank: 0,
                 reason: "a rank failed".into(),

@@ -191,6 +191,13 @@ struct ServeArgs {
     /// Quantize a float checkpoint on load to INT4/INT8 weights.
     #[arg(long)]
     quantization_bit_width: Option<u32>,
+    /// Split the model over N tensor-parallel ranks (cuda: devices 0..N; cpu / wgpu: the ranks
+    /// share the device); the engine's every forward runs on all ranks.
+    #[arg(long)]
+    tensor_parallel: Option<usize>,
+    /// With --tensor-parallel: every rank holds the whole word embedding.
+    #[arg(long, requires = "tensor_parallel")]
+    replicated_embedding: bool,
     /// Most sequences decoded together (continuous batching; a beam request counts its beams).
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
@@ -348,6 +355,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             let options = LoadOptions {
                 dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
                 quantization_bit_width: args.quantization_bit_width,
+                tensor_parallel: args.tensor_parallel,
+                replicated_embedding: args.replicated_embedding,
                 tokenizer: args.tokenizer.clone(),
                 tokenizer_mode: args.tokenizer_mode.clone(),
                 config: args.config.clone(),
@@ -375,7 +384,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             glm_infer::serve::serve(glm, options)
         }
     }
-    glm_infer::cli::dispatch(args.device.parse()?, 1, Serve(args))
+    let ranks = args.tensor_parallel.unwrap_or(1);
+    glm_infer::cli::dispatch(args.device.parse()?, ranks, Serve(args))
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {

@@ -101,6 +101,106 @@ pub struct Request {
     pub events: UnboundedSender<(usize, Event)>,
 }
 
+/// A model or cache operation of the engine, replayed on the other tensor-parallel ranks so that
+/// their forwards meet rank 0's in every all-reduce (their results are not used).
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    /// A blank's prefill into a fresh cache: tokens, positions, mask `[1, 1, n, n]`, room.
+    Prefill {
+        tokens: Vec<i64>,
+        positions: Vec<i64>,
+        mask: Vec<bool>,
+        reserve: usize,
+    },
+    /// Beam rows of the prefilled cache.
+    SelectPending(Vec<usize>),
+    /// The prefilled cache joins the batch.
+    Join,
+    /// The prefilled cache is not needed (the blank ended at once, or failed).
+    DropPending,
+    /// One decode step of `rows` rows over `keys` cached + 1 positions.
+    Step {
+        tokens: Vec<i64>,
+        positions: Vec<i64>,
+        mask: Vec<bool>,
+        rows: usize,
+        keys: usize,
+    },
+    /// Rows kept in the batch cache.
+    SelectBatch(Vec<usize>),
+    /// The batch cache starts afresh.
+    ResetBatch,
+}
+
+/// The channels to the other ranks' [`follow`] loops.
+pub(crate) struct Followers(pub(crate) Vec<std::sync::mpsc::Sender<Op>>);
+
+/// A tensor-parallel rank other than 0 inside `glm serve`: replays rank 0's operations on its own
+/// shard and caches until the engine stops (its channel closes).
+pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_core::Result<()> {
+    let device = model.word_embeddings.val().device();
+    let options = ForwardOptions {
+        hidden_states: false,
+        last_only: true,
+    };
+    let mut batch = model.new_cache();
+    let mut pending: Option<KvCache<B>> = None;
+    while let Ok(op) = ops.recv() {
+        match op {
+            Op::Prefill {
+                tokens,
+                positions,
+                mask,
+                reserve,
+            } => {
+                let n = tokens.len();
+                let mut cache = model.new_cache();
+                cache.reserve(reserve);
+                model.forward_with(
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [1, n]), &device),
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [1, n]), &device),
+                    Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, n, n]), &device),
+                    Some(&mut cache),
+                    options,
+                )?;
+                pending = Some(cache);
+            }
+            Op::SelectPending(rows) => {
+                if let Some(cache) = pending.as_mut() {
+                    cache.select_batch(&rows)?;
+                }
+            }
+            Op::Join => {
+                if let Some(cache) = pending.take() {
+                    batch.merge_batch(cache)?;
+                }
+            }
+            Op::DropPending => pending = None,
+            Op::Step {
+                tokens,
+                positions,
+                mask,
+                rows,
+                keys,
+            } => {
+                model.forward_with(
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, 1]), &device),
+                    Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [rows, 1]), &device),
+                    Tensor::<B, 4, Bool>::from_data(
+                        TensorData::new(mask, [rows, 1, 1, keys + 1]),
+                        &device,
+                    ),
+                    Some(&mut batch),
+                    options,
+                )?;
+            }
+            Op::SelectBatch(rows) => batch.select_batch(&rows)?,
+            Op::ResetBatch => batch = model.new_cache(),
+        }
+    }
+    Ok(())
+}
+
 /// Engine limits.
 #[derive(Debug, Clone, Copy)]
 pub struct EngineLimits {
@@ -131,18 +231,20 @@ struct Active<'t> {
 }
 
 /// Runs the engine until `rx` closes and every request is done.
-pub fn run<B: Backend>(
+pub(crate) fn run<B: Backend>(
     model: &GlmModel<B>,
     codec: &Codec,
     rx: Receiver<Request>,
     limits: EngineLimits,
     metrics: Arc<Metrics>,
+    followers: Option<Followers>,
 ) {
     let mut engine = Engine {
         model,
         codec,
         metrics,
         limits,
+        followers,
         active: Vec::new(),
         cache: model.new_cache(),
     };
@@ -176,11 +278,28 @@ struct Engine<'m, 't, B: Backend> {
     codec: &'t Codec,
     metrics: Arc<Metrics>,
     limits: EngineLimits,
+    followers: Option<Followers>,
     active: Vec<Active<'t>>,
     cache: KvCache<B>,
 }
 
 impl<'t, B: Backend> Engine<'_, 't, B> {
+    /// Replays `op` on the other tensor-parallel ranks (none on one device).
+    fn replay(&self, op: impl FnOnce() -> Op) {
+        if let Some(followers) = &self.followers {
+            let op = op();
+            for tx in &followers.0 {
+                let _ = tx.send(op.clone());
+            }
+        }
+    }
+
+    /// Starts the batch cache afresh (on every rank).
+    fn reset_batch(&mut self) {
+        self.cache = self.model.new_cache();
+        self.replay(|| Op::ResetBatch);
+    }
+
     fn rows(&self) -> usize {
         self.active.iter().map(|a| a.tokens.len()).sum()
     }
@@ -258,6 +377,12 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         for i in 0..ctx {
             mask.extend_from_slice(&sample.mask[i * total..i * total + ctx]);
         }
+        self.replay(|| Op::Prefill {
+            tokens: tok.clone(),
+            positions: pos.clone(),
+            mask: mask.clone(),
+            reserve: total,
+        });
         let out = self.model.forward_with(
             Tensor::<B, 2, Int>::from_data(TensorData::new(tok.clone(), [1, ctx]), &device),
             Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [1, ctx]), &device),
@@ -270,14 +395,19 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         );
         let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
             Ok(l) => l,
-            Err(e) => return failed(req, e),
+            Err(e) => {
+                self.replay(|| Op::DropPending);
+                return failed(req, e);
+            }
         };
         let mut req = req;
         let mut tokens = vec![tok];
         let vocab = config.vocab_size;
         let parents = req.strategy.step(&logits, vocab, &mut tokens);
         if let Some(parents) = &parents {
+            self.replay(|| Op::SelectPending(parents.clone()));
             if let Err(e) = cache.select_batch(parents) {
+                self.replay(|| Op::DropPending);
                 return failed(req, e.into());
             }
         }
@@ -305,6 +435,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         };
         self.after_step(&mut active);
         if self.blank_done(&active) {
+            self.replay(|| Op::DropPending);
             self.end_blank(active);
             return None;
         }
@@ -314,6 +445,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
     /// Joins a prefilled blank's cache rows to the batch.
     fn join(&mut self, mut active: Active<'t>, cache: KvCache<B>) {
         let (have, new) = (self.cache.len(), cache.len());
+        self.replay(|| Op::Join);
         if let Err(e) = self.cache.merge_batch(cache) {
             fail(&self.metrics, &active.req, &e.to_string());
             return;
@@ -355,6 +487,13 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             }
         }
         let started = Instant::now();
+        self.replay(|| Op::Step {
+            tokens: tok.clone(),
+            positions: pos.clone(),
+            mask: mask.clone(),
+            rows,
+            keys: len,
+        });
         let out = self.model.forward_with(
             Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [rows, 1]), &device),
             Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [rows, 1]), &device),
@@ -372,7 +511,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 for a in self.active.drain(..) {
                     fail(&self.metrics, &a.req, &e.to_string());
                 }
-                self.cache = self.model.new_cache();
+                self.reset_batch();
                 return;
             }
         };
@@ -415,13 +554,14 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         }
         self.active = staying;
         if self.active.is_empty() {
-            self.cache = self.model.new_cache();
+            self.reset_batch();
         } else if reordered {
+            self.replay(|| Op::SelectBatch(keep.clone()));
             if let Err(e) = self.cache.select_batch(&keep) {
                 for a in self.active.drain(..) {
                     fail(&self.metrics, &a.req, &e.to_string());
                 }
-                self.cache = self.model.new_cache();
+                self.reset_batch();
             }
         }
         self.metrics

@@ -169,7 +169,10 @@ where
         .name("glm-engine".into())
         .spawn(move || {
             let glm = glm;
-            engine::run(glm.model(), glm.codec(), rx, limits, engine_metrics);
+            match glm.tensor_parallel() {
+                None => engine::run(glm.model(), glm.codec(), rx, limits, engine_metrics, None),
+                Some(group) => run_parallel(group, glm.codec(), rx, limits, engine_metrics),
+            }
         })
         .map_err(|e| Error::Usage(format!("cannot start the engine thread: {e}")))?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -228,6 +231,54 @@ where
         shutdown: Some(stop_tx),
         thread: Some(thread),
     })
+}
+
+/// The engine on rank 0 of a tensor-parallel group, every other rank replaying its operations
+/// ([`engine::follow`]) until the engine stops.
+fn run_parallel<B: Backend>(
+    group: &glm_core::parallel::TensorParallel<B>,
+    codec: &Codec,
+    rx: std::sync::mpsc::Receiver<engine::Request>,
+    limits: engine::EngineLimits,
+    metrics: Arc<Metrics>,
+) {
+    let world = group.world();
+    let (senders, receivers): (Vec<_>, Vec<_>) =
+        (1..world).map(|_| std::sync::mpsc::channel()).unzip();
+    let receivers: std::sync::Mutex<Vec<Option<std::sync::mpsc::Receiver<engine::Op>>>> =
+        std::sync::Mutex::new(receivers.into_iter().map(Some).collect());
+    let failed_metrics = Arc::clone(&metrics);
+    let result = group.run(
+        |rank0| {
+            engine::run(
+                rank0,
+                codec,
+                rx,
+                limits,
+                metrics,
+                Some(engine::Followers(senders)),
+            );
+            Ok::<(), glm_core::Error>(())
+        },
+        |rank| {
+            let r = rank.tensor_parallel_rank().map_or(0, |tp| tp.dims().rank);
+            let ops = receivers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .get_mut(r.wrapping_sub(1))
+                .and_then(Option::take)
+                .ok_or_else(|| {
+                    glm_core::Error::InvalidInput(format!("no operations for rank {r}"))
+                })?;
+            engine::follow(rank, ops)
+        },
+    );
+    if let Err(e) = result {
+        failed_metrics
+            .failed
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        eprintln!("glm serve: the tensor-parallel engine stopped: {e}");
+    }
 }
 
 async fn shutdown_signal() {
