@@ -310,14 +310,7 @@ fn an_odd_vocabulary_is_written_merged_and_run_per_rank() {
     )
     .expect("per rank");
     let cases = read_json("cases.json");
-    let tokens = ints2(&cases["cases"][0]["tokens"]);
-    let input = glm_core::blank::GlmInput {
-        batch: 1,
-        seq: tokens[0].len(),
-        tokens: tokens.concat(),
-        position_ids: ints2(&cases["cases"][0]["position_ids"]).concat(),
-        mask: mask4(&cases["cases"][0]["attention_mask"]),
-    };
+    let input = case_input(&cases["cases"][0]);
     let want = to_vec(
         single
             .forward_input(&input, ForwardOptions::default())

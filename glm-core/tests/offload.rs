@@ -17,31 +17,6 @@ fn shared(path: std::path::PathBuf) -> SharedSource {
     Arc::new(SafetensorsFile::open(path).expect("safetensors"))
 }
 
-fn case_inputs() -> Vec<(String, GlmInput, Vec<usize>, String)> {
-    let json = read_json("cases.json");
-    json["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .map(|c| {
-            let tokens = ints2(&c["tokens"]);
-            let input = GlmInput {
-                batch: tokens.len(),
-                seq: tokens[0].len(),
-                tokens: tokens.concat(),
-                position_ids: ints2(&c["position_ids"]).concat(),
-                mask: mask4(&c["attention_mask"]),
-            };
-            let valid = ints(&c["valid_lengths"])
-                .iter()
-                .map(|&v| v as usize)
-                .collect();
-            let key = c["tensors"]["logits"]["key"].as_str().unwrap().to_string();
-            (c["name"].as_str().unwrap().to_string(), input, valid, key)
-        })
-        .collect()
-}
-
 fn logits<B: Backend>(model: &GlmModel<B>, input: &GlmInput, device: &B::Device) -> Vec<f32> {
     let (t, p, m) = input.to_tensors::<B>(device);
     to_vec(model.forward(t, p, m).expect("forward"))

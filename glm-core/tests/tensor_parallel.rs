@@ -13,18 +13,6 @@ use glm_core::blank::GlmInput;
 use glm_core::parallel::{chunk_range, EmbeddingLayout, TensorParallel, TpLayout};
 use glm_core::weights::SatCheckpoint;
 use glm_core::{Error, ForwardOptions, GlmConfig, GlmModel, ModelOptions};
-use serde_json::Value;
-
-fn case_input(case: &Value) -> GlmInput {
-    let tokens = ints2(&case["tokens"]);
-    GlmInput {
-        batch: tokens.len(),
-        seq: tokens[0].len(),
-        tokens: tokens.concat(),
-        position_ids: ints2(&case["position_ids"]).concat(),
-        mask: mask4(&case["attention_mask"]),
-    }
-}
 
 fn logits_tolerance() -> f32 {
     read_json("cases.json")["tolerance"]["logits_max_abs"]
@@ -56,24 +44,8 @@ fn group_logits(group: &TensorParallel<Cpu>, input: &GlmInput) -> Vec<f32> {
 #[test]
 fn tp2_sat_folders_loaded_per_rank_give_the_two_process_logits() {
     let json = read_json("sat_tp.json");
-    let tol: f32 = json["tolerance"]
-        .as_str()
-        .and_then(|s| s.split("logits ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .expect("logits tolerance in sat_tp.json");
-    let case_name = json["logits"]["case"]
-        .as_str()
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the case of sat_tp.json's logits");
-    let cases = read_json("cases.json");
-    let case = cases["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == case_name)
-        .expect("the sat_tp case in cases.json");
-    let input = case_input(case);
+    let tol = sat_tp_tolerance();
+    let input = case_input(&sat_tp_case());
     let cfg = config();
     let device = Default::default();
     let keys: Vec<String> = json["logits"]["keys"]
@@ -191,25 +163,10 @@ fn every_dividing_degree_reproduces_the_golden_cases() {
 fn quantize_on_load_per_rank_equals_the_original_per_shard_scales() {
     // convert_tp.py quantizes each TP shard on its own; ranks quantizing their own slice of the
     // fp16 TP=1 folder must reproduce the quantized TP=2 two-process logits.
-    let json = read_json("sat_tp.json");
-    let tol: f32 = json["tolerance"]
-        .as_str()
-        .and_then(|s| s.split("logits ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .expect("logits tolerance in sat_tp.json");
-    let cases = read_json("cases.json");
-    let case_name = json["logits"]["case"]
-        .as_str()
-        .and_then(|s| s.split_whitespace().next())
-        .expect("case");
-    let case = cases["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == case_name)
-        .expect("case");
-    let input = case_input(case);
+    let tol = sat_tp_tolerance();
+    let case = sat_tp_case();
+    let case_name = case["name"].as_str().expect("name");
+    let input = case_input(&case);
     let cfg = config();
     let tp1 = SatCheckpoint::open(fixtures().join("sat_tp1")).expect("sat_tp1");
     let world = SatCheckpoint::open(fixtures().join("sat_tp2"))

@@ -74,13 +74,7 @@ fn sat_tp1_and_tp2_load_identical_fp16_weights() {
 fn sat_checkpoints_give_the_recorded_logits() {
     let device = Default::default();
     let cfg = config();
-    let json = read_json("sat_tp.json");
-    let tol: f32 = json["tolerance"]
-        .as_str()
-        .and_then(|s| s.split("logits ").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-        .and_then(|s| s.parse().ok())
-        .expect("logits tolerance in sat_tp.json");
+    let tol = sat_tp_tolerance();
     let cases = read_json("cases.json");
     let case = cases["cases"]
         .as_array()

@@ -118,26 +118,9 @@ fn tp2_sat_folder_on_wgpu_matches_the_two_process_run() {
     use glm_core::parallel::{TensorParallel, TpLayout};
     use glm_core::weights::SatCheckpoint;
     let device = burn::backend::wgpu::WgpuDevice::default();
-    let json = read_json("sat_tp.json");
-    let case_name = json["logits"]["case"]
-        .as_str()
-        .and_then(|s| s.split_whitespace().next())
-        .expect("the case of sat_tp.json's logits");
-    let cases = read_json("cases.json");
-    let case = cases["cases"]
-        .as_array()
-        .expect("cases")
-        .iter()
-        .find(|c| c["name"] == case_name)
-        .expect("the sat_tp case");
-    let tokens = ints2(&case["tokens"]);
-    let input = GlmInput {
-        batch: tokens.len(),
-        seq: tokens[0].len(),
-        tokens: tokens.concat(),
-        position_ids: ints2(&case["position_ids"]).concat(),
-        mask: mask4(&case["attention_mask"]),
-    };
+    let case = sat_tp_case();
+    let case_name = case["name"].as_str().expect("name");
+    let input = case_input(&case);
     let ckpt = SatCheckpoint::open(fixtures().join("sat_tp2")).expect("sat_tp2");
     let cfg = config();
     let group = TensorParallel::<Wgpu>::from_source(

@@ -13,8 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use glm_infer::serve::{start, ServeOptions};
-use glm_infer::{Glm, LoadOptions};
+use glm_infer::serve::ServeOptions;
 use serde_json::{json, Value};
 
 /// A Chromium process, killed on drop.
@@ -105,16 +104,7 @@ fn get(addr: SocketAddr, method: &str, path: &str) -> String {
 
 #[test]
 fn the_page_fills_a_mask_in_a_real_browser() {
-    let glm = Glm::load(common::fixtures(), LoadOptions::default()).expect("fixture model");
-    let server = start(
-        glm,
-        ServeOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..ServeOptions::default()
-        },
-        false,
-    )
-    .expect("server");
+    let server = common::fixture_server(ServeOptions::default());
     let addr = server.addr();
     // A [MASK] prompt from the fixtures' own ids, and the API's answer for it.
     let multi = common::read_json("multimask.json");

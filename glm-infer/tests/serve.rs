@@ -11,17 +11,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use glm_infer::serve::{start, ServeOptions, Server};
+use glm_infer::serve::{ServeOptions, Server};
 use glm_infer::{Glm, LoadOptions};
 use serde_json::{json, Value};
 
 fn server(options: ServeOptions) -> Server {
-    let glm = Glm::load(common::fixtures(), LoadOptions::default()).expect("fixture model");
-    let options = ServeOptions {
-        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-        ..options
-    };
-    start(glm, options, false).expect("server")
+    common::fixture_server(options)
 }
 
 /// One HTTP/1.1 exchange: status, headers (lower-case names), body (chunked decoded).
@@ -477,15 +472,7 @@ fn chat_completions_render_the_messages_and_continue_them() {
             .expect("tokenizer")
     };
     let glm = Glm::from_parts(model.clone(), Some(load()));
-    let server = start(
-        glm,
-        ServeOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..ServeOptions::default()
-        },
-        false,
-    )
-    .expect("server");
+    let server = common::loopback_server(glm, ServeOptions::default());
     let addr = server.addr();
     let messages = [
         ("system", "Answer briefly."),
@@ -564,15 +551,7 @@ fn a_server_split_over_ranks_gives_the_same_answers() {
         ..LoadOptions::default()
     };
     let glm = Glm::load(common::fixtures(), options).expect("split model");
-    let server = start(
-        glm,
-        ServeOptions {
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
-            ..ServeOptions::default()
-        },
-        false,
-    )
-    .expect("server");
+    let server = common::loopback_server(glm, ServeOptions::default());
     let addr = server.addr();
     let threads: Vec<_> = (0..2)
         .flat_map(|_| greedy_cases())

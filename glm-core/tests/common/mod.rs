@@ -103,3 +103,68 @@ pub fn max_diff_valid(
     }
     m
 }
+
+/// The model input of one `cases.json` case.
+pub fn case_input(case: &Value) -> glm_core::blank::GlmInput {
+    let tokens = ints2(&case["tokens"]);
+    glm_core::blank::GlmInput {
+        batch: tokens.len(),
+        seq: tokens[0].len(),
+        tokens: tokens.concat(),
+        position_ids: ints2(&case["position_ids"]).concat(),
+        mask: mask4(&case["attention_mask"]),
+    }
+}
+
+/// Every `cases.json` case: name, input, valid lengths, key of its golden logits.
+pub fn case_inputs() -> Vec<(String, glm_core::blank::GlmInput, Vec<usize>, String)> {
+    let json = read_json("cases.json");
+    json["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .map(|c| {
+            let valid = ints(&c["valid_lengths"])
+                .iter()
+                .map(|&v| v as usize)
+                .collect();
+            let key = c["tensors"]["logits"]["key"]
+                .as_str()
+                .expect("key")
+                .to_string();
+            (
+                c["name"].as_str().expect("name").to_string(),
+                case_input(c),
+                valid,
+                key,
+            )
+        })
+        .collect()
+}
+
+/// The logits tolerance of `sat_tp.json` (its `tolerance` text: "... logits X absolute").
+pub fn sat_tp_tolerance() -> f32 {
+    read_json("sat_tp.json")["tolerance"]
+        .as_str()
+        .and_then(|s| s.split("logits ").nth(1))
+        .and_then(|s| s.split_whitespace().next())
+        .and_then(|s| s.parse().ok())
+        .expect("logits tolerance in sat_tp.json")
+}
+
+/// The `cases.json` case sat_tp.json's logits were computed for.
+pub fn sat_tp_case() -> Value {
+    let json = read_json("sat_tp.json");
+    let name = json["logits"]["case"]
+        .as_str()
+        .and_then(|s| s.split_whitespace().next())
+        .expect("the case of sat_tp.json's logits")
+        .to_string();
+    read_json("cases.json")["cases"]
+        .as_array()
+        .expect("cases")
+        .iter()
+        .find(|c| c["name"] == name.as_str())
+        .cloned()
+        .expect("the sat_tp case in cases.json")
+}
