@@ -329,3 +329,48 @@ fn an_odd_vocabulary_is_written_merged_and_run_per_rank() {
     assert!(d <= tol, "{d}");
     std::fs::remove_dir_all(&work).ok();
 }
+
+/// A quantized SAT folder to safetensors (integer weights, per-shard scales and the marker as
+/// stored) and back: the same folder, byte for byte; the safetensors file loads as the same model.
+#[test]
+fn quantized_sat_folders_round_trip_through_safetensors() {
+    use glm_core::{ForwardOptions, GlmModel, ModelOptions};
+    let work = tmp("quant-st");
+    let cfg = config();
+    for folder in fixture_folders() {
+        let theirs = fixtures().join(&folder);
+        let sat = SatCheckpoint::open(&theirs).expect("folder");
+        let Some(scheme) = source_scheme(&sat, &cfg).expect("scheme") else {
+            continue;
+        };
+        let st = work.join(format!("{folder}.safetensors"));
+        stream_safetensors(&sat, &st, None, DType::F16, &mut |_| {}).expect("to safetensors");
+        let marker = glm_core::weights::convert::read_quantization_marker(&st).expect("marker");
+        assert_eq!(marker, Some((scheme, sat.tensor_parallel())), "{folder}");
+        let file = SafetensorsFile::open(&st).expect("file");
+        let back = work.join(format!("{folder}-back"));
+        write_sat_checkpoint(&file, &cfg, &back, &options_like(&theirs), &mut |_| {})
+            .expect("back to SAT");
+        assert_same_sat(&back, &theirs);
+        // Loaded from either, the same logits.
+        let device = Default::default();
+        let input = case_input(&sat_tp_case());
+        let logits = |src: &dyn WeightSource| {
+            let m = GlmModel::<Cpu>::from_source_quantized(
+                &cfg,
+                src,
+                &device,
+                ModelOptions::default(),
+                None,
+            )
+            .expect("load");
+            to_vec(
+                m.forward_input(&input, ForwardOptions::default())
+                    .expect("forward")
+                    .logits,
+            )
+        };
+        assert_eq!(logits(&sat), logits(&file), "{folder}");
+    }
+    std::fs::remove_dir_all(&work).ok();
+}

@@ -99,12 +99,47 @@ fn st_dtype(dtype: DType) -> Option<&'static str> {
     })
 }
 
+/// The scheme and scale shard count of an already quantized source, read from its first
+/// `attention.dense` (square: its packed width tells INT8 from INT4) and that weight's scales;
+/// `None` for a float source.
+fn stored_quantization(source: &dyn WeightSource) -> Result<Option<(QuantScheme, usize)>> {
+    let Some(scale) = source
+        .names()
+        .into_iter()
+        .find(|n| n.ends_with(&format!("attention.dense.weight{SCALE_SUFFIX}")))
+    else {
+        return Ok(None);
+    };
+    let weight = scale.trim_end_matches(SCALE_SUFFIX).to_string();
+    let bad = |reason: String| Error::InvalidInput(format!("`{weight}`: {reason}"));
+    let shape = source.shape(&weight).ok_or_else(|| bad("missing".into()))?;
+    let [out, cols] = shape[..] else {
+        return Err(bad(format!("shape {shape:?}")));
+    };
+    let scheme = if cols == out {
+        QuantScheme::Int8
+    } else if cols == QuantScheme::Int4.row_bytes(out) {
+        QuantScheme::Int4
+    } else {
+        return Err(bad(format!(
+            "[{out}, {cols}] is neither INT8 nor INT4 of a square matrix"
+        )));
+    };
+    let shards = match source.shape(&scale).as_deref() {
+        Some([s, _]) => *s,
+        _ => 1,
+    };
+    Ok(Some((scheme, shards.max(1))))
+}
+
 /// Writes every tensor of `source` (ignorable buffers skipped) to one safetensors file at `path`,
 /// streamed one tensor at a time (memory: about one tensor in and one out), header first, through
 /// [`write_atomic_with`](crate::weights::write_atomic_with). With `quant`, the four linears of
 /// every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16) exactly as the
 /// original quantizes them (per-shard scales for the row-parallel layers) and the header carries
-/// the quantization marker; every other tensor is converted to `float_dtype`. `progress` is called
+/// the quantization marker; every other tensor is converted to `float_dtype`. An already quantized
+/// source is copied as it is (integer weights, per-shard scales, the marker); `quant` must then
+/// name its scheme or be `None`. `progress` is called
 /// after every tensor. What [`convert_checkpoint`] and `glm init-random` write.
 pub fn stream_safetensors(
     source: &dyn WeightSource,
@@ -119,15 +154,47 @@ pub fn stream_safetensors(
         .ok_or_else(|| {
             Error::InvalidInput(format!("cannot write float tensors as {float_dtype:?}"))
         })?;
+    // An already quantized source (a SAT folder written by convert_tp.py, or our own file) is
+    // copied as it is: integer weights, scales (per shard) and the marker.
+    let stored = stored_quantization(source)?;
+    if let (Some((have, _)), Some(want)) = (stored, quant) {
+        if have != want.scheme {
+            return Err(Error::ConfigMismatch {
+                file,
+                reason: format!("checkpoint is {have}, {} was requested", want.scheme),
+            });
+        }
+    }
+    let quant = if stored.is_some() { None } else { quant };
     let tp = quant
         .and_then(|q| q.tensor_parallel)
-        .unwrap_or_else(|| source_tp(source))
+        .unwrap_or_else(|| stored.map_or_else(|| source_tp(source), |(_, s)| s))
         .max(1);
     let quant = quant.map(|q| q.with_tensor_parallel(tp));
+    let copied = |name: &str| {
+        stored.is_some()
+            && (is_quantized_linear_weight(name)
+                || name
+                    .strip_suffix(SCALE_SUFFIX)
+                    .is_some_and(is_quantized_linear_weight))
+    };
     // Plan: (name, dtype, shape) of every output tensor, sorted by name.
     let mut plan: Vec<(String, &'static str, Vec<usize>)> = Vec::new();
     for name in source.names() {
         if is_ignored_name(&name) {
+            continue;
+        }
+        if copied(&name) {
+            let shape = source.shape(&name).ok_or_else(|| Error::MissingTensor {
+                file: file.clone(),
+                tensor: name.clone(),
+            })?;
+            let dt = if name.ends_with(SCALE_SUFFIX) {
+                "F16"
+            } else {
+                "I8"
+            };
+            plan.push((name, dt, shape));
             continue;
         }
         if name.ends_with(SCALE_SUFFIX) {
@@ -169,9 +236,9 @@ pub fn stream_safetensors(
         _ => 1,
     };
     let mut header = serde_json::Map::new();
-    let metadata = match quant {
-        Some(quant) => serde_json::json!({
-            METADATA_SCHEME_KEY: quant.scheme.marker(),
+    let metadata = match quant.map(|q| q.scheme).or(stored.map(|(s, _)| s)) {
+        Some(scheme) => serde_json::json!({
+            METADATA_SCHEME_KEY: scheme.marker(),
             METADATA_TP_KEY: tp.to_string(),
         }),
         None => serde_json::json!({ "format": "pt" }),
@@ -226,6 +293,22 @@ pub fn stream_safetensors(
                 m.weight_data()
             } else if let Some((_, scale)) = pending_scale.take_if(|(s, _)| s == name) {
                 scale
+            } else if copied(name) {
+                // Integer weights and fp16 scales of a quantized source, as stored.
+                let data = source.load(name)?;
+                let want = if name.ends_with(SCALE_SUFFIX) {
+                    DType::F16
+                } else {
+                    DType::I8
+                };
+                if data.dtype != want {
+                    return Err(Error::UnsupportedDtype {
+                        file: file.clone(),
+                        tensor: name.clone(),
+                        dtype: format!("{:?}", data.dtype),
+                    });
+                }
+                data
             } else {
                 let data = source.load(name)?;
                 if !is_float(data.dtype) {
