@@ -342,55 +342,44 @@ impl<B: Backend> GlmModel<B> {
                 config.num_layers,
             )
         };
-        match (stored, quant) {
-            (None, None) => {
-                check_source(
-                    source,
-                    &param_specs_for(config, dims),
-                    config.num_layers,
-                    &|_| false,
-                )?;
-                build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
-                    load_linear(source, prefix, None, inp, device, dtype)
-                })
-            }
-            (Some(scheme), q) => {
-                if let Some(q) = q.filter(|q| q.scheme != scheme) {
+        // The whole checkpoint is checked before anything is built.
+        match stored {
+            Some(scheme) => {
+                if let Some(q) = quant.filter(|q| q.scheme != scheme) {
                     return Err(Error::ConfigMismatch {
                         file: source.location().to_path_buf(),
                         reason: format!("checkpoint is {scheme}, {} was requested", q.scheme),
                     });
                 }
                 check_quantized_source(source, config, dims, scheme)?;
-                build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
-                    load_linear(source, prefix, Some(scheme), inp, device, dtype)
-                })
             }
-            (None, Some(q)) => {
-                check_source(
-                    source,
-                    &param_specs_for(config, dims),
-                    config.num_layers,
-                    &|_| false,
-                )?;
-                build(&mut |name, _| fetch(name), &mut |prefix, _out, _inp| {
-                    let name = format!("{prefix}.weight");
-                    let weight = source.load(&name)?;
-                    let m = QuantizedMatrix::quantize(
-                        &name,
-                        &weight,
-                        q.shards(prefix, scale_tp),
-                        q.scheme,
-                    )
-                    .map_err(quant_err)?;
-                    drop(weight);
-                    source.release(&name);
-                    Ok(GlmLinear::quantized(
-                        QuantizedWeight::from_matrix(&m, device),
-                        bias(prefix)?,
-                    ))
-                })
-            }
+            None => check_source(
+                source,
+                &param_specs_for(config, dims),
+                config.num_layers,
+                &|_| false,
+            )?,
+        }
+        match (stored, quant) {
+            (None, None) => build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
+                load_linear(source, prefix, None, inp, device, dtype)
+            }),
+            (Some(scheme), _) => build(&mut |name, _| fetch(name), &mut |prefix, _out, inp| {
+                load_linear(source, prefix, Some(scheme), inp, device, dtype)
+            }),
+            (None, Some(q)) => build(&mut |name, _| fetch(name), &mut |prefix, _out, _inp| {
+                let name = format!("{prefix}.weight");
+                let weight = source.load(&name)?;
+                let m =
+                    QuantizedMatrix::quantize(&name, &weight, q.shards(prefix, scale_tp), q.scheme)
+                        .map_err(quant_err)?;
+                drop(weight);
+                source.release(&name);
+                Ok(GlmLinear::quantized(
+                    QuantizedWeight::from_matrix(&m, device),
+                    bias(prefix)?,
+                ))
+            }),
         }
     }
 

@@ -317,13 +317,7 @@ fn an_odd_vocabulary_is_written_merged_and_run_per_rank() {
             .expect("f")
             .logits,
     );
-    let got = group
-        .run(
-            |r| r.forward_input(&input, ForwardOptions::default()),
-            |r| r.forward_input(&input, ForwardOptions::default()).map(drop),
-        )
-        .expect("tp forward");
-    let got = to_vec(got.logits);
+    let got = group_logits(&group, &input);
     let tol = cases["tolerance"]["logits_max_abs"].as_f64().expect("tol") as f32;
     let d = max_diff_valid(&got, &want, 1, input.seq, cfg.vocab_size, &[input.seq]);
     assert!(d <= tol, "{d}");

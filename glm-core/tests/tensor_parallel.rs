@@ -9,7 +9,6 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use common::*;
-use glm_core::blank::GlmInput;
 use glm_core::parallel::{chunk_range, EmbeddingLayout, TensorParallel, TpLayout};
 use glm_core::weights::SatCheckpoint;
 use glm_core::{Error, ForwardOptions, GlmConfig, GlmModel, ModelOptions};
@@ -25,20 +24,6 @@ fn dividing_degrees(config: &GlmConfig) -> Vec<usize> {
     (1..=4)
         .filter(|&n| TpLayout::new(n).check(config).is_ok())
         .collect()
-}
-
-/// The group's logits for `input` (rank 0's; every rank computes the same forward).
-fn group_logits(group: &TensorParallel<Cpu>, input: &GlmInput) -> Vec<f32> {
-    let out = group
-        .run(
-            |rank0| rank0.forward_input(input, ForwardOptions::default()),
-            |rank| {
-                rank.forward_input(input, ForwardOptions::default())
-                    .map(drop)
-            },
-        )
-        .expect("tensor-parallel forward");
-    to_vec(out.logits)
 }
 
 #[test]

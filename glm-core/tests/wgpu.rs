@@ -132,13 +132,7 @@ fn tp2_sat_folder_on_wgpu_matches_the_two_process_run() {
         TpLayout::new(ckpt.tensor_parallel()),
     )
     .expect("load per rank on wgpu");
-    let out = group
-        .run(
-            |rank0| rank0.forward_input(&input, Default::default()),
-            |rank| rank.forward_input(&input, Default::default()).map(drop),
-        )
-        .expect("forward");
-    let ours = to_vec(out.logits);
+    let ours = group_logits(&group, &input);
     let (golden, _) = tensor_f32(
         "sat_tp.safetensors",
         &format!("tp2_fp16.{case_name}.logits"),

@@ -125,14 +125,11 @@ fn metric(addr: SocketAddr, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("metric {name}"))
 }
 
-#[test]
-fn concurrent_greedy_requests_give_the_original_answers_batched() {
-    let server = server(ServeOptions::default());
-    let addr = server.addr();
-    let cases = greedy_cases();
-    // Every case several times at once: they join one running batch.
-    let threads: Vec<_> = (0..3)
-        .flat_map(|_| cases.clone())
+/// `copies` of every greedy fixture case sent at once: each answered with the original's fill
+/// and exact usage.
+fn greedy_answers_at_once(addr: SocketAddr, copies: usize) {
+    let threads: Vec<_> = (0..copies)
+        .flat_map(|_| greedy_cases())
         .map(|(prompt, max_tokens, answer)| {
             std::thread::spawn(move || {
                 let (status, body) = post(
@@ -157,6 +154,14 @@ fn concurrent_greedy_requests_give_the_original_answers_batched() {
     for t in threads {
         t.join().expect("request thread");
     }
+}
+
+#[test]
+fn concurrent_greedy_requests_give_the_original_answers_batched() {
+    let server = server(ServeOptions::default());
+    let addr = server.addr();
+    // Every case several times at once: they join one running batch.
+    greedy_answers_at_once(addr, 3);
     // Rows were decoded together: more rows than steps.
     let (steps, rows) = (
         metric(addr, "glm_decode_steps_total"),
@@ -236,40 +241,38 @@ fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
     let cfg = common::config();
     let (prompt, max_tokens, answer) = greedy_cases().remove(0);
     let good = json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}).to_string();
-    let mask = "[MASK]";
+    // Every prompt below is made of the fixture prompt's own ids.
+    let ids: Vec<&str> = prompt
+        .split_whitespace()
+        .filter(|w| w.parse::<u32>().is_ok())
+        .collect();
+    assert!(ids.len() >= 3, "a fixture prompt with three ids: {prompt}");
+    let short = ids[..2].join(" ");
+    let with = |extra: Value| {
+        let mut body = json!({"prompt": short});
+        if let (Some(b), Some(e)) = (body.as_object_mut(), extra.as_object()) {
+            b.extend(e.clone());
+        }
+        body.to_string().into_bytes()
+    };
+    let blanks = format!("{} [MASK] {} [MASK] {} [MASK]", ids[0], ids[1], ids[2]);
     let bad: Vec<(&str, Vec<u8>, u16)> = vec![
         ("malformed JSON", b"{\"prompt\": ".to_vec(), 400),
-        (
-            "wrong type",
-            br#"{"prompt": "1 2", "max_tokens": "many"}"#.to_vec(),
-            400,
-        ),
+        ("wrong type", with(json!({"max_tokens": "many"})), 400),
         (
             "temperature out of range",
-            br#"{"prompt": "1 2", "temperature": 7}"#.to_vec(),
+            with(json!({"temperature": 7})),
             400,
         ),
-        (
-            "top_p out of range",
-            br#"{"prompt": "1 2", "top_p": 0}"#.to_vec(),
-            400,
-        ),
-        (
-            "zero max_tokens",
-            br#"{"prompt": "1 2", "max_tokens": 0}"#.to_vec(),
-            400,
-        ),
-        (
-            "unknown model",
-            br#"{"prompt": "1 2", "model": "gpt-9"}"#.to_vec(),
-            404,
-        ),
+        ("top_p out of range", with(json!({"top_p": 0})), 400),
+        ("zero max_tokens", with(json!({"max_tokens": 0})), 400),
+        ("unknown model", with(json!({"model": "gpt-9"})), 404),
         ("invalid UTF-8", b"{\"prompt\": \"\xff\xfe\"}".to_vec(), 400),
         ("empty prompt", br#"{"prompt": "   "}"#.to_vec(), 400),
         ("no prompt", br#"{"max_tokens": 3}"#.to_vec(), 400),
         (
             "too many blanks",
-            format!(r#"{{"prompt": "1 {mask} 2 {mask} 3 {mask}"}}"#).into_bytes(),
+            json!({"prompt": blanks}).to_string().into_bytes(),
             400,
         ),
         (
@@ -279,15 +282,13 @@ fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
         ),
         (
             "longer than the model",
-            json!({"prompt": "1 2", "max_tokens": cfg.max_sequence_length})
-                .to_string()
-                .into_bytes(),
+            with(json!({"max_tokens": cfg.max_sequence_length})),
             400,
         ),
         ("oversize body", vec![b' '; 8192], 413),
         (
             "beam-only control without beams",
-            br#"{"prompt": "1 2", "min_tokens": 2}"#.to_vec(),
+            with(json!({"min_tokens": 2})),
             400,
         ),
     ];
@@ -329,10 +330,12 @@ fn bad_requests_are_openai_errors_and_the_server_keeps_serving() {
     }
     assert!(metric(addr, "glm_requests_rejected_total") >= bad.len() as f64);
     // The small endpoints.
-    let (status, body) = post(addr, "/tokenize", &json!({"text": "5 6 7"}));
-    assert_eq!((status, body["tokens"].clone()), (200, json!([5, 6, 7])));
-    let (status, body) = post(addr, "/detokenize", &json!({"tokens": [5, 6, 7]}));
-    assert_eq!((status, body["text"].as_str()), (200, Some("5 6 7")));
+    let three = ids[..3].join(" ");
+    let numbers: Vec<u64> = ids[..3].iter().map(|w| w.parse().expect("id")).collect();
+    let (status, body) = post(addr, "/tokenize", &json!({"text": three}));
+    assert_eq!((status, body["tokens"].clone()), (200, json!(numbers)));
+    let (status, body) = post(addr, "/detokenize", &json!({"tokens": numbers}));
+    assert_eq!((status, body["text"].as_str()), (200, Some(three.as_str())));
     let (status, _) = post(addr, "/detokenize", &json!({"tokens": [cfg.vocab_size]}));
     assert_eq!(status, 400);
     let (status, _, bytes) = http(addr, "GET", "/v1/models", b"");
@@ -398,7 +401,7 @@ fn a_client_that_disconnects_frees_its_slot() {
     // A long stream: read the first event, then hang up.
     let budget = (cfg.max_sequence_length / 2).min(512);
     let body =
-        json!({"prompt": "11 12 13", "max_tokens": budget, "stream": true, "temperature": 0})
+        json!({"prompt": greedy_cases().remove(0).0, "max_tokens": budget, "stream": true, "temperature": 0})
             .to_string();
     let mut s = TcpStream::connect(addr).expect("connect");
     s.write_all(
@@ -553,25 +556,6 @@ fn a_server_split_over_ranks_gives_the_same_answers() {
     let glm = Glm::load(common::fixtures(), options).expect("split model");
     let server = common::loopback_server(glm, ServeOptions::default());
     let addr = server.addr();
-    let threads: Vec<_> = (0..2)
-        .flat_map(|_| greedy_cases())
-        .map(|(prompt, max_tokens, answer)| {
-            std::thread::spawn(move || {
-                let (status, body) = post(
-                    addr,
-                    "/v1/completions",
-                    &json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
-                );
-                assert_eq!(status, 200, "{body}");
-                assert_eq!(
-                    body["choices"][0]["filled_text"], answer,
-                    "TP={world}: {prompt}"
-                );
-            })
-        })
-        .collect();
-    for t in threads {
-        t.join().expect("request thread");
-    }
+    greedy_answers_at_once(addr, 2);
     server.shutdown().expect("shutdown");
 }

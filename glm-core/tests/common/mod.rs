@@ -168,3 +168,18 @@ pub fn sat_tp_case() -> Value {
         .cloned()
         .expect("the sat_tp case in cases.json")
 }
+
+/// A forward of `input` on every rank of `group` (rank 0's logits; every rank computes the same).
+pub fn group_logits<B: Backend>(
+    group: &glm_core::parallel::TensorParallel<B>,
+    input: &glm_core::blank::GlmInput,
+) -> Vec<f32> {
+    let options = glm_core::ForwardOptions::default();
+    let out = group
+        .run(
+            |rank0| rank0.forward_input(input, options),
+            |rank| rank.forward_input(input, options).map(drop),
+        )
+        .expect("tensor-parallel forward");
+    to_vec(out.logits)
+}

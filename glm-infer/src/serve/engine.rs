@@ -486,7 +486,6 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 mask.extend_from_slice(&row_mask);
             }
         }
-        let started = Instant::now();
         self.replay(|| Op::Step {
             tokens: tok.clone(),
             positions: pos.clone(),
@@ -515,7 +514,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 return;
             }
         };
-        self.metrics.observe_step(started.elapsed(), rows);
+        self.metrics.observe_step(rows);
         // Each request steps its own strategy on its rows; the cache follows every row kept.
         let mut keep: Vec<usize> = Vec::with_capacity(rows);
         let mut staying = Vec::with_capacity(self.active.len());

@@ -79,7 +79,7 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub(crate) fn observe_step(&self, _took: Duration, rows: usize) {
+    pub(crate) fn observe_step(&self, rows: usize) {
         self.steps.fetch_add(1, Ordering::Relaxed);
         self.step_rows.fetch_add(rows as u64, Ordering::Relaxed);
     }
