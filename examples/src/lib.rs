@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 #[cfg(feature = "flex")]
 pub mod fuzz;
+pub mod quickstart;
 
 /// Folder of the fixture model: the first CLI argument, else `GLM_FIXTURES`, else `../shared/fixtures`.
 pub fn fixture_dir() -> Result<std::path::PathBuf, glm_core::Error> {

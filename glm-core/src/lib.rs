@@ -49,6 +49,7 @@ pub mod plan;
 pub mod quantized;
 pub mod rotary;
 pub mod support;
+pub mod vocab;
 /// The support modules under their former paths (`glm_core::device`, `glm_core::data_dir`).
 pub use support::{data_dir, device};
 pub mod weights;

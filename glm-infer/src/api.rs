@@ -22,6 +22,7 @@ use std::sync::{Arc, Mutex};
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use glm_core::parallel::{EmbeddingLayout, TensorParallel, TpLayout};
+use glm_core::vocab::VocabMap;
 use glm_core::{GlmConfig, GlmModel, ModelOptions, RotaryPrecision};
 
 use crate::beam::{BeamConfig, BeamSearchStrategy};
@@ -237,7 +238,16 @@ impl<B: Backend> Glm<B> {
             let beside = folder.join("ice_text.model");
             beside.is_file().then_some(beside)
         });
-        let codec = crate::cli::load_codec(tokenizer.as_deref(), &options.tokenizer_mode, &config)?;
+        let vocab_map = VocabMap::load_beside(&folder)?;
+        if let Some(map) = &vocab_map {
+            map.check_config(&config, &folder.join(glm_core::vocab::VOCAB_MAP_FILE))?;
+        }
+        let codec = crate::cli::load_codec(
+            tokenizer.as_deref(),
+            &options.tokenizer_mode,
+            &config,
+            vocab_map,
+        )?;
         let model_options = ModelOptions {
             dtype: options.dtype,
             rotary: if options.rotary_fp32 {
@@ -286,6 +296,13 @@ impl<B: Backend> Glm<B> {
             group: None,
             codec,
         })
+    }
+
+    /// `self` for a model trained with a compact vocabulary ([`VocabMap`]): text is tokenized
+    /// with the tokenizer's ids and translated into the model's through `map`, and back.
+    pub fn with_vocab_map(mut self, map: VocabMap) -> Self {
+        self.codec = self.codec.with_vocab_map(map);
+        self
     }
 
     /// A model and codec built elsewhere (e.g. [`GlmModel::random`] with integer-id text).
@@ -431,10 +448,7 @@ impl<B: Backend> Glm<B> {
         let ends = strategy.end_tokens().to_vec();
         let stream_text = matches!(options.decoding, Decoding::Sampling(_));
         let mut streamer: Option<(usize, TokenStream)> = None;
-        let tokenizer = match &self.codec {
-            Codec::Ice(t) => Some(t.as_ref()),
-            Codec::Ids(_) => None,
-        };
+        let codec = &self.codec;
         let mut on_step = |rows: &[Vec<i64>]| {
             if !stream_text {
                 return;
@@ -445,15 +459,14 @@ impl<B: Backend> Glm<B> {
                 .take_while(|&&t| t != i64::from(specials.sop))
                 .count()
                 + 1;
-            match tokenizer {
-                Some(tok) => {
+            match codec.tokenizer() {
+                Some(_) => {
                     let s = match &mut streamer {
                         Some((c, s)) if *c == ctx => s,
-                        _ => {
-                            &mut streamer
-                                .insert((ctx, TokenStream::new(tok, ctx, ends.clone())))
-                                .1
-                        }
+                        _ => match TokenStream::for_codec(codec, ctx, ends.clone()) {
+                            Some(s) => &mut streamer.insert((ctx, s)).1,
+                            None => return,
+                        },
                     };
                     let piece = s.push_rows(rows);
                     if !piece.is_empty() {
@@ -462,7 +475,7 @@ impl<B: Backend> Glm<B> {
                 }
                 None => {
                     if let Some(&last) = row.last().filter(|&&t| t >= 0) {
-                        on_piece(&format!("{last} "));
+                        on_piece(&format!("{} ", codec.detokenize(&[last as u32])));
                     }
                 }
             }

@@ -2,10 +2,12 @@
 //! [`Glm`](crate::Glm), the one way to load a model), flag parsing, device selection.
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use burn::tensor::backend::Backend;
 use burn::tensor::DType;
 use glm_core::quantized::QuantizeOptions;
+use glm_core::vocab::VocabMap;
 use glm_core::{GlmConfig, GlmModel, ModelOptions};
 use glm_tokenizer::{Tokenizer, TokenizerOptions};
 
@@ -189,6 +191,54 @@ pub enum Codec {
     Ice(Box<Tokenizer>),
     /// Whitespace-separated ids.
     Ids(IdCodec),
+    /// The codec of a compact-vocabulary model (`vocab_map.json` beside its config): the inner
+    /// codec speaks the tokenizer's ids, the map translates them to the model's and back, so
+    /// prompts and outputs keep the tokenizer's ids on the outside.
+    Compact(Box<Codec>, Arc<VocabMap>),
+}
+
+impl Codec {
+    /// The SentencePiece tokenizer, if text goes through one.
+    pub fn tokenizer(&self) -> Option<&Tokenizer> {
+        match self {
+            Codec::Ice(t) => Some(t.as_ref()),
+            Codec::Ids(_) => None,
+            Codec::Compact(inner, _) => inner.tokenizer(),
+        }
+    }
+
+    /// The compact vocabulary's map, if the model has one.
+    pub fn vocab_map(&self) -> Option<&VocabMap> {
+        match self {
+            Codec::Compact(_, map) => Some(map),
+            _ => None,
+        }
+    }
+
+    /// Text → the tokenizer's ids (for a compact-vocabulary model, before translation into the
+    /// model's ids; otherwise the same as [`TextCodec::tokenize`]).
+    pub fn tokenize_outer(&self, text: &str) -> Result<Vec<u32>> {
+        match self {
+            Codec::Compact(inner, _) => inner.tokenize(text),
+            other => other.tokenize(text),
+        }
+    }
+
+    /// The tokenizer's ids → text (the inverse of [`Codec::tokenize_outer`]).
+    pub fn detokenize_outer(&self, ids: &[u32]) -> String {
+        match self {
+            Codec::Compact(inner, _) => inner.detokenize(ids),
+            other => other.detokenize(ids),
+        }
+    }
+
+    /// Wraps `self` for a model with the compact vocabulary `map`.
+    pub fn with_vocab_map(self, map: VocabMap) -> Self {
+        match self {
+            Codec::Compact(inner, _) => Codec::Compact(inner, Arc::new(map)),
+            other => Codec::Compact(Box::new(other), Arc::new(map)),
+        }
+    }
 }
 
 impl TextCodec for Codec {
@@ -196,19 +246,41 @@ impl TextCodec for Codec {
         match self {
             Codec::Ice(t) => t.tokenize(text),
             Codec::Ids(c) => c.tokenize(text),
+            Codec::Compact(inner, map) => Ok(map.ids_to_inner(&inner.tokenize(text)?)?),
         }
     }
     fn detokenize(&self, ids: &[u32]) -> String {
         match self {
             Codec::Ice(t) => t.detokenize(ids),
             Codec::Ids(c) => c.detokenize(ids),
+            // Ids beyond the map cannot come from the model's logits; they decode as nothing.
+            Codec::Compact(inner, map) => {
+                let outer: Vec<u32> = ids.iter().filter_map(|&t| map.to_outer(t)).collect();
+                inner.detokenize(&outer)
+            }
         }
     }
 }
 
 /// Loads `--tokenizer` in `mode` (icetk = the GLM-130B release path, glm130b, chatglm6b) and checks
 /// its special ids against the model's config; `None` = integer ids.
-pub(crate) fn load_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
+pub(crate) fn load_codec(
+    path: Option<&Path>,
+    mode: &str,
+    config: &GlmConfig,
+    vocab_map: Option<VocabMap>,
+) -> Result<Codec> {
+    let Some(map) = vocab_map else {
+        return load_plain_codec(path, mode, config);
+    };
+    // A compact-vocabulary model: the tokenizer is checked against the config in outer ids.
+    let mut outer = config.clone();
+    outer.vocab_size = map.outer_vocab_size;
+    outer.special_tokens = map.outer_specials(&config.special_tokens)?;
+    Ok(load_plain_codec(path, mode, &outer)?.with_vocab_map(map))
+}
+
+fn load_plain_codec(path: Option<&Path>, mode: &str, config: &GlmConfig) -> Result<Codec> {
     let Some(path) = path else {
         return Ok(Codec::Ids(IdCodec));
     };

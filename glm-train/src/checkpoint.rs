@@ -42,6 +42,10 @@ pub struct CorpusInfo {
     pub fingerprint: String,
     /// Instruction (MIP) pairs.
     pub instructions: u64,
+    /// [`glm_core::vocab::VocabMap::fingerprint`] of a compact-vocabulary run (absent with the
+    /// full vocabulary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vocab_map: Option<String>,
 }
 
 impl CorpusInfo {
@@ -62,6 +66,13 @@ impl CorpusInfo {
             d.push(format!(
                 "{} instructions then, {} now",
                 self.instructions, now.instructions
+            ));
+        }
+        if self.vocab_map != now.vocab_map {
+            d.push(format!(
+                "compact vocabulary {} then, {} now",
+                self.vocab_map.as_deref().unwrap_or("(none)"),
+                now.vocab_map.as_deref().unwrap_or("(none)")
             ));
         }
         if d.is_empty() && self.fingerprint != now.fingerprint {

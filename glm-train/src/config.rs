@@ -39,6 +39,27 @@ impl Precision {
     }
 }
 
+/// Which token ids the model's embedding and LM head have rows for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Vocabulary {
+    /// Every id of the model config's `vocab_size` (GLM-130B's layout; the default).
+    #[default]
+    Full,
+    /// Only the ids found in the training data (corpus and MIP pairs), the special tokens and the
+    /// tokenizer's `<unk>`: the model's `vocab_size` becomes their count and its ids are indices
+    /// into them. The map is saved as `vocab_map.json` beside the exported `config.json`
+    /// ([`glm_core::vocab::VocabMap`]); glm-infer translates through it, so prompts and outputs
+    /// keep the tokenizer's ids.
+    Compact,
+}
+
+impl Vocabulary {
+    fn is_full(&self) -> bool {
+        *self == Vocabulary::Full
+    }
+}
+
 /// Where the data comes from.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(default, deny_unknown_fields)]
@@ -133,6 +154,9 @@ pub struct TrainConfig {
     /// Validation batches (of `batch_size` sequences).
     #[serde(default = "two")]
     pub validation_batches: usize,
+    /// Full or compact vocabulary (`"full"` by default; `"compact"` for small experiments).
+    #[serde(default, skip_serializing_if = "Vocabulary::is_full")]
+    pub vocabulary: Vocabulary,
 }
 
 /// Most sequences per micro-batch ([`TrainConfig::batch_size`]).

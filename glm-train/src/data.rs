@@ -648,11 +648,7 @@ impl DataStream {
             }
         }
         let use_mask = self.state.rng.bernoulli(obj.mask_ratio);
-        let window = if obj.mask_window == 0 {
-            (self.config.seq_len / 4).max(8)
-        } else {
-            obj.mask_window
-        };
+        let window = obj.window(self.config.seq_len);
         let mut rng = self.state.rng.clone();
         let text = self.current_text().to_vec();
         let built = if use_mask {

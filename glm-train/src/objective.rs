@@ -53,6 +53,16 @@ impl Default for ObjectiveConfig {
 }
 
 impl ObjectiveConfig {
+    /// The longest `[MASK]` segment (Part A + Part B rows) in sequences of `seq_len`:
+    /// [`ObjectiveConfig::mask_window`], or a quarter of the sequence (at least 8) when it is 0.
+    pub fn window(&self, seq_len: usize) -> usize {
+        if self.mask_window == 0 {
+            (seq_len / 4).max(8)
+        } else {
+            self.mask_window
+        }
+    }
+
     /// Checks ranges.
     pub fn validate(&self) -> Result<()> {
         let unit = [

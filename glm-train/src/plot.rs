@@ -122,6 +122,7 @@ mod tests {
             targets: 8,
             val_loss: val,
             val_ppl: val.map(f64::exp),
+            wall_s: None,
         }
     }
 

@@ -3,13 +3,16 @@
 //! `[MASK]` / `[gMASK]` prompts with them).
 
 use std::path::Path;
+use std::sync::Arc;
 
+use glm_core::vocab::VocabMap;
 use glm_core::GlmModel;
 use glm_tokenizer::Tokenizer;
 
 use crate::config::TrainConfig;
+use crate::data::TokenStore;
 use crate::error::{Error, Result};
-use crate::trainer::{load_tokenizer, MetricsLine, Trainer};
+use crate::trainer::{load_tokenizer, read_metrics, train_seconds, MetricsLine, Trainer};
 
 /// What [`quickstart`] returns.
 #[cfg(feature = "flex")]
@@ -20,6 +23,19 @@ pub struct Quickstart {
     pub tokenizer: Tokenizer,
     /// Metrics of the steps run by this call (empty if the run in `out` was already complete).
     pub metrics: Vec<MetricsLine>,
+    /// The compact vocabulary's map (`None` with the full vocabulary): the model's ids are
+    /// indices into it, the tokenizer's ids its values.
+    pub vocab_map: Option<VocabMap>,
+    /// The tokenized corpus, in the model's ids.
+    pub documents: Arc<TokenStore>,
+    /// Indices of the documents trained on.
+    pub train_docs: Vec<u32>,
+    /// Indices of the held-out documents (validation).
+    pub validation_docs: Vec<u32>,
+    /// Validation loss of the final model (`None` without validation documents).
+    pub val_loss: Option<f64>,
+    /// Training wall time of the whole run (all its segments) recorded in `metrics.jsonl`.
+    pub train_seconds: f64,
 }
 
 /// Trains (or finishes / reloads a finished run in `out`) with the config at `config`
@@ -53,9 +69,17 @@ pub fn quickstart(config: &Path, out: &Path, progress: bool) -> Result<Quickstar
     let mut trainer = Trainer::<B>::new(config, out, &device, resume)?;
     trainer.progress = progress;
     let metrics = trainer.run()?;
+    let val_loss = trainer.validation_loss()?;
+    let train_seconds = train_seconds(&read_metrics(&metrics_path)?);
     Ok(Quickstart {
         model: trainer.state.master_model(),
         tokenizer,
         metrics,
+        vocab_map: trainer.vocab_map.clone(),
+        documents: trainer.documents.clone(),
+        train_docs: trainer.train_docs.clone(),
+        validation_docs: trainer.validation_docs.clone(),
+        val_loss,
+        train_seconds,
     })
 }

@@ -10,13 +10,14 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
-use glm_core::GlmModel;
+use glm_core::vocab::VocabMap;
+use glm_core::{GlmConfig, GlmModel};
 use glm_tokenizer::{Tokenizer, TokenizerOptions};
 use serde::{Deserialize, Serialize};
 
 use crate::batch::Batch;
 use crate::checkpoint::{self, CheckpointMeta, CorpusInfo};
-use crate::config::{Precision, TrainConfig};
+use crate::config::{Precision, TrainConfig, Vocabulary};
 use crate::data::{
     prepare_corpus, read_instructions, split_documents, DataStream, StreamConfig, TokenStore,
 };
@@ -52,6 +53,15 @@ pub struct MetricsLine {
     /// Validation perplexity `exp(val_loss)`, on validation steps.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub val_ppl: Option<f64>,
+    /// Wall seconds since the previous line of this run segment (the step, its validation and
+    /// the checkpoint written after the previous step); absent in files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wall_s: Option<f64>,
+}
+
+/// Training wall time recorded in `metrics` (the sum of [`MetricsLine::wall_s`]).
+pub fn train_seconds(metrics: &[MetricsLine]) -> f64 {
+    metrics.iter().filter_map(|m| m.wall_s).sum()
 }
 
 /// Reads `metrics.jsonl` (complete, parseable lines only).
@@ -97,6 +107,16 @@ pub struct Trainer<B: AutodiffBackend> {
     pub devices: Vec<B::Device>,
     /// The corpus being trained on (recorded in checkpoints, checked on resume).
     pub corpus: CorpusInfo,
+    /// The model's config: `config.model`, or with a compact vocabulary its renumbered version.
+    pub model_config: GlmConfig,
+    /// The compact vocabulary's map (`None` with the full vocabulary).
+    pub vocab_map: Option<VocabMap>,
+    /// The tokenized corpus, in the model's ids.
+    pub documents: Arc<TokenStore>,
+    /// Indices of the training documents in [`Trainer::documents`].
+    pub train_docs: Vec<u32>,
+    /// Indices of the held-out (validation) documents in [`Trainer::documents`].
+    pub validation_docs: Vec<u32>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -165,23 +185,12 @@ impl<B: AutodiffBackend> Trainer<B> {
             .cache_dir
             .clone()
             .unwrap_or_else(|| out.join("cache"));
-        let store = Arc::new(prepare_corpus(
-            &config.data.train,
-            tokenize_ref,
-            &tag,
-            &cache,
-        )?);
-        check_vocab(&store, config.model.vocab_size)?;
+        let store = prepare_corpus(&config.data.train, tokenize_ref, &tag, &cache)?;
         let mip = match &config.data.mip {
             Some(p) => read_instructions(p, tokenize_ref)?,
             None => Vec::new(),
         };
-        let corpus = CorpusInfo {
-            documents: store.len() as u64,
-            tokens: store.num_tokens(),
-            fingerprint: store.fingerprint(),
-            instructions: mip.len() as u64,
-        };
+        check_vocab(&store, config.model.vocab_size)?;
         if let Some(bad) = mip
             .iter()
             .flat_map(|i| i.prompt.iter().chain(&i.target))
@@ -191,18 +200,33 @@ impl<B: AutodiffBackend> Trainer<B> {
                 "MIP token id {bad} is outside the vocabulary"
             )));
         }
+        let (store, mip, model_config, vocab_map) = match config.vocabulary {
+            Vocabulary::Full => (store, mip, config.model.clone(), None),
+            Vocabulary::Compact => {
+                let unknown = tokenizer.as_ref().and_then(|t| t.unk_id());
+                compact_data(&config.model, store, mip, unknown)?
+            }
+        };
+        let store = Arc::new(store);
+        let corpus = CorpusInfo {
+            documents: store.len() as u64,
+            tokens: store.num_tokens(),
+            fingerprint: store.fingerprint(),
+            instructions: mip.len() as u64,
+            vocab_map: vocab_map.as_ref().map(VocabMap::fingerprint),
+        };
         let (train_docs, val_docs) =
             split_documents(store.len(), config.data.validation_fraction, config.seed);
         let stream_config = |seed| StreamConfig {
             seq_len: config.seq_len,
             objective: config.objective.clone(),
-            specials: config.model.special_tokens,
+            specials: model_config.special_tokens,
             seed,
             min_segment: 8,
         };
         let stream = DataStream::new(
             store.clone(),
-            train_docs,
+            train_docs.clone(),
             Arc::new(mip),
             stream_config(config.seed),
         )?;
@@ -210,8 +234,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             Vec::new()
         } else {
             let mut v = DataStream::new(
-                store,
-                val_docs,
+                store.clone(),
+                val_docs.clone(),
                 Arc::new(Vec::new()),
                 stream_config(config.seed ^ 0x7A11),
             )?;
@@ -220,7 +244,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 .collect()
         };
         let model = deepnorm_model::<B>(
-            &config.model,
+            &model_config,
             &config.init,
             config.seed,
             config.precision.dtype(),
@@ -246,6 +270,11 @@ impl<B: AutodiffBackend> Trainer<B> {
             progress: false,
             devices,
             corpus,
+            model_config,
+            vocab_map,
+            documents: store,
+            train_docs,
+            validation_docs: val_docs,
         };
         if resume {
             trainer.resume()?;
@@ -358,6 +387,7 @@ impl<B: AutodiffBackend> Trainer<B> {
             None
         };
         let mut lines = Vec::new();
+        let mut mark = Instant::now();
         while self.step < total {
             let start = Instant::now();
             let (report, tokens) = self.train_step()?;
@@ -382,7 +412,9 @@ impl<B: AutodiffBackend> Trainer<B> {
                 targets: report.targets,
                 val_loss,
                 val_ppl: val_loss.map(f64::exp),
+                wall_s: Some(mark.elapsed().as_secs_f64()),
             };
+            mark = Instant::now();
             let json = serde_json::to_string(&line).map_err(|e| Error::Data(e.to_string()))?;
             file.write_all(format!("{json}\n").as_bytes())
                 .map_err(|e| Error::io(&metrics_path, e))?;
@@ -450,11 +482,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         )
     }
 
-    /// Writes `OUT/model.safetensors` (f32, original names) and `OUT/config.json`.
+    /// Writes `OUT/model.safetensors` (f32, original names) and `OUT/config.json` (the model's
+    /// own config: with a compact vocabulary its renumbered one, and `OUT/vocab_map.json` beside
+    /// it — written first, so a `config.json` never names a map that is not there yet).
     pub fn export(&self) -> Result<()> {
         let model: GlmModel<B::InnerBackend> = self.state.master_model();
+        match &self.vocab_map {
+            Some(map) => {
+                map.save_beside(&self.out)?;
+            }
+            None => {
+                let stale = self.out.join(glm_core::vocab::VOCAB_MAP_FILE);
+                if stale.exists() {
+                    std::fs::remove_file(&stale).map_err(|e| Error::io(&stale, e))?;
+                }
+            }
+        }
         model.save_safetensors(self.out.join("model.safetensors"), burn::tensor::DType::F32)?;
-        self.config.model.save(self.out.join("config.json"))?;
+        self.model_config.save(self.out.join("config.json"))?;
         Ok(())
     }
 }
@@ -483,6 +528,60 @@ fn metrics_up_to(path: &Path, step: u64) -> Result<Option<String>> {
         }
     }
     Ok((kept != text).then_some(kept))
+}
+
+/// The data of a compact-vocabulary run: the map (every id of the corpus and the MIP pairs, the
+/// special tokens, `unknown`), the corpus renumbered into a store beside the original one (reused
+/// when present), the MIP pairs renumbered and the model config with the compact vocabulary.
+fn compact_data(
+    outer: &GlmConfig,
+    store: TokenStore,
+    mut mip: Vec<crate::data::Instruction>,
+    unknown: Option<u32>,
+) -> Result<(
+    TokenStore,
+    Vec<crate::data::Instruction>,
+    GlmConfig,
+    Option<VocabMap>,
+)> {
+    let mut seen = vec![false; outer.vocab_size];
+    let docs = (0..store.len()).flat_map(|d| store.doc(d).iter());
+    let pairs = mip.iter().flat_map(|i| i.prompt.iter().chain(&i.target));
+    for &t in docs.chain(pairs) {
+        // Every id was checked against the outer vocabulary before.
+        if let Some(s) = seen.get_mut(t as usize) {
+            *s = true;
+        }
+    }
+    let kept = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, &s)| s)
+        .filter_map(|(i, _)| u32::try_from(i).ok());
+    let map = VocabMap::for_config(outer, kept, unknown)?;
+    let model_config = map.compact_config(outer)?;
+    let inner = |ids: &[u32]| -> Result<Vec<u32>> { Ok(map.ids_to_inner(ids)?) };
+    for i in &mut mip {
+        i.prompt = inner(&i.prompt)?;
+        i.target = inner(&i.target)?;
+    }
+    let mut prefix = store.path().as_os_str().to_owned();
+    prefix.push(format!("-compact-{}", map.fingerprint()));
+    let prefix = PathBuf::from(prefix);
+    let compact = match TokenStore::exists(&prefix)
+        .then(|| TokenStore::open(&prefix).ok())
+        .flatten()
+        .filter(|c| c.len() == store.len() && c.num_tokens() == store.num_tokens())
+    {
+        Some(c) => c,
+        None => {
+            let docs = (0..store.len())
+                .map(|d| inner(store.doc(d)))
+                .collect::<Result<Vec<_>>>()?;
+            TokenStore::write(&prefix, &docs)?
+        }
+    };
+    Ok((compact, mip, model_config, Some(map)))
 }
 
 fn check_vocab(store: &TokenStore, vocab: usize) -> Result<()> {

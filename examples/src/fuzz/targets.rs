@@ -1058,6 +1058,7 @@ impl CheckpointMetaTarget {
             tokens: store.num_tokens(),
             fingerprint: store.fingerprint(),
             instructions: 0,
+            vocab_map: None,
         };
         let n = store.len() as u32;
         let mut stream = DataStream::new(

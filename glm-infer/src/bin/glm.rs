@@ -958,8 +958,8 @@ fn process<B: Backend>(
     println!("\nInput: {}", prompt.raw_text);
     let end_tokens = strategies.lead.end_tokens().to_vec();
     let streaming = stream && args.sampling_strategy == "BaseStrategy";
-    let result = match (streaming, codec) {
-        (true, Codec::Ice(tok)) => {
+    let result = match (streaming, codec.tokenizer()) {
+        (true, Some(_)) => {
             // Stream the blank being filled as its tokens arrive.
             let mut streamer: Option<(usize, TokenStream)> = None;
             let mut out = std::io::stdout();
@@ -974,12 +974,13 @@ fn process<B: Backend>(
                     + 1;
                 let s = match &mut streamer {
                     Some((c, s)) if *c == ctx => s,
-                    _ => {
-                        print!("\n[blank] ");
-                        &mut streamer
-                            .insert((ctx, TokenStream::new(tok, ctx, end_tokens.clone())))
-                            .1
-                    }
+                    _ => match TokenStream::for_codec(codec, ctx, end_tokens.clone()) {
+                        Some(s) => {
+                            print!("\n[blank] ");
+                            &mut streamer.insert((ctx, s)).1
+                        }
+                        None => return,
+                    },
                 };
                 print!("{}", s.push_rows(rows));
                 let _ = out.flush();

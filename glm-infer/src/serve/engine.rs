@@ -411,11 +411,10 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 return failed(req, e.into());
             }
         }
-        let stream = match (req.stream, self.codec) {
-            (true, Codec::Ice(t)) => {
-                Some(TokenStream::new(t, ctx, req.strategy.end_tokens().to_vec()))
-            }
-            _ => None,
+        let stream = if req.stream {
+            TokenStream::for_codec(self.codec, ctx, req.strategy.end_tokens().to_vec())
+        } else {
+            None
         };
         let mut active = Active {
             req,
@@ -602,15 +601,15 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                     let _ = a.req.events.send((a.req.index, Event::Piece(send)));
                 }
             }
-        } else if let (true, Codec::Ids(_)) = (a.req.stream, self.codec) {
+        } else if a.req.stream && self.codec.tokenizer().is_none() {
             // Integer-id text: each new token of row 0 is a piece.
             let ends = a.req.strategy.end_tokens();
             if let Some(&t) = a.tokens.first().and_then(|row| row.last()) {
                 if t >= 0 && !ends.contains(&(t as u32)) {
-                    let _ = a
-                        .req
-                        .events
-                        .send((a.req.index, Event::Piece(format!("{t} "))));
+                    let _ = a.req.events.send((
+                        a.req.index,
+                        Event::Piece(format!("{} ", self.codec.detokenize(&[t as u32]))),
+                    ));
                 }
             }
         }

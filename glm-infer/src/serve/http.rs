@@ -24,7 +24,7 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
 use super::engine::{Completion, Event, Request};
 use super::AppState;
 use crate::beam::{BeamConfig, BeamSearchStrategy};
-use crate::prompt::{build_prompt, TextCodec};
+use crate::prompt::build_prompt;
 use crate::sampling::{BaseStrategy, SamplingConfig};
 use crate::strategy::Strategy;
 
@@ -766,7 +766,8 @@ async fn tokenize(State(state): State<Arc<AppState>>, body: Body) -> Response {
         Ok(b) => b,
         Err(e) => return rejected(&state, e),
     };
-    match state.codec.tokenize(&parsed.text) {
+    // The tokenizer's ids (a compact-vocabulary model's own ids stay inside the server).
+    match state.codec.tokenize_outer(&parsed.text) {
         Ok(ids) => axum::Json(json!({"tokens": ids, "count": ids.len()})).into_response(),
         Err(e) => rejected(&state, ApiError::bad(Some("text"), e.to_string())),
     }
@@ -777,7 +778,10 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> Response 
         Ok(b) => b,
         Err(e) => return rejected(&state, e),
     };
-    let vocab = state.config.vocab_size as u64;
+    let vocab = state
+        .codec
+        .vocab_map()
+        .map_or(state.config.vocab_size, |m| m.outer_vocab_size) as u64;
     if let Some(bad) = parsed.tokens.iter().find(|&&t| t >= vocab) {
         return rejected(
             &state,
@@ -788,5 +792,5 @@ async fn detokenize(State(state): State<Arc<AppState>>, body: Body) -> Response 
         );
     }
     let ids: Vec<u32> = parsed.tokens.iter().map(|&t| t as u32).collect();
-    axum::Json(json!({"text": state.codec.detokenize(&ids)})).into_response()
+    axum::Json(json!({"text": state.codec.detokenize_outer(&ids)})).into_response()
 }
