@@ -334,5 +334,7 @@ simd_module!(
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
     |v| { _mm512_reduce_add_ps(v) },
-    [1 => 8, 2 => 8, 3 => 6, 4 => 6, 5 => 4, 6 => 4, 7 => 3, 8 => 3]
+    // mb·R accumulators + mb activation vectors + 1 weight vector ≤ 32 zmm registers (mb = 8 with
+    // R = 3 needed 33 and spilled: 1.5x slower than R = 2).
+    [1 => 8, 2 => 8, 3 => 6, 4 => 6, 5 => 4, 6 => 4, 7 => 3, 8 => 2]
 );
