@@ -172,23 +172,11 @@ impl VocabMap {
     /// The special tokens of `outer` in inner ids; a special that is not kept is
     /// [`Error::InvalidConfig`].
     pub fn inner_specials(&self, outer: &SpecialTokens) -> Result<SpecialTokens> {
-        let map = |field: &'static str, id: u32| {
+        map_specials(outer, |field, id| {
             self.to_inner(id).ok_or_else(|| Error::InvalidConfig {
                 field,
                 reason: format!("special token id {id} is not in the compact vocabulary"),
             })
-        };
-        Ok(SpecialTokens {
-            mask: map("special_tokens.[MASK]", outer.mask)?,
-            gmask: map("special_tokens.[gMASK]", outer.gmask)?,
-            smask: map("special_tokens.[sMASK]", outer.smask)?,
-            eod: map("special_tokens.eod", outer.eod)?,
-            sop: map("special_tokens.sop", outer.sop)?,
-            eop: map("special_tokens.eop", outer.eop)?,
-            enc: map("special_tokens.ENC", outer.enc)?,
-            dblock: map("special_tokens.dBLOCK", outer.dblock)?,
-            eos: map("special_tokens.eos", outer.eos)?,
-            pad: map("special_tokens.[pad]", outer.pad)?,
         })
     }
 
@@ -214,7 +202,7 @@ impl VocabMap {
     /// The special tokens of a compact model in outer ids (the inverse of
     /// [`VocabMap::inner_specials`]); an id beyond the map is [`Error::InvalidConfig`].
     pub fn outer_specials(&self, inner: &SpecialTokens) -> Result<SpecialTokens> {
-        let map = |field: &'static str, id: u32| {
+        map_specials(inner, |field, id| {
             self.to_outer(id).ok_or_else(|| Error::InvalidConfig {
                 field,
                 reason: format!(
@@ -222,18 +210,6 @@ impl VocabMap {
                     self.len()
                 ),
             })
-        };
-        Ok(SpecialTokens {
-            mask: map("special_tokens.[MASK]", inner.mask)?,
-            gmask: map("special_tokens.[gMASK]", inner.gmask)?,
-            smask: map("special_tokens.[sMASK]", inner.smask)?,
-            eod: map("special_tokens.eod", inner.eod)?,
-            sop: map("special_tokens.sop", inner.sop)?,
-            eop: map("special_tokens.eop", inner.eop)?,
-            enc: map("special_tokens.ENC", inner.enc)?,
-            dblock: map("special_tokens.dBLOCK", inner.dblock)?,
-            eos: map("special_tokens.eos", inner.eos)?,
-            pad: map("special_tokens.[pad]", inner.pad)?,
         })
     }
 
@@ -303,6 +279,25 @@ impl VocabMap {
         crate::weights::write_atomic(&path, &json)?;
         Ok(path)
     }
+}
+
+/// `s` with every id passed through `f` (which gets the field's config name for its errors).
+fn map_specials(
+    s: &SpecialTokens,
+    f: impl Fn(&'static str, u32) -> Result<u32>,
+) -> Result<SpecialTokens> {
+    Ok(SpecialTokens {
+        mask: f("special_tokens.[MASK]", s.mask)?,
+        gmask: f("special_tokens.[gMASK]", s.gmask)?,
+        smask: f("special_tokens.[sMASK]", s.smask)?,
+        eod: f("special_tokens.eod", s.eod)?,
+        sop: f("special_tokens.sop", s.sop)?,
+        eop: f("special_tokens.eop", s.eop)?,
+        enc: f("special_tokens.ENC", s.enc)?,
+        dblock: f("special_tokens.dBLOCK", s.dblock)?,
+        eos: f("special_tokens.eos", s.eos)?,
+        pad: f("special_tokens.[pad]", s.pad)?,
+    })
 }
 
 #[cfg(test)]
