@@ -54,6 +54,62 @@ pub fn quantize_options(
     Ok(Some(q))
 }
 
+/// The flags that say which model to load and how: shared by `glm generate`, `glm serve` and
+/// `glm evaluate` (each adds its own).
+#[cfg(feature = "cli")]
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// config.json to use with a SAT checkpoint folder that has none.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// SentencePiece model (ice_text.model; default: one next to the model). Without one, prompts
+    /// and task text are whitespace-separated token ids.
+    #[arg(long)]
+    pub tokenizer: Option<PathBuf>,
+    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
+    #[arg(long, default_value = "icetk")]
+    pub tokenizer_mode: String,
+    /// cpu, wgpu or cuda.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// f32, f16 or bf16.
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+    /// Quantize a float checkpoint on load to INT4/INT8 weights, as the original's
+    /// --quantization-bit-width (quantized checkpoints load as they are).
+    #[arg(long)]
+    pub quantization_bit_width: Option<u32>,
+    /// Split the model over N tensor-parallel ranks as SAT splits it (one device each: cuda devices
+    /// 0..N; on cpu and wgpu the ranks share the device). A SAT folder of N shards gives each rank
+    /// its own file; INT quantize-on-load then uses per-rank scales, as convert_tp.py.
+    #[arg(long)]
+    pub tensor_parallel: Option<usize>,
+    /// With --tensor-parallel: every rank holds the whole word embedding (no communication for the
+    /// lookup and the logits) instead of its vocabulary rows.
+    #[arg(long, requires = "tensor_parallel")]
+    pub replicated_embedding: bool,
+}
+
+#[cfg(feature = "cli")]
+impl ModelArgs {
+    /// The [`LoadOptions`](crate::LoadOptions) these flags set (the others at their defaults).
+    pub fn load_options(&self) -> Result<crate::LoadOptions> {
+        Ok(crate::LoadOptions {
+            dtype: parse_dtype(&self.dtype)?,
+            quantization_bit_width: self.quantization_bit_width,
+            tensor_parallel: self.tensor_parallel,
+            replicated_embedding: self.replicated_embedding,
+            tokenizer: self.tokenizer.clone(),
+            tokenizer_mode: self.tokenizer_mode.clone(),
+            config: self.config.clone(),
+            ..crate::LoadOptions::default()
+        })
+    }
+}
+
 /// `--offload` and `--device-memory`: layer-streamed offload (see [`glm_core::offload`]).
 #[derive(Clone, Debug, Default)]
 #[cfg_attr(feature = "cli", derive(clap::Args))]

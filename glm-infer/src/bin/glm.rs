@@ -66,18 +66,9 @@ enum Command {
 
 #[derive(clap::Args, Clone)]
 struct GenerateArgs {
-    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
-    #[arg(long)]
-    model: PathBuf,
-    /// config.json to use with a SAT checkpoint folder that has none.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// SentencePiece model (ice_text.model). Without it prompts are whitespace-separated token ids.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
-    #[arg(long, default_value = "icetk")]
-    tokenizer_mode: String,
+    // The model and how to load it.
+    #[command(flatten)]
+    load: glm_infer::cli::ModelArgs,
     /// `interactive` or a file with one prompt per line.
     #[arg(long, default_value = "interactive")]
     input_source: String,
@@ -116,30 +107,12 @@ struct GenerateArgs {
     /// Input lines are `id<TAB>text`; answers go to `<id>.txt`.
     #[arg(long)]
     with_id: bool,
-    /// cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
     /// Layer-streamed offload.
     #[command(flatten)]
     offload: glm_infer::cli::OffloadFlags,
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     rotary_fp32: bool,
-    /// Quantize a float checkpoint on load to INT4/INT8 weights (quantized checkpoints load as they are).
-    #[arg(long)]
-    quantization_bit_width: Option<u32>,
-    /// Split the model over N tensor-parallel ranks as SAT splits it (one device each: cuda devices
-    /// 0..N; on cpu and wgpu the ranks share the device). A SAT folder of N shards gives each rank
-    /// its own file; INT quantize-on-load then uses per-rank scales, as convert_tp.py.
-    #[arg(long)]
-    tensor_parallel: Option<usize>,
-    /// With --tensor-parallel: every rank holds the whole word embedding (no communication for the
-    /// lookup and the logits) instead of its vocabulary rows.
-    #[arg(long, requires = "tensor_parallel")]
-    replicated_embedding: bool,
 }
 
 #[derive(clap::Args)]
@@ -161,19 +134,10 @@ struct QuantizeArgs {
 
 #[derive(clap::Args)]
 struct ServeArgs {
-    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
-    #[arg(long)]
-    model: PathBuf,
-    /// config.json to use with a SAT checkpoint folder that has none.
-    #[arg(long)]
-    config: Option<PathBuf>,
-    /// SentencePiece model (ice_text.model; default: one next to the model). Without one,
-    /// prompts are whitespace-separated token ids.
-    #[arg(long)]
-    tokenizer: Option<PathBuf>,
-    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
-    #[arg(long, default_value = "icetk")]
-    tokenizer_mode: String,
+    // The model and how to load it (with --tensor-parallel the engine's every forward runs on
+    // all ranks).
+    #[command(flatten)]
+    load: glm_infer::cli::ModelArgs,
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
     /// Port (0: any free port; the address is printed).
@@ -182,22 +146,6 @@ struct ServeArgs {
     /// The model name clients send.
     #[arg(long, default_value = "glm")]
     model_name: String,
-    /// cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    dtype: String,
-    /// Quantize a float checkpoint on load to INT4/INT8 weights.
-    #[arg(long)]
-    quantization_bit_width: Option<u32>,
-    /// Split the model over N tensor-parallel ranks (cuda: devices 0..N; cpu / wgpu: the ranks
-    /// share the device); the engine's every forward runs on all ranks.
-    #[arg(long)]
-    tensor_parallel: Option<usize>,
-    /// With --tensor-parallel: every rank holds the whole word embedding.
-    #[arg(long, requires = "tensor_parallel")]
-    replicated_embedding: bool,
     /// Most sequences decoded together (continuous batching; a beam request counts its beams).
     #[arg(long, default_value_t = 16)]
     max_batch: usize,
@@ -352,17 +300,8 @@ fn serve(args: ServeArgs) -> Result<()> {
         type Error = Error;
         fn run<B: Backend>(self, devices: &[B::Device]) -> Result<()> {
             let args = self.0;
-            let options = LoadOptions {
-                dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
-                quantization_bit_width: args.quantization_bit_width,
-                tensor_parallel: args.tensor_parallel,
-                replicated_embedding: args.replicated_embedding,
-                tokenizer: args.tokenizer.clone(),
-                tokenizer_mode: args.tokenizer_mode.clone(),
-                config: args.config.clone(),
-                ..LoadOptions::default()
-            };
-            let glm = Glm::<B>::load_on_devices(&args.model, options, devices)?;
+            let options = args.load.load_options()?;
+            let glm = Glm::<B>::load_on_devices(&args.load.model, options, devices)?;
             let addr: std::net::SocketAddr = format!("{}:{}", args.host, args.port)
                 .parse()
                 .map_err(|e| {
@@ -384,8 +323,8 @@ fn serve(args: ServeArgs) -> Result<()> {
             glm_infer::serve::serve(glm, options)
         }
     }
-    let ranks = args.tensor_parallel.unwrap_or(1);
-    glm_infer::cli::dispatch(args.device.parse()?, ranks, Serve(args))
+    let ranks = args.load.tensor_parallel.unwrap_or(1);
+    glm_infer::cli::dispatch(args.load.device.parse()?, ranks, Serve(args))
 }
 
 fn convert(args: ConvertArgs) -> Result<()> {
@@ -764,8 +703,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
             run::<B>(&self.0, devices)
         }
     }
-    let ranks = args.tensor_parallel.unwrap_or(1);
-    glm_infer::cli::dispatch(args.device.parse()?, ranks, Generate(args))
+    let ranks = args.load.tensor_parallel.unwrap_or(1);
+    glm_infer::cli::dispatch(args.load.device.parse()?, ranks, Generate(args))
 }
 
 fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn Strategy>> {
@@ -796,28 +735,22 @@ fn make_strategy(args: &GenerateArgs, end_tokens: Vec<u32>) -> Result<Box<dyn St
 }
 
 fn run<B: Backend>(args: &GenerateArgs, devices: &[B::Device]) -> Result<()> {
-    let config = load_config(&args.model, args.config.as_deref())?;
+    let config = load_config(&args.load.model, args.load.config.as_deref())?;
     // `Glm::load_on` checks the tokenizer and the quantization flags before any weight is read.
     let options = LoadOptions {
-        dtype: glm_infer::cli::parse_dtype(&args.dtype)?,
-        quantization_bit_width: args.quantization_bit_width,
-        tensor_parallel: args.tensor_parallel,
-        replicated_embedding: args.replicated_embedding,
-        tokenizer: args.tokenizer.clone(),
-        tokenizer_mode: args.tokenizer_mode.clone(),
-        config: args.config.clone(),
         rotary_fp32: args.rotary_fp32,
         offload: args.offload.clone(),
         sequence_length: Some(args.out_seq_length),
+        ..args.load.load_options()?
     };
     let spinner = indicatif::ProgressBar::new_spinner();
     spinner.set_message(format!(
         "loading {} ({} parameters)",
-        args.model.display(),
+        args.load.model.display(),
         config.num_parameters()
     ));
     spinner.enable_steady_tick(std::time::Duration::from_millis(120));
-    let glm = Glm::<B>::load_on_devices(&args.model, options, devices);
+    let glm = Glm::<B>::load_on_devices(&args.load.model, options, devices);
     spinner.finish_and_clear();
     let glm = glm?;
     let codec = glm.codec();

@@ -17,25 +17,13 @@ pub struct EvaluateArgs {
     /// Task YAML files, or folders searched recursively for `*.yaml`.
     #[arg(required = true)]
     pub tasks: Vec<PathBuf>,
-    /// Quantize a float checkpoint on load (4 or 8), as the original's --quantization-bit-width.
-    #[arg(long)]
-    pub quantization_bit_width: Option<u32>,
-    /// Model folder: config.json + model.safetensors, or an original SAT checkpoint folder.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// config.json to use with a SAT checkpoint folder that has none.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    /// The model and how to load it (with --tensor-parallel every rank runs the harness; rank 0
+    /// reports).
+    #[command(flatten)]
+    pub load: crate::cli::ModelArgs,
     /// Root of the task data (each task's `path` is relative to it), as evaluate.py's --data-path.
     #[arg(long, default_value = ".")]
     pub data_path: PathBuf,
-    /// SentencePiece model (ice_text.model) for `*_pretokenized` fields and text files. Without
-    /// it, text is whitespace-separated token ids.
-    #[arg(long)]
-    pub tokenizer: Option<PathBuf>,
-    /// Tokenizer mode: icetk (GLM-130B release), glm130b, chatglm6b.
-    #[arg(long, default_value = "icetk")]
-    pub tokenizer_mode: String,
     /// JSON report file.
     #[arg(long, default_value = "evaluation.json")]
     pub report: PathBuf,
@@ -45,26 +33,12 @@ pub struct EvaluateArgs {
     /// No progress bar.
     #[arg(long)]
     pub no_progress: bool,
-    /// cpu, wgpu or cuda.
-    #[arg(long, default_value = "cpu")]
-    pub device: String,
-    /// f32, f16 or bf16.
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
     /// Layer-streamed offload.
     #[command(flatten)]
     pub offload: crate::cli::OffloadFlags,
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     pub rotary_fp32: bool,
-    /// Split the model over N tensor-parallel ranks (one device each: cuda devices 0..N; on cpu
-    /// and wgpu the ranks share the device). Every rank runs the harness; rank 0 reports.
-    #[arg(long)]
-    pub tensor_parallel: Option<usize>,
-    /// With --tensor-parallel: every rank holds the whole word embedding instead of its
-    /// vocabulary rows.
-    #[arg(long, requires = "tensor_parallel")]
-    pub replicated_embedding: bool,
 }
 
 /// The observer of the ranks other than 0: they report nothing.
@@ -130,8 +104,8 @@ pub fn run(args: EvaluateArgs) -> EvalResult<()> {
             run_on::<B>(&self.0, devices)
         }
     }
-    let device: DeviceKind = args.device.parse()?;
-    let ranks = args.tensor_parallel.unwrap_or(1);
+    let device: DeviceKind = args.load.device.parse()?;
+    let ranks = args.load.tensor_parallel.unwrap_or(1);
     crate::cli::dispatch(device, ranks, Evaluate(args))
 }
 
@@ -143,18 +117,11 @@ fn run_on<B: Backend>(args: &EvaluateArgs, devices: &[B::Device]) -> EvalResult<
     // Task files first (as evaluate.py): a bad YAML fails before the model is loaded.
     let tasks = load_tasks(&args.tasks, &mut console)?;
     let options = crate::api::LoadOptions {
-        dtype: crate::cli::parse_dtype(&args.dtype)?,
-        quantization_bit_width: args.quantization_bit_width,
-        tensor_parallel: args.tensor_parallel,
-        replicated_embedding: args.replicated_embedding,
-        tokenizer: args.tokenizer.clone(),
-        tokenizer_mode: args.tokenizer_mode.clone(),
-        config: args.config.clone(),
         rotary_fp32: args.rotary_fp32,
         offload: args.offload.clone(),
-        sequence_length: None,
+        ..args.load.load_options()?
     };
-    let glm = crate::api::Glm::<B>::load_on_devices(&args.model, options, devices)?;
+    let glm = crate::api::Glm::<B>::load_on_devices(&args.load.model, options, devices)?;
     let (model, codec) = (glm.model(), glm.codec());
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),

@@ -20,7 +20,7 @@ use std::time::Instant;
 
 use burn::tensor::{backend::Backend, Bool, DType, Int, Tensor, TensorData};
 use glm_core::blank::BlankInput;
-use glm_core::{ForwardOptions, GlmModel, KvCache};
+use glm_core::{ForwardOptions, ForwardOutput, GlmModel, KvCache};
 use tokio::sync::mpsc::UnboundedSender;
 
 use super::metrics::Metrics;
@@ -135,14 +135,33 @@ pub(crate) enum Op {
 /// The channels to the other ranks' [`follow`] loops.
 pub(crate) struct Followers(pub(crate) Vec<std::sync::mpsc::Sender<Op>>);
 
+/// One cached forward of the serve engine, on rank 0 or replayed on a follower: `rows × cols`
+/// tokens and positions, a `[rows, 1, cols, keys]` mask (`true` = blocked), only the last
+/// position's logits.
+fn cached_forward<B: Backend>(
+    model: &GlmModel<B>,
+    tokens: Vec<i64>,
+    positions: Vec<i64>,
+    mask: Vec<bool>,
+    [rows, cols, keys]: [usize; 3],
+    cache: &mut KvCache<B>,
+) -> glm_core::Result<ForwardOutput<B>> {
+    let device = model.word_embeddings.val().device();
+    model.forward_with(
+        Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, cols]), &device),
+        Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [rows, cols]), &device),
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, cols, keys]), &device),
+        Some(cache),
+        ForwardOptions {
+            hidden_states: false,
+            last_only: true,
+        },
+    )
+}
+
 /// A tensor-parallel rank other than 0 inside `glm serve`: replays rank 0's operations on its own
 /// shard and caches until the engine stops (its channel closes).
 pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_core::Result<()> {
-    let device = model.word_embeddings.val().device();
-    let options = ForwardOptions {
-        hidden_states: false,
-        last_only: true,
-    };
     let mut batch = model.new_cache();
     let mut pending: Option<KvCache<B>> = None;
     while let Ok(op) = ops.recv() {
@@ -156,13 +175,7 @@ pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_
                 let n = tokens.len();
                 let mut cache = model.new_cache();
                 cache.reserve(reserve);
-                model.forward_with(
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [1, n]), &device),
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [1, n]), &device),
-                    Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, n, n]), &device),
-                    Some(&mut cache),
-                    options,
-                )?;
+                cached_forward(model, tokens, positions, mask, [1, n, n], &mut cache)?;
                 pending = Some(cache);
             }
             Op::SelectPending(rows) => {
@@ -183,15 +196,13 @@ pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_
                 rows,
                 keys,
             } => {
-                model.forward_with(
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, 1]), &device),
-                    Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [rows, 1]), &device),
-                    Tensor::<B, 4, Bool>::from_data(
-                        TensorData::new(mask, [rows, 1, 1, keys + 1]),
-                        &device,
-                    ),
-                    Some(&mut batch),
-                    options,
+                cached_forward(
+                    model,
+                    tokens,
+                    positions,
+                    mask,
+                    [rows, 1, keys + 1],
+                    &mut batch,
                 )?;
             }
             Op::SelectBatch(rows) => batch.select_batch(&rows)?,
@@ -365,7 +376,6 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             Err(e) => return failed(req, e),
         };
         let total = sample.total();
-        let device = self.model.word_embeddings.val().device();
         let mut cache = self.model.new_cache();
         cache.reserve(total);
         let tok: Vec<i64> = sample.tokens.iter().map(|&t| i64::from(t)).collect();
@@ -383,15 +393,13 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             mask: mask.clone(),
             reserve: total,
         });
-        let out = self.model.forward_with(
-            Tensor::<B, 2, Int>::from_data(TensorData::new(tok.clone(), [1, ctx]), &device),
-            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [1, ctx]), &device),
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [1, 1, ctx, ctx]), &device),
-            Some(&mut cache),
-            ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
+        let out = cached_forward(
+            self.model,
+            tok.clone(),
+            pos,
+            mask,
+            [1, ctx, ctx],
+            &mut cache,
         );
         let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
             Ok(l) => l,
@@ -462,7 +470,6 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
 
     /// One decode step for every row of every request in the batch.
     fn step(&mut self) {
-        let device = self.model.word_embeddings.val().device();
         let vocab = self.model.config().vocab_size;
         let len = self.cache.len();
         let rows = self.rows();
@@ -492,15 +499,13 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             rows,
             keys: len,
         });
-        let out = self.model.forward_with(
-            Tensor::<B, 2, Int>::from_data(TensorData::new(tok, [rows, 1]), &device),
-            Tensor::<B, 2, Int>::from_data(TensorData::new(pos, [rows, 1]), &device),
-            Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, 1, len + 1]), &device),
-            Some(&mut self.cache),
-            ForwardOptions {
-                hidden_states: false,
-                last_only: true,
-            },
+        let out = cached_forward(
+            self.model,
+            tok,
+            pos,
+            mask,
+            [rows, 1, len + 1],
+            &mut self.cache,
         );
         let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
             Ok(l) => l,
