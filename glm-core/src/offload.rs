@@ -7,7 +7,10 @@
 //!
 //! Memory on the device: the embedding, final LayerNorm, the resident layers, one streamed layer,
 //! the KV cache and the activations — what `glm plan --offload` counts. Cost: every streamed layer
-//! is read from the checkpoint and uploaded once per forward (per decoded token).
+//! is read from the checkpoint and uploaded once per forward (per decoded token). The read of the
+//! next streamed layer is started ([`WeightSource::prefetch`]: the kernel's read-ahead of its
+//! mapped pages) when the current layer starts, so the disk overlaps the compute; the upload from
+//! host memory to a GPU is not overlapped yet.
 //!
 //! Quantize-on-load is not combined with offload (each streamed layer would be quantized again
 //! on every forward): quantize the checkpoint once with `glm quantize`, then offload it.
@@ -77,12 +80,30 @@ impl OffloadStore {
         )
     }
 
+    /// Asks the checkpoint to start reading layer `l` in the background (see
+    /// [`WeightSource::prefetch`]): issued one layer ahead, so the disk read of the next layer
+    /// overlaps the compute of the current one.
+    pub(crate) fn prefetch(&self, l: usize) {
+        for name in self.layer_names.get(l).into_iter().flatten() {
+            self.source.prefetch(name);
+        }
+    }
+
     /// Hands the file pages of layer `l` back to the OS (see [`WeightSource::release`]).
     pub(crate) fn release(&self, l: usize) {
         for name in self.layer_names.get(l).into_iter().flatten() {
             self.source.release(name);
         }
     }
+}
+
+/// The streamed layer whose read should start while layer `l` computes, layers `resident..n`
+/// being streamed: `l + 1`, or after the last layer the first streamed one (the next forward's,
+/// overlapping the final LayerNorm and LM head); `None` when that layer is resident or nothing is
+/// streamed.
+fn next_streamed(resident: usize, l: usize, n: usize) -> Option<usize> {
+    let next = if l + 1 >= n { resident } else { l + 1 };
+    (next >= resident && next < n).then_some(next)
 }
 
 impl<B: Backend> GlmModel<B> {
@@ -149,6 +170,12 @@ impl<B: Backend> GlmModel<B> {
     /// Runs `f` on layer `l`: the resident one, or one streamed from the checkpoint onto the
     /// device of the embedding (released after `f`).
     pub(crate) fn with_layer<T>(&self, l: usize, f: impl FnOnce(&GlmLayer<B>) -> T) -> Result<T> {
+        if let Some(store) = &self.offload {
+            // Overlap: the next streamed layer's pages are read while this layer computes.
+            if let Some(next) = next_streamed(store.resident, l, self.config().num_layers) {
+                store.prefetch(next);
+            }
+        }
         if let Some(layer) = self.layers.get(l) {
             return Ok(f(layer));
         }
@@ -164,5 +191,22 @@ impl<B: Backend> GlmModel<B> {
         drop(layer);
         store.release(l);
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_streamed;
+
+    #[test]
+    fn the_next_streamed_layer_is_read_one_layer_ahead_and_wraps_to_the_first_streamed() {
+        // 6 layers, the first 2 resident: layer 1 starts the read of 2, 2 → 3, …, 5 → 2 (the
+        // next forward), resident layers before 1 start nothing.
+        let got: Vec<Option<usize>> = (0..6).map(|l| next_streamed(2, l, 6)).collect();
+        assert_eq!(got, [None, Some(2), Some(3), Some(4), Some(5), Some(2)]);
+        // Nothing streamed: nothing read ahead.
+        assert!((0..4).all(|l| next_streamed(4, l, 4).is_none()));
+        // Everything streamed, one layer: it is its own next.
+        assert_eq!(next_streamed(0, 0, 1), Some(0));
     }
 }

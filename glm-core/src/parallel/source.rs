@@ -98,4 +98,8 @@ impl WeightSource for RankSource<'_> {
     fn release(&self, name: &str) {
         self.inner.release(name);
     }
+
+    fn prefetch(&self, name: &str) {
+        self.inner.prefetch(name);
+    }
 }

@@ -41,6 +41,10 @@ pub trait WeightSource {
     /// again soon: a memory-mapped source gives the pages back to the OS (they are read again
     /// from the file if touched). The default does nothing.
     fn release(&self, _name: &str) {}
+    /// A hint that `name` will be loaded soon: a memory-mapped source asks the OS to start reading
+    /// its pages from disk in the background (`madvise(WILLNEED)`), so the read overlaps whatever
+    /// the caller computes meanwhile. Never blocks, never fails; the default does nothing.
+    fn prefetch(&self, _name: &str) {}
     /// `name` exactly as tensor-parallel rank `rank` of `world` stores it, when this source is
     /// made of such shards (a SAT folder of `world` ranks): read from the rank's own file, no
     /// merge. `None` (the default) when the source does not store that split.

@@ -166,6 +166,17 @@ impl WeightSource for SafetensorsFile {
             )
         };
     }
+
+    fn prefetch(&self, name: &str) {
+        let Some(info) = self.info(name) else { return };
+        let Ok(range) = self.range(name, info) else {
+            return;
+        };
+        // Starts the kernel's read-ahead of the range and returns; failure only means no hint.
+        let _ = self
+            .mmap
+            .advise_range(memmap2::Advice::WillNeed, range.start, range.len());
+    }
 }
 
 fn to_burn_dtype(dtype: Dtype) -> Option<DType> {
