@@ -336,3 +336,72 @@ fn glm_130b_parameter_count_matches_the_spec() {
         .sum();
     assert_eq!(linear, 126_835_752_960);
 }
+
+/// `glm init-random` and `glm quantize` stream matrices a block of rows at a time
+/// (`WeightSource::load_rows`); the file must be exactly what quantizing / converting each whole
+/// tensor gives, for matrices of several row blocks and a tensor-parallel degree of 2.
+#[test]
+fn streamed_writes_equal_whole_tensor_quantization_and_conversion() {
+    use glm_core::quantized::{is_row_parallel, QuantizeOptions};
+    use glm_core::weights::convert::stream_safetensors;
+    use glm_core::weights::RandomSource;
+    use glm_quant::{QuantScheme, QuantizedMatrix};
+
+    // Linears of 5–16 M elements: each is written in several row blocks of 4 M elements with a
+    // partial last one.
+    let mut cfg = GlmConfig::small();
+    cfg.num_layers = 1;
+    cfg.hidden_size = 2304;
+    cfg.num_attention_heads = 12;
+    cfg.inner_hidden_size = Some(3000);
+    let src = RandomSource::new(&cfg, 3).unwrap();
+    let dir = tmp_dir("streamed");
+    for scheme in [QuantScheme::Int4, QuantScheme::Int8] {
+        let quant = QuantizeOptions {
+            scheme,
+            tensor_parallel: Some(2),
+        };
+        let from_random = dir.join(format!("random-{scheme}.safetensors"));
+        stream_safetensors(&src, &from_random, Some(quant), DType::F16, &mut |_| {}).unwrap();
+        // The same weights through a float file (streamed from its memory map) give the same file.
+        let float = dir.join("float.safetensors");
+        stream_safetensors(&src, &float, None, DType::F32, &mut |_| {}).unwrap();
+        let from_file = dir.join(format!("file-{scheme}.safetensors"));
+        let float_src = SafetensorsFile::open(&float).unwrap();
+        stream_safetensors(&float_src, &from_file, Some(quant), DType::F16, &mut |_| {}).unwrap();
+        assert!(
+            std::fs::read(&from_random).unwrap() == std::fs::read(&from_file).unwrap(),
+            "{scheme}: random source and float file quantize differently"
+        );
+        let file = SafetensorsFile::open(&from_random).unwrap();
+        let mut linears = 0;
+        for name in src.names() {
+            let whole = src.load(&name).unwrap();
+            let Some(prefix) = name.strip_suffix(".weight").filter(|p| {
+                glm_core::quantized::QUANTIZED_LINEARS
+                    .iter()
+                    .any(|l| p.ends_with(l))
+            }) else {
+                // Float tensors: the whole tensor converted to f16.
+                let want = whole.convert_dtype(DType::F16);
+                assert_eq!(
+                    file.load(&name).unwrap().as_bytes(),
+                    want.as_bytes(),
+                    "{name}"
+                );
+                continue;
+            };
+            let shards = if is_row_parallel(prefix) { 2 } else { 1 };
+            let m = QuantizedMatrix::quantize(&name, &whole, shards, scheme).unwrap();
+            assert!(whole.num_elements() > (1 << 22), "{name} fits one block");
+            assert_eq!(file.load(&name).unwrap().as_bytes(), m.bytes(), "{name}");
+            let scale = file
+                .load(&format!("{name}{}", glm_quant::scheme::SCALE_SUFFIX))
+                .unwrap();
+            assert_eq!(scale.as_bytes(), m.scale_data().as_bytes(), "{name} scales");
+            linears += 1;
+        }
+        assert_eq!(linears, 4 * cfg.num_layers);
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -55,9 +55,24 @@ pub fn quantize_value(w: f16, scale: f16) -> i8 {
     let quotient = f16::from_f32(w.to_f32() / scale.to_f32()).to_f32();
     if quotient.is_finite() {
         // No clamp in the original: |quotient| ≤ 2^(b-1)-1 + a rounding ulp, never ≥ x.5 beyond it.
-        quotient.round_ties_even() as i8
+        round_ties_even(quotient) as i8
     } else {
         0
+    }
+}
+
+/// `x.round_ties_even()` without a libm call (the baseline x86-64 target has no `roundss`):
+/// adding and subtracting 1.5·2²³ rounds any |x| < 2²² to an integer under the default
+/// round-to-nearest-even mode (the sum lies in [2²³, 2²⁴), where the spacing is 1); larger values
+/// (never an fp16 quotient) take the library call. The sign of a zero result may differ, which an
+/// integer cast does not see.
+#[inline]
+pub(crate) fn round_ties_even(x: f32) -> f32 {
+    const SHIFT: f32 = 12_582_912.0;
+    if x.abs() < 4_194_304.0 {
+        (x + SHIFT) - SHIFT
+    } else {
+        x.round_ties_even()
     }
 }
 
@@ -416,4 +431,30 @@ fn to_f16_vec(name: &str, data: &TensorData) -> Result<Vec<f16>> {
             })
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_rounding_is_the_library_rounding_on_every_fp16_value_and_on_ties() {
+        let mut checked = 0;
+        let every_f16 = (0..=u16::MAX).map(|b| f16::from_bits(b).to_f32());
+        let ties = (-400..=400).map(|k| k as f32 + 0.5);
+        let large = [
+            4_194_303.5f32,
+            4_194_304.5,
+            -4_194_304.5,
+            1e9,
+            -1e9,
+            8_388_609.0,
+        ];
+        for x in every_f16.chain(ties).chain(large).filter(|x| x.is_finite()) {
+            // `==` treats -0 and +0 as equal: the one allowed difference.
+            assert!(round_ties_even(x) == x.round_ties_even(), "{x}");
+            checked += 1;
+        }
+        assert!(checked > 60_000);
+    }
 }

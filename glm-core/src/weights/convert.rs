@@ -274,7 +274,37 @@ pub fn stream_safetensors(
         let total = plan.len();
         // Names are sorted, so `<linear>.weight` comes right before `<linear>.weight_scale`.
         let mut pending_scale: Option<(String, TensorData)> = None;
-        for (i, (name, _, shape)) in plan.iter().enumerate() {
+        for (i, (name, dt, shape)) in plan.iter().enumerate() {
+            // Sources that read row blocks (random weights, a safetensors file) are streamed a
+            // block of rows at a time: memory stays one block however large the tensor.
+            let streamable = !copied(name) && pending_scale.as_ref().is_none_or(|(s, _)| s != name);
+            if streamable {
+                let quantize = quant
+                    .filter(|_| is_quantized_linear_weight(name))
+                    .map(|q| (q.scheme, q.shards(name.trim_end_matches(".weight"), tp)));
+                if let Some((n, scale)) =
+                    write_streamed(source, name, quantize, float_dtype, &mut w, &path)?
+                {
+                    let expected = shape.iter().product::<usize>() as u64 * elem(dt) as u64;
+                    if n != expected {
+                        return Err(Error::InvalidInput(format!(
+                            "tensor `{name}`: streamed {n} bytes, the header says {expected}"
+                        )));
+                    }
+                    written += n;
+                    if let Some(scale) = scale {
+                        quantized += 1;
+                        pending_scale = Some((format!("{name}{SCALE_SUFFIX}"), scale));
+                    }
+                    progress(&ConvertProgress {
+                        done: i + 1,
+                        total,
+                        tensor: name,
+                        bytes: written,
+                    });
+                    continue;
+                }
+            }
             let mut float = false;
             let data = if let Some(quant) = quant.filter(|_| is_quantized_linear_weight(name)) {
                 let weight = source.load(name)?;
@@ -437,6 +467,135 @@ pub fn convert_checkpoint(
 
 /// Elements converted per block by [`write_converted`].
 const CONVERT_BLOCK: usize = 1 << 22;
+
+/// Writes the matrix `name` of `source` a block of about [`CONVERT_BLOCK`] elements (whole rows)
+/// at a time, read with [`WeightSource::load_rows`]: quantized with `quantize = (scheme, shards)`
+/// (rows are quantized independently, so block by block is the whole matrix's quantization), or
+/// converted to `float_dtype`. A writer thread writes block `k` while block `k + 1` is drawn and
+/// quantized. Returns the bytes written and, when quantized, the scales (`[out]` or
+/// `[shards, out]`, F16); `None` when the source cannot read row blocks of `name` or `name` is not
+/// a matrix (nothing was written: the caller loads it whole).
+fn write_streamed(
+    source: &dyn WeightSource,
+    name: &str,
+    quantize: Option<(QuantScheme, usize)>,
+    float_dtype: DType,
+    w: &mut (impl Write + Send),
+    path: &Path,
+) -> Result<Option<(u64, Option<TensorData>)>> {
+    let Some([rows, cols]) = source
+        .shape(name)
+        .as_deref()
+        .and_then(|s| <[usize; 2]>::try_from(s).ok())
+    else {
+        return Ok(None);
+    };
+    let per_block = (CONVERT_BLOCK / cols.max(1)).clamp(1, rows.max(1));
+    let shards = quantize.map_or(0, |(_, s)| s);
+    let mut scales = vec![half::f16::ZERO; shards.saturating_mul(rows)];
+    // One block, ready to write.
+    enum Ready {
+        Quantized(QuantizedMatrix),
+        Float(TensorData),
+    }
+    let block = |r0: usize, r1: usize| -> Result<Option<Ready>> {
+        let block = match source.load_rows(name, r0..r1) {
+            Some(block) => block?,
+            None if r0 == 0 => return Ok(None),
+            None => {
+                return Err(Error::InvalidInput(format!(
+                    "{}: tensor `{name}`: rows from {r0} could not be read",
+                    source.location().display()
+                )))
+            }
+        };
+        if block.shape.to_vec() != [r1 - r0, cols] {
+            return Err(Error::ShapeMismatch {
+                file: source.location().to_path_buf(),
+                tensor: name.to_string(),
+                expected: vec![r1 - r0, cols],
+                found: block.shape.to_vec(),
+            });
+        }
+        Ok(Some(match quantize {
+            Some((scheme, shards)) => Ready::Quantized(
+                QuantizedMatrix::quantize(name, &block, shards, scheme).map_err(quant_err)?,
+            ),
+            None if is_float(block.dtype) => Ready::Float(block.convert_dtype(float_dtype)),
+            None => {
+                return Err(Error::UnsupportedDtype {
+                    file: source.location().to_path_buf(),
+                    tensor: name.to_string(),
+                    dtype: format!("{:?}", block.dtype),
+                })
+            }
+        }))
+    };
+    // The first block tells whether the source reads row blocks at all.
+    let first_end = per_block.min(rows);
+    let Some(first) = block(0, first_end)? else {
+        return Ok(None);
+    };
+    let written = std::thread::scope(|scope| -> Result<u64> {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Ready>(1);
+        let writer = scope.spawn(move || -> std::io::Result<u64> {
+            let mut n = 0u64;
+            for ready in rx {
+                let bytes = match &ready {
+                    Ready::Quantized(m) => m.bytes(),
+                    Ready::Float(data) => data.as_bytes(),
+                };
+                w.write_all(bytes)?;
+                n += bytes.len() as u64;
+            }
+            Ok(n)
+        });
+        let mut next = Some((first, 0, first_end));
+        let mut produced = Ok(());
+        while let Some((ready, r0, r1)) = next.take() {
+            if let Ready::Quantized(m) = &ready {
+                // Block scales are [shards, r1 - r0]: placed at rows r0.. of [shards, rows].
+                for (s, part) in m.scales().chunks_exact((r1 - r0).max(1)).enumerate() {
+                    if let Some(dst) = scales.get_mut(s * rows + r0..s * rows + r1) {
+                        dst.copy_from_slice(part);
+                    }
+                }
+            }
+            if tx.send(ready).is_err() {
+                break; // the writer failed: its error is reported below
+            }
+            if r1 < rows {
+                let end = (r1 + per_block).min(rows);
+                match block(r1, end) {
+                    Ok(Some(ready)) => next = Some((ready, r1, end)),
+                    Ok(None) => {
+                        produced = Err(Error::InvalidInput(format!(
+                            "{}: tensor `{name}`: rows from {r1} could not be read",
+                            source.location().display()
+                        )))
+                    }
+                    Err(e) => produced = Err(e),
+                }
+            }
+        }
+        drop(tx);
+        let written = writer
+            .join()
+            .map_err(|_| Error::InvalidInput(format!("tensor `{name}`: the writer panicked")))?
+            .map_err(|e| Error::io(path, e))?;
+        produced.map(|()| written)
+    })?;
+    source.release(name);
+    let scale = quantize.map(|(_, shards)| {
+        let shape = if shards == 1 {
+            vec![rows]
+        } else {
+            vec![shards, rows]
+        };
+        TensorData::new(scales, shape)
+    });
+    Ok(Some((written, scale)))
+}
 
 /// Writes `data` converted to `dtype`, [`CONVERT_BLOCK`] elements at a time; the bytes written.
 fn write_converted(w: &mut impl Write, data: &TensorData, dtype: DType) -> std::io::Result<u64> {

@@ -41,6 +41,13 @@ pub trait WeightSource {
     /// again soon: a memory-mapped source gives the pages back to the OS (they are read again
     /// from the file if touched). The default does nothing.
     fn release(&self, _name: &str) {}
+    /// Rows `rows` of the matrix `name` (`[rows.len(), cols]`, native dtype), the same values as
+    /// the rows of [`load`](Self::load): what lets a writer stream a tensor larger than memory
+    /// (`glm init-random`, `glm quantize`) a block of rows at a time. `None` (the default) when the
+    /// source cannot read part of `name` (the caller loads it whole).
+    fn load_rows(&self, _name: &str, _rows: std::ops::Range<usize>) -> Option<Result<TensorData>> {
+        None
+    }
     /// A hint that `name` will be loaded soon: a memory-mapped source asks the OS to start reading
     /// its pages from disk in the background (`madvise(WILLNEED)`), so the read overlaps whatever
     /// the caller computes meanwhile. Never blocks, never fails; the default does nothing.
@@ -182,7 +189,7 @@ impl Drop for TempFile {
 /// fsync or the rename come back as [`Error::Io`] converted into `E`.
 pub fn write_atomic_with<T, E, F>(path: &Path, write: F) -> std::result::Result<T, E>
 where
-    F: FnOnce(&mut dyn Write) -> std::result::Result<T, E>,
+    F: FnOnce(&mut (dyn Write + Send)) -> std::result::Result<T, E>,
     E: From<Error>,
 {
     let dir = path

@@ -103,21 +103,102 @@ fn name_hash(name: &str) -> u64 {
     })
 }
 
-/// Fills `out` with standard normal values (Box–Muller) from the stream `key`.
+/// Fills `out` with standard normal values from the stream `key` (Marsaglia's polar method: a
+/// point drawn uniformly in the unit disc gives two independent normals with one logarithm and one
+/// square root, no trigonometry).
 fn fill_normal(out: &mut [f32], key: u64) {
     let mut state = key;
-    let mut next_unit = || {
+    let mut i = 0;
+    while i < out.len() {
         state = state.wrapping_add(1);
-        // 53 random bits → (0, 1]: never 0, so the logarithm is finite.
-        ((splitmix(state) >> 11) as f64 + 1.0) / (1u64 << 53) as f64
-    };
-    for pair in out.chunks_mut(2) {
-        let (u1, u2) = (next_unit(), next_unit());
-        let r = (-2.0 * u1.ln()).sqrt();
-        let t = std::f64::consts::TAU * u2;
-        pair[0] = (r * t.cos()) as f32;
-        if let Some(second) = pair.get_mut(1) {
-            *second = (r * t.sin()) as f32;
+        let bits = splitmix(state);
+        // Two 32-bit halves → u, v uniform in (-1, 1) (never exactly 0 or ±1).
+        let unit = |h: u64| ((h & 0xFFFF_FFFF) as f64 + 0.5) / 2_147_483_648.0 - 1.0;
+        let (u, v) = (unit(bits >> 32), unit(bits));
+        let s = u * u + v * v;
+        if s >= 1.0 || s == 0.0 {
+            continue;
+        }
+        let f = (-2.0 * s.ln() / s).sqrt();
+        out[i] = (u * f) as f32;
+        if let Some(second) = out.get_mut(i + 1) {
+            *second = (v * f) as f32;
+        }
+        i += 2;
+    }
+}
+
+impl RandomSource {
+    /// Rows `rows` of the drawn matrix `name` (`[rows, cols]`), exactly the values
+    /// [`load`](WeightSource::load) gives for them: the generator blocks that overlap the rows are
+    /// drawn (in parallel), the part inside the rows kept, each row scaled by its std.
+    fn draw_rows(
+        &self,
+        name: &str,
+        (nrows, cols): (usize, usize),
+        rows: std::ops::Range<usize>,
+    ) -> Result<TensorData> {
+        if rows.start > rows.end || rows.end > nrows {
+            return Err(Error::InvalidInput(format!(
+                "tensor `{name}`: rows {rows:?} of {nrows}"
+            )));
+        }
+        let overflow =
+            || Error::InvalidInput(format!("tensor `{name}`: [{nrows}, {cols}] overflows"));
+        let start = rows.start.checked_mul(cols).ok_or_else(overflow)?;
+        let end = rows.end.checked_mul(cols).ok_or_else(overflow)?;
+        let stream = splitmix(self.seed ^ name_hash(name));
+        let mut values = vec![0f32; end - start];
+        // Split the output at block boundaries: (block index, offset in the block, segment).
+        let mut segments = Vec::new();
+        let mut rest = values.as_mut_slice();
+        let mut at = start;
+        while !rest.is_empty() {
+            let (block, offset) = (at / BLOCK, at % BLOCK);
+            let len = (BLOCK - offset).min(rest.len());
+            let (segment, tail) = rest.split_at_mut(len);
+            segments.push((block, offset, segment));
+            rest = tail;
+            at += len;
+        }
+        segments
+            .into_par_iter()
+            .for_each(|(block, offset, segment)| {
+                let key = splitmix(stream.wrapping_add(block as u64));
+                if offset == 0 && segment.len() == BLOCK {
+                    fill_normal(segment, key);
+                } else {
+                    // A block cut by the row range: draw it whole (the stream is sequential), keep
+                    // the part inside.
+                    let mut whole = vec![0f32; offset + segment.len()];
+                    fill_normal(&mut whole, key);
+                    segment.copy_from_slice(&whole[offset..]);
+                }
+            });
+        values
+            .par_chunks_mut(cols.max(1))
+            .enumerate()
+            .for_each(|(i, row)| {
+                let r = rows.start + i;
+                let std =
+                    deepnorm_std(&self.config, name, r, self.embedding_std).unwrap_or(0.0) as f32;
+                row.iter_mut().for_each(|v| *v *= std);
+            });
+        Ok(TensorData::new(values, [rows.len(), cols]))
+    }
+
+    /// `[rows, cols]` of a drawn matrix, or why it is not one.
+    fn matrix(&self, name: &str) -> Result<(usize, usize)> {
+        let spec = self.spec(name).ok_or_else(|| Error::MissingTensor {
+            file: self.location.clone(),
+            tensor: name.to_string(),
+        })?;
+        match spec.shape[..] {
+            [r, c] if !name.ends_with("layernorm.weight") && !name.ends_with(".bias") => Ok((r, c)),
+            _ => Err(Error::InvalidInput(format!(
+                "tensor `{name}`: {:?} is not a drawn matrix",
+                spec.shape
+            ))),
         }
     }
 }
@@ -153,30 +234,13 @@ impl WeightSource for RandomSource {
         if name.ends_with(".bias") {
             return Ok(TensorData::new(vec![0f32; n], shape));
         }
-        let (rows, cols) = match shape[..] {
-            [r, c] => (r, c),
-            _ => {
-                return Err(Error::InvalidInput(format!(
-                    "tensor `{name}`: expected a matrix, got {shape:?}"
-                )))
-            }
-        };
-        // One std per row (only the [q|k|v] rows differ): drawn N(0, 1), then scaled.
-        let row_std: Vec<f32> = (0..rows)
-            .map(|r| deepnorm_std(&self.config, name, r, self.embedding_std).unwrap_or(0.0) as f32)
-            .collect();
-        let stream = splitmix(self.seed ^ name_hash(name));
-        let mut values = vec![0f32; n];
-        values
-            .par_chunks_mut(BLOCK)
-            .enumerate()
-            .for_each(|(b, block)| fill_normal(block, splitmix(stream.wrapping_add(b as u64))));
-        values
-            .par_chunks_mut(cols.max(1))
-            .zip(row_std.par_iter())
-            .for_each(|(row, &std)| row.iter_mut().for_each(|v| *v *= std));
-        debug_assert_eq!(values.len(), rows * cols);
-        Ok(TensorData::new(values, shape))
+        let (rows, cols) = self.matrix(name)?;
+        self.draw_rows(name, (rows, cols), 0..rows)
+    }
+
+    fn load_rows(&self, name: &str, rows: std::ops::Range<usize>) -> Option<Result<TensorData>> {
+        let dims = self.matrix(name).ok()?;
+        Some(self.draw_rows(name, dims, rows))
     }
 }
 
@@ -207,5 +271,45 @@ mod tests {
         assert!(mean.abs() < 0.01, "{mean}");
         assert!((var / want - 1.0).abs() < 0.05, "{var} vs {want}");
         assert!(a.load("nope").is_err());
+    }
+
+    #[test]
+    fn row_ranges_are_exactly_the_rows_of_the_whole_tensor() {
+        // Matrices of many generator blocks, cut at row ranges that split blocks.
+        let config = GlmConfig::small();
+        let src = RandomSource::new(&config, 11).unwrap();
+        for name in [
+            "transformer.layers.0.attention.query_key_value.weight",
+            "transformer.layers.1.mlp.dense_h_to_4h.weight",
+            "transformer.word_embeddings.weight",
+        ] {
+            let shape = src.shape(name).unwrap();
+            let (rows, cols) = (shape[0], shape[1]);
+            assert!(
+                rows * cols > 4 * BLOCK,
+                "{name}: {shape:?} spans few blocks"
+            );
+            let whole = src.load(name).unwrap().to_vec::<f32>().unwrap();
+            for range in [
+                0..1,
+                3..rows / 3,
+                rows / 3..rows / 3 + 1,
+                rows / 2..rows,
+                0..rows,
+            ] {
+                let part = src.load_rows(name, range.clone()).unwrap().unwrap();
+                assert_eq!(part.shape.to_vec(), vec![range.len(), cols]);
+                let part = part.to_vec::<f32>().unwrap();
+                assert!(
+                    part == whole[range.start * cols..range.end * cols],
+                    "{name} rows {range:?}"
+                );
+            }
+            assert!(src.load_rows(name, rows..rows + 1).unwrap().is_err());
+        }
+        // LayerNorms and biases are not drawn row by row.
+        assert!(src
+            .load_rows("transformer.layers.0.input_layernorm.weight", 0..1)
+            .is_none());
     }
 }

@@ -167,6 +167,40 @@ impl WeightSource for SafetensorsFile {
         };
     }
 
+    fn load_rows(&self, name: &str, rows: std::ops::Range<usize>) -> Option<Result<TensorData>> {
+        let info = self.info(name)?;
+        let dtype = to_burn_dtype(info.dtype)?;
+        let [nrows, cols] = info.shape[..] else {
+            return None;
+        };
+        Some((|| {
+            let range = self.range(name, info)?;
+            let bad = || {
+                Error::InvalidInput(format!(
+                    "{}: tensor `{name}`: rows {rows:?} of {nrows}",
+                    self.path.display()
+                ))
+            };
+            if rows.start > rows.end || rows.end > nrows {
+                return Err(bad());
+            }
+            let row_bytes = cols.checked_mul(dtype.size()).ok_or_else(bad)?;
+            let from = rows.start.checked_mul(row_bytes).ok_or_else(bad)?;
+            let to = rows.end.checked_mul(row_bytes).ok_or_else(bad)?;
+            let bytes = (to <= range.len())
+                .then(|| self.mmap.get(range.start + from..range.start + to))
+                .flatten()
+                .ok_or_else(|| {
+                    Error::corrupt(&self.path, format!("tensor `{name}` lies outside the file"))
+                })?;
+            Ok(TensorData::from_bytes_vec(
+                bytes.to_vec(),
+                vec![rows.len(), cols],
+                dtype,
+            ))
+        })())
+    }
+
     fn prefetch(&self, name: &str) {
         let Some(info) = self.info(name) else { return };
         let Ok(range) = self.range(name, info) else {
