@@ -10,7 +10,8 @@
 //! is read from the checkpoint and uploaded once per forward (per decoded token). The read of the
 //! next streamed layer is started ([`WeightSource::prefetch`]: the kernel's read-ahead of its
 //! mapped pages) when the current layer starts, so the disk overlaps the compute; the upload from
-//! host memory to a GPU is not overlapped yet.
+//! host memory to a GPU is not overlapped yet. `GLM_OFFLOAD_NO_PREFETCH=1` turns the read-ahead
+//! off (for measuring it).
 //!
 //! Quantize-on-load is not combined with offload (each streamed layer would be quantized again
 //! on every forward): quantize the checkpoint once with `glm quantize`, then offload it.
@@ -84,6 +85,9 @@ impl OffloadStore {
     /// [`WeightSource::prefetch`]): issued one layer ahead, so the disk read of the next layer
     /// overlaps the compute of the current one.
     pub(crate) fn prefetch(&self, l: usize) {
+        if std::env::var_os("GLM_OFFLOAD_NO_PREFETCH").is_some() {
+            return; // for measuring what the read-ahead buys
+        }
         for name in self.layer_names.get(l).into_iter().flatten() {
             self.source.prefetch(name);
         }

@@ -133,7 +133,8 @@ fn stored_quantization(source: &dyn WeightSource) -> Result<Option<(QuantScheme,
 }
 
 /// Writes every tensor of `source` (ignorable buffers skipped) to one safetensors file at `path`,
-/// streamed one tensor at a time (memory: about one tensor in and one out), header first, through
+/// streamed one tensor at a time (memory: about one tensor in and one out; one block of rows for
+/// a source that reads row blocks, [`WeightSource::load_rows`]), header first, through
 /// [`write_atomic_with`](crate::weights::write_atomic_with). With `quant`, the four linears of
 /// every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16) exactly as the
 /// original quantizes them (per-shard scales for the row-parallel layers) and the header carries
@@ -390,7 +391,8 @@ pub fn stream_safetensors(
 /// the four linears of every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16),
 /// every other tensor is converted to `float_dtype` (F16 like the original checkpoints, or F32).
 ///
-/// Streams one tensor at a time (memory: one tensor), writes the header first, through
+/// Streams one block of rows at a time (memory: a few MB; see [`stream_safetensors`]), writes the
+/// header first, through
 /// [`write_atomic_with`](crate::weights::write_atomic_with) (a temporary file renamed at the end).
 /// The config is written atomically too; a stale `output/config.json` is removed when the input
 /// has none. An output folder that is the input's own folder (compared as canonical paths, so

@@ -1,9 +1,11 @@
-//! A checkpoint of random weights, generated one tensor at a time on request.
+//! A checkpoint of random weights, generated one tensor (or one block of rows) at a time on
+//! request.
 //!
 //! [`RandomSource`] is a [`WeightSource`] with the tensors of a config (original names, f32), each
 //! drawn when it is loaded from a generator seeded by `(seed, tensor name, block)`: the same seed
 //! gives the same tensor in any order, on any number of threads, and a model of any size can be
-//! streamed to disk (`glm init-random`) holding one tensor in memory.
+//! streamed to disk (`glm init-random`) holding one block of rows in memory
+//! ([`WeightSource::load_rows`]).
 //!
 //! The init is GLM's DeepNorm one (spec §8, [`deepnorm_std`]): Xavier-normal weights with gain
 //! `β = (2N)^-½` for the value rows of `query_key_value`, `attention.dense` and both MLP

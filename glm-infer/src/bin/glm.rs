@@ -107,6 +107,10 @@ struct GenerateArgs {
     /// Input lines are `id<TAB>text`; answers go to `<id>.txt`.
     #[arg(long)]
     with_id: bool,
+    /// Print to stderr, per prompt, the time to the first generated token (prefill) and the
+    /// seconds per token after it.
+    #[arg(long)]
+    timing: bool,
     /// Layer-streamed offload.
     #[command(flatten)]
     offload: glm_infer::cli::OffloadFlags,
@@ -891,12 +895,16 @@ fn process<B: Backend>(
     println!("\nInput: {}", prompt.raw_text);
     let end_tokens = strategies.lead.end_tokens().to_vec();
     let streaming = stream && args.sampling_strategy == "BaseStrategy";
+    // Step times for --timing: one per decoding step (the first includes the prefill).
+    let start = std::time::Instant::now();
+    let mut steps: Vec<std::time::Duration> = Vec::new();
     let result = match (streaming, codec.tokenizer()) {
         (true, Some(_)) => {
             // Stream the blank being filled as its tokens arrive.
             let mut streamer: Option<(usize, TokenStream)> = None;
             let mut out = std::io::stdout();
             let r = engine.fill(&prompt, strategies, args.out_seq_length, &mut |rows| {
+                steps.push(start.elapsed());
                 let Some(row) = rows.first() else {
                     return;
                 };
@@ -923,8 +931,27 @@ fn process<B: Backend>(
             }
             r?
         }
-        _ => engine.fill(&prompt, strategies, args.out_seq_length, &mut |_| {})?,
+        _ => engine.fill(&prompt, strategies, args.out_seq_length, &mut |_| {
+            steps.push(start.elapsed())
+        })?,
     };
+    if args.timing {
+        if let Some((first, last)) = steps.first().zip(steps.last()) {
+            let rest = steps.len() - 1;
+            let per_token = if rest > 0 {
+                format!(
+                    ", then {:.3} s/token over {rest} tokens",
+                    (*last - *first).as_secs_f64() / rest as f64
+                )
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "timing: first token after {:.3} s (prefill){per_token}",
+                first.as_secs_f64()
+            );
+        }
+    }
     let answers: Vec<String> = result
         .sequences
         .iter()
