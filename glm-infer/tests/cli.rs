@@ -800,3 +800,51 @@ fn convert_to_sat_then_generate_split_over_ranks() {
     );
     std::fs::remove_dir_all(&work).ok();
 }
+
+#[test]
+fn timing_reports_the_first_token_and_seconds_per_token_only_when_asked() {
+    let work = tmp("timing");
+    let prompts = work.join("prompts.txt");
+    std::fs::write(&prompts, "The weather is [MASK] today.\n").unwrap();
+    let run = |timing: bool| {
+        let mut cmd = glm();
+        cmd.arg("generate")
+            .arg("--model")
+            .arg(model_dir())
+            .arg("--tokenizer")
+            .arg(tokenizer())
+            .arg("--input-source")
+            .arg(&prompts)
+            .arg("--output-path")
+            .arg(work.join(if timing { "t" } else { "n" }))
+            .args(["--top-k", "1", "--out-seq-length", "40"]);
+        if timing {
+            cmd.arg("--timing");
+        }
+        let out = cmd.output().unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run(true);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("timing: first token after "))
+        .unwrap_or_else(|| panic!("no timing line in {stderr:?}"));
+    let numbers: Vec<f64> = line
+        .split(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    // First-token seconds, then (when more than one token was generated) s/token and the count.
+    assert!(numbers.first().is_some_and(|&t| t > 0.0), "{line}");
+    match numbers[..] {
+        [_] => assert!(!line.contains("then"), "{line}"),
+        [_, per_token, n] => assert!(per_token > 0.0 && n >= 1.0 && line.contains("then")),
+        _ => panic!("unexpected timing line {line:?}"),
+    }
+    assert!(!run(false).contains("timing:"));
+    std::fs::remove_dir_all(&work).ok();
+}
