@@ -9,9 +9,9 @@
 //! the KV cache and the activations — what `glm plan --offload` counts. Cost: every streamed layer
 //! is read from the checkpoint and uploaded once per forward (per decoded token). The read of the
 //! next streamed layer is started ([`WeightSource::prefetch`]: the kernel's read-ahead of its
-//! mapped pages) when the current layer starts, so the disk overlaps the compute; the upload from
-//! host memory to a GPU is not overlapped yet. `GLM_OFFLOAD_NO_PREFETCH=1` turns the read-ahead
-//! off (for measuring it).
+//! mapped pages) once the current layer is loaded, so the disk overlaps the compute; the upload from
+//! host memory to a GPU is not overlapped yet. Setting `GLM_OFFLOAD_NO_PREFETCH` (any value) turns
+//! the read-ahead off (for measuring it).
 //!
 //! Quantize-on-load is not combined with offload (each streamed layer would be quantized again
 //! on every forward): quantize the checkpoint once with `glm quantize`, then offload it.
@@ -174,13 +174,17 @@ impl<B: Backend> GlmModel<B> {
     /// Runs `f` on layer `l`: the resident one, or one streamed from the checkpoint onto the
     /// device of the embedding (released after `f`).
     pub(crate) fn with_layer<T>(&self, l: usize, f: impl FnOnce(&GlmLayer<B>) -> T) -> Result<T> {
-        if let Some(store) = &self.offload {
-            // Overlap: the next streamed layer's pages are read while this layer computes.
-            if let Some(next) = next_streamed(store.resident, l, self.config().num_layers) {
-                store.prefetch(next);
+        // Overlap: the next streamed layer's pages are read while this layer computes (asked for
+        // once this layer's own weights are in, so the two reads do not compete).
+        let read_ahead = || {
+            if let Some(store) = &self.offload {
+                if let Some(next) = next_streamed(store.resident, l, self.config().num_layers) {
+                    store.prefetch(next);
+                }
             }
-        }
+        };
         if let Some(layer) = self.layers.get(l) {
+            read_ahead();
             return Ok(f(layer));
         }
         let store = self.offload.as_ref().ok_or_else(|| {
@@ -191,6 +195,7 @@ impl<B: Backend> GlmModel<B> {
         })?;
         let device = self.word_embeddings.val().device();
         let layer = store.layer::<B>(self.config(), l, &device)?;
+        read_ahead();
         let out = f(&layer);
         drop(layer);
         store.release(l);

@@ -133,8 +133,9 @@ fn stored_quantization(source: &dyn WeightSource) -> Result<Option<(QuantScheme,
 }
 
 /// Writes every tensor of `source` (ignorable buffers skipped) to one safetensors file at `path`,
-/// streamed one tensor at a time (memory: about one tensor in and one out; one block of rows for
-/// a source that reads row blocks, [`WeightSource::load_rows`]), header first, through
+/// streamed one tensor at a time (memory: about one tensor in and one out; for a source that
+/// reads row blocks, [`WeightSource::load_rows`], a few blocks of ≈ 4 M elements), header first,
+/// through
 /// [`write_atomic_with`](crate::weights::write_atomic_with). With `quant`, the four linears of
 /// every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16) exactly as the
 /// original quantizes them (per-shard scales for the row-parallel layers) and the header carries
@@ -391,8 +392,8 @@ pub fn stream_safetensors(
 /// the four linears of every layer become `.weight` (I8 / packed int4) + `.weight_scale` (F16),
 /// every other tensor is converted to `float_dtype` (F16 like the original checkpoints, or F32).
 ///
-/// Streams one block of rows at a time (memory: a few MB; see [`stream_safetensors`]), writes the
-/// header first, through
+/// Streams one tensor at a time, one block of rows at a time from a safetensors input (memory:
+/// tens of MB; a SAT folder is read a whole tensor at a time), writes the header first, through
 /// [`write_atomic_with`](crate::weights::write_atomic_with) (a temporary file renamed at the end).
 /// The config is written atomically too; a stale `output/config.json` is removed when the input
 /// has none. An output folder that is the input's own folder (compared as canonical paths, so
@@ -521,7 +522,23 @@ fn write_streamed(
         }
         Ok(Some(match quantize {
             Some((scheme, shards)) => Ready::Quantized(
-                QuantizedMatrix::quantize(name, &block, shards, scheme).map_err(quant_err)?,
+                QuantizedMatrix::quantize(name, &block, shards, scheme)
+                    .map_err(|e| match e {
+                        // The block's row 0 is the tensor's row r0.
+                        glm_quant::QuantError::NonFinite {
+                            tensor,
+                            row,
+                            col,
+                            value,
+                        } => glm_quant::QuantError::NonFinite {
+                            tensor,
+                            row: row + r0,
+                            col,
+                            value,
+                        },
+                        e => e,
+                    })
+                    .map_err(quant_err)?,
             ),
             None if is_float(block.dtype) => Ready::Float(block.convert_dtype(float_dtype)),
             None => {

@@ -50,7 +50,8 @@ pub trait WeightSource {
     }
     /// A hint that `name` will be loaded soon: a memory-mapped source asks the OS to start reading
     /// its pages from disk in the background (`madvise(WILLNEED)`), so the read overlaps whatever
-    /// the caller computes meanwhile. Never blocks, never fails; the default does nothing.
+    /// the caller computes meanwhile. Does not wait for the data and never fails; the default
+    /// does nothing.
     fn prefetch(&self, _name: &str) {}
     /// `name` exactly as tensor-parallel rank `rank` of `world` stores it, when this source is
     /// made of such shards (a SAT folder of `world` ranks): read from the rank's own file, no

@@ -108,7 +108,7 @@ struct GenerateArgs {
     #[arg(long)]
     with_id: bool,
     /// Print to stderr, per prompt, the time to the first generated token (prefill) and the
-    /// seconds per token after it.
+    /// seconds per token after it (with several blanks, the later blanks' prefills count in it).
     #[arg(long)]
     timing: bool,
     /// Layer-streamed offload.
@@ -940,14 +940,14 @@ fn process<B: Backend>(
             let rest = steps.len() - 1;
             let per_token = if rest > 0 {
                 format!(
-                    ", then {:.3} s/token over {rest} tokens",
+                    ", then {:.6} s/token over {rest} tokens",
                     (*last - *first).as_secs_f64() / rest as f64
                 )
             } else {
                 String::new()
             };
             eprintln!(
-                "timing: first token after {:.3} s (prefill){per_token}",
+                "timing: first token after {:.6} s (prefill){per_token}",
                 first.as_secs_f64()
             );
         }
