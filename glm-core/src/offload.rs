@@ -41,6 +41,9 @@ pub struct OffloadStore {
     /// Every stored tensor name of each layer (weights, biases, scales), found once at load: what
     /// [`release`](Self::release) hands back after the layer's forward.
     layer_names: Arc<Vec<Vec<String>>>,
+    /// Whether [`prefetch`](Self::prefetch) reads ahead (off with `GLM_OFFLOAD_NO_PREFETCH`, for
+    /// measuring what it buys), read once at load.
+    read_ahead: bool,
 }
 
 impl std::fmt::Debug for OffloadStore {
@@ -85,8 +88,8 @@ impl OffloadStore {
     /// [`WeightSource::prefetch`]): issued one layer ahead, so the disk read of the next layer
     /// overlaps the compute of the current one.
     pub(crate) fn prefetch(&self, l: usize) {
-        if std::env::var_os("GLM_OFFLOAD_NO_PREFETCH").is_some() {
-            return; // for measuring what the read-ahead buys
+        if !self.read_ahead {
+            return;
         }
         for name in self.layer_names.get(l).into_iter().flatten() {
             self.source.prefetch(name);
@@ -162,6 +165,7 @@ impl<B: Backend> GlmModel<B> {
             resident,
             options,
             layer_names: Arc::new(layer_names),
+            read_ahead: std::env::var_os("GLM_OFFLOAD_NO_PREFETCH").is_none(),
         });
         Ok(model)
     }

@@ -68,6 +68,12 @@ impl SafetensorsFile {
     }
 
     /// The byte range of `name` inside the mapping (checked against the file length).
+    /// The bytes of `name` in the mapping, `None` for an unknown or out-of-file tensor (for the
+    /// page hints, which never fail).
+    fn mapped_range(&self, name: &str) -> Option<std::ops::Range<usize>> {
+        self.range(name, self.info(name)?).ok()
+    }
+
     fn range(&self, name: &str, info: &TensorInfo) -> Result<std::ops::Range<usize>> {
         let (start, end) = info.data_offsets;
         let range = self
@@ -151,8 +157,7 @@ impl WeightSource for SafetensorsFile {
     }
 
     fn release(&self, name: &str) {
-        let Some(info) = self.info(name) else { return };
-        let Ok(range) = self.range(name, info) else {
+        let Some(range) = self.mapped_range(name) else {
             return;
         };
         // SAFETY: the mapping is a read-only shared mapping of a regular file: MADV_DONTNEED only
@@ -202,8 +207,7 @@ impl WeightSource for SafetensorsFile {
     }
 
     fn prefetch(&self, name: &str) {
-        let Some(info) = self.info(name) else { return };
-        let Ok(range) = self.range(name, info) else {
+        let Some(range) = self.mapped_range(name) else {
             return;
         };
         // Starts the kernel's read-ahead of the range and returns; failure only means no hint.
