@@ -109,6 +109,21 @@ pub enum Error {
         /// What happened.
         reason: String,
     },
+    /// A node of a multi-node job was lost (killed, crashed, unreachable): every other node
+    /// stops with this, naming it.
+    #[error("multi-node: node {node} ({address}) was lost: {reason}")]
+    NodeLost {
+        /// The lost node's rank.
+        node: u32,
+        /// Its tensor data service address.
+        address: String,
+        /// What the collective saw.
+        reason: String,
+    },
+    /// A multi-node job could not be formed (bad flags, the nodes disagree) or a collective failed
+    /// without a node to blame (timeout).
+    #[error("multi-node: {0}")]
+    MultiNode(String),
 }
 
 /// `Result` with this crate's [`Error`].

@@ -1,7 +1,9 @@
 //! `glm-train --config FILE --out DIR [--resume] [--device cpu|wgpu|cuda]`: trains a GLM and
 //! writes `DIR/metrics.jsonl`, `DIR/checkpoints/`, `DIR/model.safetensors` and `DIR/config.json`.
 //! With `data_parallel = n` in the config, the n replicas run on n CPU workers (`cpu`), on the one
-//! wgpu adapter (`wgpu`) or on CUDA devices 0..n (`cuda`).
+//! wgpu adapter (`wgpu`) or on CUDA devices 0..n (`cuda`). `--nodes N --node-rank R
+//! --orchestrator HOST:PORT` (or torchrun-style environment variables) makes this process node R
+//! of an N-node job (docs/distributed.md).
 
 // No unwrap/expect outside tests: bad input is a typed error (docs/robustness.md).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
@@ -13,6 +15,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use glm_core::device::{dispatch, DeviceKind, OnBackend};
+use glm_core::parallel::NodeSpec;
 use glm_train::{TrainConfig, Trainer};
 
 /// Train or fine-tune a GLM (blank-infilling objective, GLM-130B recipe).
@@ -35,6 +38,64 @@ struct Args {
     /// Backend: cpu, wgpu or cuda (the last two when built with `--features wgpu` / `cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Number of nodes (processes, usually one per machine) of a multi-node job
+    /// (docs/distributed.md); default: `GLM_NNODES` / `NNODES`, else a single-process run.
+    #[arg(long)]
+    nodes: Option<u32>,
+    /// This node's rank, 0..NODES (default: `GLM_NODE_RANK` / `NODE_RANK`). Node 0 hosts the
+    /// orchestrator and writes the run's files.
+    #[arg(long)]
+    node_rank: Option<u32>,
+    /// HOST:PORT of the orchestrator, i.e. of node 0 (default: `GLM_ORCHESTRATOR`, or
+    /// `MASTER_ADDR:MASTER_PORT`).
+    #[arg(long)]
+    orchestrator: Option<String>,
+    /// The address the other nodes reach this node at (default: `GLM_NODE_HOST`, else the
+    /// interface that routes to the orchestrator).
+    #[arg(long)]
+    node_host: Option<String>,
+    /// Port of this node's tensor data service (default: `GLM_NODE_PORT`, else a free port).
+    #[arg(long)]
+    node_port: Option<u16>,
+    /// Seconds a collective waits for the other nodes before the job is declared stuck
+    /// (default: `GLM_COLLECTIVE_TIMEOUT`, else 600). A node that dies is reported at once.
+    #[arg(long)]
+    collective_timeout: Option<f64>,
+}
+
+impl Args {
+    /// The multi-node job of the flags and the environment (`None`: a single process).
+    fn node_spec(&self) -> glm_train::Result<Option<NodeSpec>> {
+        let Some(mut spec) =
+            NodeSpec::resolve(self.nodes, self.node_rank, self.orchestrator.clone())?
+        else {
+            if self.node_host.is_some() || self.node_port.is_some() {
+                return Err(glm_core::Error::MultiNode(
+                    "--node-host / --node-port given without --nodes".into(),
+                )
+                .into());
+            }
+            return Ok(None);
+        };
+        if let Some(h) = &self.node_host {
+            spec.host = Some(h.clone());
+        }
+        if let Some(p) = self.node_port {
+            spec.port = Some(p);
+        }
+        if let Some(t) = self.collective_timeout {
+            spec.timeout = std::time::Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    glm_core::Error::MultiNode(format!(
+                        "--collective-timeout {t} is not a positive number of seconds"
+                    ))
+                })?;
+        }
+        spec.validate()?;
+        Ok(Some(spec))
+    }
 }
 
 fn run(args: Args) -> glm_train::Result<()> {
@@ -56,7 +117,9 @@ fn train<B: AutodiffBackend>(
     config: TrainConfig,
     devices: &[B::Device],
 ) -> glm_train::Result<()> {
-    let mut trainer = Trainer::<B>::new_data_parallel(config, &args.out, devices, args.resume)?;
+    let spec = args.node_spec()?;
+    let writer = spec.as_ref().is_none_or(|s| s.rank == 0);
+    let mut trainer = Trainer::<B>::new_on_nodes(config, &args.out, devices, args.resume, spec)?;
     trainer.progress = !args.quiet;
     let lines = trainer.run()?;
     if let (Some(first), Some(last)) = (lines.first(), lines.last()) {
@@ -71,14 +134,17 @@ fn train<B: AutodiffBackend>(
                 .unwrap_or_default()
         );
     }
-    eprintln!(
-        "model written to {}",
-        args.out.join("model.safetensors").display()
-    );
+    if writer {
+        eprintln!(
+            "model written to {}",
+            args.out.join("model.safetensors").display()
+        );
+    }
     Ok(())
 }
 
 fn main() -> ExitCode {
+    glm_core::parallel::nodes::quiet_collective_panics();
     match run(Args::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

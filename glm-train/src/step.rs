@@ -14,6 +14,7 @@ use burn_collective::{
     PeerId, ReduceOperation,
 };
 use glm_core::dropout::Dropout;
+use glm_core::parallel::{panic_message, NodeGroup};
 use glm_core::GlmModel;
 
 use crate::batch::Batch;
@@ -113,15 +114,6 @@ type WorkerResult<B> = (f64, Option<Vec<Tensor<B, 1>>>);
 /// What one data-parallel replica hands back: its loss sum and, on replica 0, the all-reduced
 /// gradient bucket.
 type ReplicaOutcome<B> = Result<(f64, Option<Tensor<B, 1>>)>;
-
-/// The text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".into())
-}
 
 /// Loss and gradients of one optimizer step, before clipping.
 #[derive(Debug, Clone)]
@@ -230,22 +222,7 @@ impl<B: AutodiffBackend> TrainState<B> {
             scale / denom as f64
         };
         let run = |model: &GlmModel<B>, batches: Vec<&Batch>| {
-            let mut acc: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
-            let mut loss = 0.0f64;
-            for batch in batches {
-                let Some(sum) = loss_sum_checked(model, batch, forward) else {
-                    continue;
-                };
-                let value: f32 = sum.clone().detach().into_scalar().elem();
-                loss += value as f64;
-                let g = sum.mul_scalar(factor).backward();
-                let grads = param_grads::<B, _>(model, &g);
-                acc = Some(match acc {
-                    None => grads,
-                    Some(a) => a.into_iter().zip(grads).map(|(x, y)| x + y).collect(),
-                });
-            }
-            (loss, acc)
+            self.replica_grads(model, batches, factor, forward)
         };
         let home = self.model.word_embeddings.val().device();
         let (loss, summed) = match devices {
@@ -262,6 +239,135 @@ impl<B: AutodiffBackend> TrainState<B> {
         };
         Ok(StepGrads {
             loss: if denom == 0 { 0.0 } else { loss / denom as f64 },
+            grads,
+            targets: denom,
+        })
+    }
+
+    /// Loss sum and summed gradients (scaled by `factor`) of `batches` on `model`; `None`
+    /// gradients when no batch has a target.
+    fn replica_grads(
+        &self,
+        model: &GlmModel<B>,
+        batches: Vec<&Batch>,
+        factor: f64,
+        forward: &ForwardConfig,
+    ) -> WorkerResult<B::InnerBackend> {
+        let mut acc: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
+        let mut loss = 0.0f64;
+        for batch in batches {
+            let Some(sum) = loss_sum_checked(model, batch, forward) else {
+                continue;
+            };
+            let value: f32 = sum.clone().detach().into_scalar().elem();
+            loss += value as f64;
+            let g = sum.mul_scalar(factor).backward();
+            let grads = param_grads::<B, _>(model, &g);
+            acc = Some(match acc {
+                None => grads,
+                Some(a) => a.into_iter().zip(grads).map(|(x, y)| x + y).collect(),
+            });
+        }
+        (loss, acc)
+    }
+
+    /// [`TrainState::grads`] for one node of a multi-node job: `micro_batches` is the WHOLE
+    /// step of every node (each node draws the same stream); micro-batch `i` belongs to global
+    /// replica `i % (nodes × devices.len())`, node `r` running replicas `r × devices.len() ..`,
+    /// exactly the split of a single-process run with `nodes × devices.len()` replicas. Each
+    /// replica's flattened gradients, with its loss sum appended, are summed over every replica
+    /// of every node by `group` (burn-collective's global all-reduce), so every node ends the
+    /// step with the same gradients and mean loss.
+    pub fn grads_on_nodes(
+        &self,
+        micro_batches: &[Batch],
+        forward: &ForwardConfig,
+        devices: &[B::Device],
+        group: &NodeGroup<B::InnerBackend>,
+    ) -> Result<StepGrads<B::InnerBackend>> {
+        for batch in micro_batches {
+            check_batch(&self.model, batch)?;
+        }
+        if devices.is_empty() {
+            return Err(Error::config("data_parallel", "no device given"));
+        }
+        let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
+        let scale = self.scaler.scale;
+        let factor = if denom == 0 {
+            0.0
+        } else {
+            scale / denom as f64
+        };
+        let local = devices.len();
+        let world = local * group.nodes() as usize;
+        let first = group.rank() as usize * local;
+        let total: usize = self.optim.master.iter().map(|p| p.dims()[0]).sum();
+        let home = self.model.word_embeddings.val().device();
+        let buckets: Vec<Result<Tensor<B::InnerBackend, 1>>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = devices
+                .iter()
+                .enumerate()
+                .map(|(r, device)| {
+                    let mine: Vec<&Batch> = micro_batches
+                        .iter()
+                        .enumerate()
+                        .filter(|(i, _)| i % world == first + r)
+                        .map(|(_, b)| b)
+                        .collect();
+                    let home = &home;
+                    scope.spawn(move || {
+                        let replica = if device == home && local == 1 {
+                            self.model.clone()
+                        } else {
+                            self.model.clone().fork(device)
+                        };
+                        let (loss, grads) = self.replica_grads(&replica, mine, factor, forward);
+                        let bucket = match grads {
+                            Some(g) => Tensor::cat(g, 0).cast(DType::F32),
+                            None => Tensor::zeros([total], device),
+                        };
+                        let loss = Tensor::<B::InnerBackend, 1>::from_floats([loss as f32], device);
+                        Tensor::cat(vec![bucket, loss], 0)
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .enumerate()
+                .map(|(r, h)| {
+                    h.join().map_err(|panic| Error::DataParallel {
+                        replica: first + r,
+                        reason: panic_message(panic.as_ref()),
+                    })
+                })
+                .collect()
+        });
+        let buckets = buckets
+            .into_iter()
+            .map(|b| b.map(|t| t.into_primitive().tensor()))
+            .collect::<Result<Vec<_>>>()?;
+        let summed = group.all_reduce(buckets)?;
+        let summed = summed
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::DataParallel {
+                replica: first,
+                reason: "no all-reduce result".into(),
+            })?;
+        let summed = Tensor::<B::InnerBackend, 1>::from_primitive(TensorPrimitive::Float(summed))
+            .to_device(&home);
+        let loss: f32 = summed.clone().narrow(0, total, 1).into_scalar().elem();
+        let grads = self
+            .unbucket(summed.narrow(0, 0, total))
+            .into_iter()
+            .map(|t| t.mul_scalar(1.0 / scale))
+            .collect();
+        Ok(StepGrads {
+            loss: if denom == 0 {
+                0.0
+            } else {
+                loss as f64 / denom as f64
+            },
             grads,
             targets: denom,
         })

@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use burn::module::AutodiffModule;
 use burn::tensor::backend::AutodiffBackend;
+use glm_core::parallel::{NodeGroup, NodeSpec};
 use glm_core::vocab::VocabMap;
 use glm_core::{GlmConfig, GlmModel};
 use glm_tokenizer::{Tokenizer, TokenizerOptions};
@@ -117,6 +118,10 @@ pub struct Trainer<B: AutodiffBackend> {
     pub train_docs: Vec<u32>,
     /// Indices of the held-out (validation) documents in [`Trainer::documents`].
     pub validation_docs: Vec<u32>,
+    /// The multi-node job this trainer is a node of (`None`: a single-process run). Every node
+    /// trains the same model on its share of each step; only node 0 writes metrics, checkpoints,
+    /// the plot and the final model.
+    pub nodes: Option<NodeGroup<B::InnerBackend>>,
 }
 
 impl<B: AutodiffBackend> Trainer<B> {
@@ -140,7 +145,27 @@ impl<B: AutodiffBackend> Trainer<B> {
         devices: &[B::Device],
         resume: bool,
     ) -> Result<Self> {
+        Self::new_on_nodes(config, out, devices, resume, None)
+    }
+
+    /// Like [`Trainer::new_data_parallel`], as node `spec.rank` of a multi-node job when `spec`
+    /// is given: every node runs `config.data_parallel` local replicas on `devices`, and one
+    /// step is `grad_accumulation × data_parallel × nodes` micro-batches, split over the nodes'
+    /// replicas as a single-process run with `data_parallel × nodes` replicas splits them.
+    ///
+    /// Every node passes the same `out` (a shared folder, or the same copy of it): node 0 alone
+    /// writes there; with `resume` every node reads the newest valid checkpoint, and joining
+    /// fails with [`glm_core::Error::MultiNode`] unless all nodes resumed the same one with the
+    /// same configuration and corpus.
+    pub fn new_on_nodes(
+        config: TrainConfig,
+        out: &Path,
+        devices: &[B::Device],
+        resume: bool,
+        spec: Option<NodeSpec>,
+    ) -> Result<Self> {
         config.validate()?;
+        let writer = spec.as_ref().is_none_or(|s| s.rank == 0);
         let devices: Vec<B::Device> = match devices {
             [] => return Err(Error::config("data_parallel", "no device given")),
             [one] => vec![one.clone(); config.data_parallel],
@@ -160,7 +185,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         std::fs::create_dir_all(out).map_err(|e| Error::io(out, e))?;
         let metrics = out.join("metrics.jsonl");
         let ckpt_root = out.join("checkpoints");
-        if !resume && (metrics.exists() || ckpt_root.exists()) {
+        if writer && !resume && (metrics.exists() || ckpt_root.exists()) {
             return Err(Error::config(
                 "--out",
                 format!(
@@ -275,16 +300,40 @@ impl<B: AutodiffBackend> Trainer<B> {
             documents: store,
             train_docs,
             validation_docs: val_docs,
+            nodes: None,
         };
-        if resume {
-            trainer.resume()?;
+        let resumed = if resume {
+            trainer.resume(writer)?
         } else {
-            std::fs::File::create(&metrics).map_err(|e| Error::io(&metrics, e))?;
+            if writer {
+                std::fs::File::create(&metrics).map_err(|e| Error::io(&metrics, e))?;
+            }
+            String::new()
+        };
+        if let Some(spec) = spec {
+            // What every node must agree on: the run and where it starts.
+            let agreement = fnv1a(
+                format!(
+                    "{}|{}|{}|{resumed}",
+                    trainer.config.fingerprint(),
+                    trainer.corpus.fingerprint,
+                    trainer.step
+                )
+                .as_bytes(),
+            );
+            trainer.nodes = Some(NodeGroup::join(spec, &trainer.devices, agreement)?);
         }
         Ok(trainer)
     }
 
-    fn resume(&mut self) -> Result<()> {
+    /// Whether this process writes the run's files (a single-process run, or node 0).
+    pub fn is_writer(&self) -> bool {
+        self.nodes.as_ref().is_none_or(|g| g.rank() == 0)
+    }
+
+    /// Restores the newest valid checkpoint; returns its checksum. Only the `writer` trims
+    /// `metrics.jsonl` to it.
+    fn resume(&mut self, writer: bool) -> Result<String> {
         let root = self.out.join("checkpoints");
         let metrics = self.out.join("metrics.jsonl");
         let scan = checkpoint::scan(&root);
@@ -324,10 +373,10 @@ impl<B: AutodiffBackend> Trainer<B> {
         self.step = ckpt.meta.step;
         // History after the checkpoint is dropped (those steps are recomputed) together with a
         // line torn by a kill; the old file stays until the new one is complete.
-        if let Some(text) = kept {
+        if let (true, Some(text)) = (writer, kept) {
             glm_core::weights::write_atomic(&metrics, text.as_bytes())?;
         }
-        Ok(())
+        Ok(ckpt.meta.checksum.clone())
     }
 
     /// The forward settings of training steps.
@@ -341,7 +390,8 @@ impl<B: AutodiffBackend> Trainer<B> {
 
     /// Runs one optimizer step (does not write metrics or checkpoints).
     pub fn train_step(&mut self) -> Result<(StepReport, usize)> {
-        let micro = self.config.grad_accumulation * self.config.data_parallel;
+        let nodes = self.nodes.as_ref().map_or(1, |g| g.nodes() as usize);
+        let micro = self.config.grad_accumulation * self.config.data_parallel * nodes;
         let batches: Vec<Batch> = (0..micro)
             .map(|_| self.stream.next_batch(self.config.batch_size))
             .collect();
@@ -350,9 +400,15 @@ impl<B: AutodiffBackend> Trainer<B> {
             .config
             .schedule
             .lr(self.state.optim.updates, self.config.steps);
-        let grads = self
-            .state
-            .grads(&batches, &self.forward_config(), &self.devices)?;
+        let grads = match &self.nodes {
+            None => self
+                .state
+                .grads(&batches, &self.forward_config(), &self.devices)?,
+            Some(group) => {
+                self.state
+                    .grads_on_nodes(&batches, &self.forward_config(), &self.devices, group)?
+            }
+        };
         Ok((self.state.apply(grads, lr), tokens))
     }
 
@@ -364,16 +420,24 @@ impl<B: AutodiffBackend> Trainer<B> {
         eval_loss(&self.state.model.valid(), &self.validation)
     }
 
-    /// Trains until `config.steps`, appending to `metrics.jsonl` and checkpointing.
+    /// Trains until `config.steps`, appending to `metrics.jsonl` and checkpointing (node 0 of a
+    /// multi-node job; the other nodes only train). A multi-node run leaves its job at the end.
     pub fn run(&mut self) -> Result<Vec<MetricsLine>> {
+        let writer = self.is_writer();
         let metrics_path = self.out.join("metrics.jsonl");
-        let mut file = std::fs::OpenOptions::new()
-            .append(true)
-            .create(true)
-            .open(&metrics_path)
-            .map_err(|e| Error::io(&metrics_path, e))?;
+        let mut file = if writer {
+            Some(
+                std::fs::OpenOptions::new()
+                    .append(true)
+                    .create(true)
+                    .open(&metrics_path)
+                    .map_err(|e| Error::io(&metrics_path, e))?,
+            )
+        } else {
+            None
+        };
         let total = self.config.steps;
-        let bar = if self.progress {
+        let bar = if self.progress && writer {
             let b = indicatif::ProgressBar::new(total);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
@@ -393,7 +457,8 @@ impl<B: AutodiffBackend> Trainer<B> {
             let (report, tokens) = self.train_step()?;
             self.step += 1;
             let secs = start.elapsed().as_secs_f64().max(1e-9);
-            let validate = self.config.validate_every > 0
+            let validate = writer
+                && self.config.validate_every > 0
                 && (self.step.is_multiple_of(self.config.validate_every) || self.step == total);
             let val_loss = if validate {
                 self.validation_loss()?
@@ -416,8 +481,10 @@ impl<B: AutodiffBackend> Trainer<B> {
             };
             mark = Instant::now();
             let json = serde_json::to_string(&line).map_err(|e| Error::Data(e.to_string()))?;
-            file.write_all(format!("{json}\n").as_bytes())
-                .map_err(|e| Error::io(&metrics_path, e))?;
+            if let Some(file) = file.as_mut() {
+                file.write_all(format!("{json}\n").as_bytes())
+                    .map_err(|e| Error::io(&metrics_path, e))?;
+            }
             if let Some(b) = &bar {
                 let val = val_loss.map(|v| format!(" val {v:.3}")).unwrap_or_default();
                 b.set_message(format!(
@@ -427,7 +494,7 @@ impl<B: AutodiffBackend> Trainer<B> {
                 b.inc(1);
             }
             let every = self.config.checkpoint_every;
-            if (every > 0 && self.step.is_multiple_of(every)) || self.step == total {
+            if writer && ((every > 0 && self.step.is_multiple_of(every)) || self.step == total) {
                 self.save_checkpoint()?;
             }
             lines.push(line);
@@ -435,7 +502,12 @@ impl<B: AutodiffBackend> Trainer<B> {
         if let Some(b) = bar {
             b.finish();
         }
-        self.export()?;
+        if writer {
+            self.export()?;
+        }
+        if let Some(group) = self.nodes.take() {
+            group.finish()?;
+        }
         Ok(lines)
     }
 
@@ -593,4 +665,11 @@ fn check_vocab(store: &TokenStore, vocab: usize) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// 64-bit FNV-1a of `bytes` (the nodes' agreement fingerprint).
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }

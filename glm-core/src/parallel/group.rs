@@ -8,6 +8,7 @@ use burn_collective::{finish_collective, register, reset_collective, CollectiveC
 
 use super::comm::{collective_turn, GroupState, TpRank};
 use super::layout::TpLayout;
+use super::panic_message;
 use super::source::RankSource;
 use crate::config::GlmConfig;
 use crate::error::{Error, Result};
@@ -36,15 +37,6 @@ pub struct TensorParallel<B: Backend> {
     devices: Vec<B::Device>,
     layout: TpLayout,
     state: Arc<GroupState>,
-}
-
-/// The text of a panic payload.
-fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
-    payload
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_string())
-        .or_else(|| payload.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panicked".into())
 }
 
 impl<B: Backend> TensorParallel<B> {

@@ -31,10 +31,21 @@
 mod comm;
 mod group;
 mod layout;
+pub mod nodes;
 mod source;
 
 pub use self::comm::{collective_turn, TpRank};
 pub use self::group::TensorParallel;
 pub(crate) use self::layout::slice_bytes;
 pub use self::layout::{chunk_range, EmbeddingLayout, ShardDims, TpLayout};
+pub use self::nodes::{NodeGroup, NodeSpec};
 pub use self::source::RankSource;
+
+/// The text of a panic payload (`panic!` with a literal or a formatted message).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panicked".into())
+}
