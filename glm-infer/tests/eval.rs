@@ -36,6 +36,7 @@ fn run_all() -> (Value, Vec<String>, eval::Report) {
     let options = EvalOptions {
         data_root: eval_dir().join("data"),
         token_losses: true,
+        ..Default::default()
     };
     let report =
         eval::evaluate_tasks(&model, &IdCodec, &tasks, &options, &mut lines).expect("evaluation");
@@ -542,4 +543,100 @@ fn evaluate_cli(extra: &[String]) {
         assert!(close_rel(got, want, 1e-4), "{f}");
     }
     let _ = std::fs::remove_dir_all(&out_dir);
+}
+
+/// `glm evaluate` as two nodes of a multi-node job (two processes on loopback, burn-collective's
+/// global orchestrator): each scores its share of every file, node 0 prints the original's report
+/// and writes a JSON report identical to the single-process one (timings aside); node 1 writes
+/// nothing.
+#[test]
+fn glm_evaluate_on_two_nodes_writes_the_single_process_report() {
+    let json = read_json("eval.json");
+    let dir = std::env::temp_dir().join(format!("glm-eval-nodes-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let command = |report: &std::path::Path| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_glm"));
+        c.arg("evaluate")
+            .args(task_files(&json))
+            .arg("--model")
+            .arg(fixtures())
+            .arg("--data-path")
+            .arg(eval_dir().join("data"))
+            .arg("--report")
+            .arg(report)
+            .arg("--no-progress")
+            .arg("--token-losses");
+        c
+    };
+    let single = dir.join("single.json");
+    let out = command(&single).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let reports = [dir.join("node0.json"), dir.join("node1.json")];
+    let children: Vec<std::process::Child> = reports
+        .iter()
+        .enumerate()
+        .map(|(rank, report)| {
+            command(report)
+                .args(["--nodes", "2", "--node-rank", &rank.to_string()])
+                .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+                .args(["--collective-timeout", "120"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outputs: Vec<std::process::Output> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for (rank, out) in outputs.iter().enumerate() {
+        assert!(
+            out.status.success(),
+            "node {rank}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let stdout = String::from_utf8_lossy(&outputs[0].stdout);
+    let got: Vec<String> = stdout.lines().map(normalise_line).collect();
+    assert_report_lines(&got, &harness_stdout(&json), &json);
+    assert!(outputs[1].stdout.is_empty(), "node 1 printed a report");
+    assert!(!reports[1].exists(), "node 1 wrote a report");
+
+    // Identical reports, timings aside.
+    fn strip_seconds(v: &mut Value) {
+        match v {
+            Value::Object(map) => {
+                map.remove("seconds");
+                map.values_mut().for_each(strip_seconds);
+            }
+            Value::Array(items) => items.iter_mut().for_each(strip_seconds),
+            _ => {}
+        }
+    }
+    let read = |p: &std::path::Path| -> Value {
+        let mut v: Value = serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap();
+        strip_seconds(&mut v);
+        v
+    };
+    let (want, got) = (read(&single), read(&reports[0]));
+    assert!(
+        want["tasks"].as_array().is_some_and(|t| !t.is_empty()),
+        "empty report"
+    );
+    assert_eq!(
+        got, want,
+        "the 2-node report differs from the single-process one"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -110,6 +110,7 @@ fn peak_of_run(
     let options = EvalOptions {
         data_root: dir.join("data"),
         token_losses: false,
+        ..Default::default()
     };
     let base = LIVE.load(Ordering::SeqCst);
     PEAK.store(base, Ordering::SeqCst);

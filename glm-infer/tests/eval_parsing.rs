@@ -181,6 +181,7 @@ fn generation_tasks_run_with_both_strategies() {
     let options = EvalOptions {
         data_root: data,
         token_losses: false,
+        ..Default::default()
     };
     let report = eval::evaluate_tasks(&model, &IdCodec, &tasks, &options, &mut lines).unwrap();
     for task in &report.tasks {
@@ -282,6 +283,7 @@ fn absurd_sizes_are_refused_before_allocation() {
     let options = EvalOptions {
         data_root: dir.clone(),
         token_losses: false,
+        ..Default::default()
     };
     let err = eval::evaluate_tasks(&model, &IdCodec, &tasks, &options, &mut lines)
         .unwrap_err()

@@ -66,35 +66,14 @@ struct Args {
 impl Args {
     /// The multi-node job of the flags and the environment (`None`: a single process).
     fn node_spec(&self) -> glm_train::Result<Option<NodeSpec>> {
-        let Some(mut spec) =
-            NodeSpec::resolve(self.nodes, self.node_rank, self.orchestrator.clone())?
-        else {
-            if self.node_host.is_some() || self.node_port.is_some() {
-                return Err(glm_core::Error::MultiNode(
-                    "--node-host / --node-port given without --nodes".into(),
-                )
-                .into());
-            }
-            return Ok(None);
-        };
-        if let Some(h) = &self.node_host {
-            spec.host = Some(h.clone());
-        }
-        if let Some(p) = self.node_port {
-            spec.port = Some(p);
-        }
-        if let Some(t) = self.collective_timeout {
-            spec.timeout = std::time::Duration::try_from_secs_f64(t)
-                .ok()
-                .filter(|d| !d.is_zero())
-                .ok_or_else(|| {
-                    glm_core::Error::MultiNode(format!(
-                        "--collective-timeout {t} is not a positive number of seconds"
-                    ))
-                })?;
-        }
-        spec.validate()?;
-        Ok(Some(spec))
+        Ok(NodeSpec::from_flags(
+            self.nodes,
+            self.node_rank,
+            self.orchestrator.clone(),
+            self.node_host.clone(),
+            self.node_port,
+            self.collective_timeout,
+        )?)
     }
 }
 

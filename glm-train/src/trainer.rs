@@ -312,7 +312,7 @@ impl<B: AutodiffBackend> Trainer<B> {
         };
         if let Some(spec) = spec {
             // What every node must agree on: the run and where it starts.
-            let agreement = fnv1a(
+            let agreement = glm_core::parallel::nodes::agreement(
                 format!(
                     "{}|{}|{}|{resumed}",
                     trainer.config.fingerprint(),
@@ -665,11 +665,4 @@ fn check_vocab(store: &TokenStore, vocab: usize) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// 64-bit FNV-1a of `bytes` (the nodes' agreement fingerprint).
-fn fnv1a(bytes: &[u8]) -> u64 {
-    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
-        (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-    })
 }

@@ -126,6 +126,45 @@ impl NodeSpec {
         Self::resolve(None, None, None)
     }
 
+    /// The spec of command-line flags (each `None` when not given), the environment
+    /// ([`NodeSpec::from_env`]) for what they leave out; `None` when neither gives a node count
+    /// (then `host`, `port` and `timeout_s` must not be given either). `timeout_s` in seconds.
+    pub fn from_flags(
+        nodes: Option<u32>,
+        rank: Option<u32>,
+        orchestrator: Option<String>,
+        host: Option<String>,
+        port: Option<u16>,
+        timeout_s: Option<f64>,
+    ) -> Result<Option<Self>> {
+        let Some(mut spec) = Self::resolve(nodes, rank, orchestrator)? else {
+            if host.is_some() || port.is_some() || timeout_s.is_some() {
+                return Err(Error::MultiNode(
+                    "--node-host / --node-port / --collective-timeout given without --nodes".into(),
+                ));
+            }
+            return Ok(None);
+        };
+        if host.is_some() {
+            spec.host = host;
+        }
+        if port.is_some() {
+            spec.port = port;
+        }
+        if let Some(t) = timeout_s {
+            spec.timeout = Duration::try_from_secs_f64(t)
+                .ok()
+                .filter(|d| !d.is_zero())
+                .ok_or_else(|| {
+                    Error::MultiNode(format!(
+                        "--collective-timeout {t} is not a positive number of seconds"
+                    ))
+                })?;
+        }
+        spec.validate()?;
+        Ok(Some(spec))
+    }
+
     /// Flags first, the environment ([`NodeSpec::from_env`]) for what they leave out. `None`
     /// when neither gives a node count.
     pub fn resolve(
@@ -657,6 +696,14 @@ impl<B: Backend> NodeGroup<B> {
         std::thread::sleep(LINGER.saturating_sub(SETTLE));
         Error::MultiNode(reason)
     }
+}
+
+/// A fingerprint for [`NodeGroup::join`]'s `agreement` (64-bit FNV-1a of `bytes`): hash what
+/// must be equal on every node (configuration, data, resumed step…).
+pub fn agreement(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Makes a panic on one of burn-collective's runtime threads (`tokio-rt-worker`: its server and

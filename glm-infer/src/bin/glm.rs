@@ -236,6 +236,7 @@ struct InitArgs {
 }
 
 fn main() -> ExitCode {
+    glm_core::parallel::nodes::quiet_collective_panics();
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Generate(args) => generate(args),

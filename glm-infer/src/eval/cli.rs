@@ -4,11 +4,15 @@
 use std::io::Write;
 use std::path::PathBuf;
 
+use std::sync::Arc;
+
 use burn::tensor::backend::Backend;
+use glm_core::parallel::NodeGroup;
 
 use super::config::TaskConfig;
 use super::error::{EvalError, EvalResult};
 use super::runner::{evaluate_tasks, load_tasks, EvalOptions, Observer};
+use super::shard::Sharding;
 use crate::cli::DeviceKind;
 
 /// Arguments of `glm evaluate`.
@@ -39,6 +43,10 @@ pub struct EvaluateArgs {
     /// Exact fp32 rotary tables instead of the original's fp16 ones.
     #[arg(long)]
     pub rotary_fp32: bool,
+    /// Multi-node evaluation: every node scores its share of each file, node 0 gathers the
+    /// results and writes the report (the one a single process writes).
+    #[command(flatten)]
+    pub nodes: crate::cli::NodeFlags,
 }
 
 /// The observer of the ranks other than 0: they report nothing.
@@ -110,12 +118,23 @@ pub fn run(args: EvaluateArgs) -> EvalResult<()> {
 }
 
 fn run_on<B: Backend>(args: &EvaluateArgs, devices: &[B::Device]) -> EvalResult<()> {
+    let spec = args.nodes.spec()?;
+    if spec.is_some() && args.load.tensor_parallel.is_some_and(|n| n > 1) {
+        return Err(EvalError::Usage(
+            "--nodes and --tensor-parallel cannot be combined yet (one burn-collective server \
+             per backend and process)"
+                .into(),
+        ));
+    }
+    let writer = spec.as_ref().is_none_or(|s| s.rank == 0);
     let mut console = Console {
         bar: None,
-        progress: !args.no_progress,
+        progress: !args.no_progress && writer,
     };
+    let mut silent = Silent;
+    let observer: &mut dyn Observer = if writer { &mut console } else { &mut silent };
     // Task files first (as evaluate.py): a bad YAML fails before the model is loaded.
-    let tasks = load_tasks(&args.tasks, &mut console)?;
+    let tasks = load_tasks(&args.tasks, observer)?;
     let options = crate::api::LoadOptions {
         rotary_fp32: args.rotary_fp32,
         offload: args.offload.clone(),
@@ -123,20 +142,44 @@ fn run_on<B: Backend>(args: &EvaluateArgs, devices: &[B::Device]) -> EvalResult<
     };
     let glm = crate::api::Glm::<B>::load_on_devices(&args.load.model, options, devices)?;
     let (model, codec) = (glm.model(), glm.codec());
+    let nodes = match spec {
+        Some(spec) => {
+            // Every node must run the same tasks on the same data with the same options.
+            let agreement = glm_core::parallel::nodes::agreement(
+                format!(
+                    "{tasks:?}|{}|{}|{}",
+                    args.data_path.display(),
+                    args.token_losses,
+                    args.rotary_fp32
+                )
+                .as_bytes(),
+            );
+            let first = devices.first().cloned().unwrap_or_default();
+            Some(Arc::new(NodeGroup::<B>::join(spec, &[first], agreement)?))
+        }
+        None => None,
+    };
     let eval_options = EvalOptions {
         data_root: args.data_path.clone(),
         token_losses: args.token_losses,
+        sharding: nodes.clone().map(|g| g as Arc<dyn Sharding>),
     };
     let report = match glm.tensor_parallel() {
-        None => evaluate_tasks(model, codec, &tasks, &eval_options, &mut console)?,
+        None => evaluate_tasks(model, codec, &tasks, &eval_options, observer)?,
         Some(group) => group.run(
-            |rank0| evaluate_tasks(rank0, codec, &tasks, &eval_options, &mut console),
+            |rank0| evaluate_tasks(rank0, codec, &tasks, &eval_options, observer),
             |rank| evaluate_tasks(rank, codec, &tasks, &eval_options, &mut Silent).map(drop),
         )?,
     };
-    let json = serde_json::to_vec_pretty(&report)
-        .map_err(|e| EvalError::Usage(format!("serializing the report: {e}")))?;
-    glm_core::weights::write_atomic(&args.report, &json)?;
-    eprintln!("report written to {}", args.report.display());
+    if writer {
+        let json = serde_json::to_vec_pretty(&report)
+            .map_err(|e| EvalError::Usage(format!("serializing the report: {e}")))?;
+        glm_core::weights::write_atomic(&args.report, &json)?;
+        eprintln!("report written to {}", args.report.display());
+    }
+    drop(eval_options);
+    if let Some(group) = nodes.and_then(|g| Arc::try_unwrap(g).ok()) {
+        group.finish()?;
+    }
     Ok(())
 }

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod report;
 pub mod runner;
 pub mod score;
+pub mod shard;
 pub mod yaml;
 
 pub use config::{FilePattern, Metric, TaskConfig, TaskHandler, TaskKind, TaskType};
@@ -50,3 +51,4 @@ pub use error::{EvalError, EvalResult};
 pub use runner::{
     evaluate_task, evaluate_tasks, load_tasks, CollectLines, EvalOptions, Observer, Report,
 };
+pub use shard::Sharding;

@@ -55,6 +55,10 @@ pub struct EvalOptions {
     pub data_root: PathBuf,
     /// Keep every scored token's loss in the report (`lm`).
     pub token_losses: bool,
+    /// Split every data file over the processes of a multi-node job (each scores whole
+    /// micro-batches of its own, then all results are gathered): the report is the one a single
+    /// process writes. `None`: this process scores everything.
+    pub sharding: Option<Arc<dyn Sharding>>,
 }
 
 enum Dataset {
@@ -495,8 +499,12 @@ fn evaluate_file<B: Backend>(
             samples,
             bias,
         } => {
-            let mut results = Vec::with_capacity(samples.len());
-            for chunk in samples.chunks(mbs) {
+            let sharding = options.sharding.as_deref();
+            let mut scored: Vec<Option<Vec<f32>>> = vec![None; samples.len()];
+            for (c, chunk) in samples.chunks(mbs).enumerate() {
+                if sharding.is_some_and(|sh| !sh.owns(c)) {
+                    continue;
+                }
                 let scores = mc::score_batch(model, chunk)?;
                 if scores.len() != chunk.len() {
                     return Err(EvalError::Usage(format!(
@@ -505,7 +513,38 @@ fn evaluate_file<B: Backend>(
                         chunk.len()
                     )));
                 }
-                for (s, lp) in chunk.iter().zip(scores) {
+                for (slot, lp) in scored[c * mbs..].iter_mut().zip(scores) {
+                    *slot = Some(lp);
+                }
+                observer.advance(chunk.len());
+            }
+            let scored: Vec<Vec<f32>> = match sharding {
+                None => scored.into_iter().flatten().collect(),
+                Some(sh) => {
+                    let mine = scored.iter().filter(|s| s.is_some()).count();
+                    let local = scored
+                        .into_iter()
+                        .map(|s| s.map(|lp| shard::f32_words(&lp)))
+                        .collect();
+                    let all: Vec<Vec<f32>> = sh
+                        .gather(local)?
+                        .iter()
+                        .map(|w| shard::words_f32(w))
+                        .collect();
+                    observer.advance(all.len().saturating_sub(mine));
+                    all
+                }
+            };
+            if scored.len() != samples.len() {
+                return Err(EvalError::Usage(format!(
+                    "scored {} samples of {}",
+                    scored.len(),
+                    samples.len()
+                )));
+            }
+            let mut results = Vec::with_capacity(samples.len());
+            {
+                for (s, lp) in samples.iter().zip(scored) {
                     let prediction = if config.handler == TaskHandler::StereoSet {
                         bias::stereoset_prediction(&lp, &s.choices)
                     } else {
@@ -518,7 +557,6 @@ fn evaluate_file<B: Backend>(
                         label: s.label,
                     });
                 }
-                observer.advance(chunk.len());
             }
             if let Some(items) = bias {
                 let report = match items {
@@ -580,22 +618,47 @@ fn evaluate_file<B: Backend>(
             let strategy = strategy
                 .as_deref_mut()
                 .ok_or_else(|| EvalError::Usage("generation task without a strategy".into()))?;
-            let mut results = Vec::with_capacity(items.len());
-            for (line, ctx, targets) in &items {
+            let sharding = options.sharding.as_deref();
+            let mut predictions: Vec<Option<Vec<u32>>> = vec![None; items.len()];
+            for (i, (_, ctx, _)) in items.iter().enumerate() {
+                if sharding.is_some_and(|sh| !sh.owns(i)) {
+                    continue;
+                }
                 let beams = gen::generate(model, ctx, strategy)?;
                 let prediction = if config.handler == TaskHandler::Lambada {
                     gen::lambada_answer(&beams, codec)?
                 } else {
                     beams.into_iter().next().unwrap_or_default()
                 };
-                results.push(GenerationResult {
+                predictions[i] = Some(prediction);
+                observer.advance(1);
+            }
+            let predictions: Vec<Vec<u32>> = match sharding {
+                None => predictions.into_iter().flatten().collect(),
+                Some(sh) => {
+                    let mine = predictions.iter().filter(|p| p.is_some()).count();
+                    let all = sh.gather(predictions)?;
+                    observer.advance(all.len().saturating_sub(mine));
+                    all
+                }
+            };
+            if predictions.len() != items.len() {
+                return Err(EvalError::Usage(format!(
+                    "generated {} items of {}",
+                    predictions.len(),
+                    items.len()
+                )));
+            }
+            let results: Vec<GenerationResult> = items
+                .iter()
+                .zip(predictions)
+                .map(|((line, _, targets), prediction)| GenerationResult {
                     line: *line,
                     prediction_text: codec.detokenize(&prediction),
                     prediction,
                     references: targets.iter().map(|t| codec.detokenize(t)).collect(),
-                });
-                observer.advance(1);
-            }
+                })
+                .collect();
             let n = results.len().max(1) as f64;
             let score = |f: fn(&str, &str) -> f64| {
                 100.0
@@ -641,12 +704,20 @@ fn evaluate_file<B: Backend>(
                 .iter()
                 .enumerate()
                 .flat_map(|(d, doc)| layout.windows(&doc.tokens).map(move |w| (d, w)));
+            let sharding = options.sharding.as_deref();
             let mut chunk: Vec<(usize, Window)> = Vec::new();
-            loop {
+            // Every window in order: its document, its prompt length, its token losses (`None`
+            // until scored: another node's micro-batch).
+            let mut scored: Vec<(usize, usize, Option<Vec<f32>>)> = Vec::new();
+            for c in 0.. {
                 chunk.clear();
                 chunk.extend(all.by_ref().take(mbs));
                 if chunk.is_empty() {
                     break;
+                }
+                if sharding.is_some_and(|sh| !sh.owns(c)) {
+                    scored.extend(chunk.iter().map(|(d, w)| (*d, w.prompt_length, None)));
+                    continue;
                 }
                 let refs: Vec<&Window> = chunk.iter().map(|(_, w)| w).collect();
                 let losses = lm::window_losses(model, &refs)?;
@@ -658,15 +729,40 @@ fn evaluate_file<B: Backend>(
                     )));
                 }
                 for ((d, w), token_losses) in chunk.iter().zip(losses) {
-                    let loss: f32 = token_losses.iter().sum();
-                    per_doc[*d].push(WindowResult {
+                    scored.push((*d, w.prompt_length, Some(token_losses)));
+                }
+                observer.advance(chunk.len());
+            }
+            if let Some(sh) = sharding {
+                let mine = scored.iter().filter(|s| s.2.is_some()).count();
+                let local = scored
+                    .iter_mut()
+                    .map(|s| s.2.take().map(|l| shard::f32_words(&l)))
+                    .collect();
+                let all = sh.gather(local)?;
+                if all.len() != scored.len() {
+                    return Err(EvalError::Usage(format!(
+                        "gathered {} windows of {}",
+                        all.len(),
+                        scored.len()
+                    )));
+                }
+                for (s, words) in scored.iter_mut().zip(all) {
+                    s.2 = Some(shard::words_f32(&words));
+                }
+                observer.advance(scored.len().saturating_sub(mine));
+            }
+            for (d, prompt_length, token_losses) in scored {
+                let token_losses = token_losses.unwrap_or_default();
+                let loss: f32 = token_losses.iter().sum();
+                if let Some(doc) = per_doc.get_mut(d) {
+                    doc.push(WindowResult {
                         loss: f64::from(loss),
                         num_scored: token_losses.len(),
-                        prompt_length: w.prompt_length,
+                        prompt_length,
                         token_losses: options.token_losses.then_some(token_losses),
                     });
                 }
-                observer.advance(chunk.len());
             }
             let docs: Vec<DocumentResult> = documents
                 .iter()
@@ -721,4 +817,6 @@ fn evaluate_file<B: Backend>(
     }
 }
 
+use super::shard::{self, Sharding};
 use crate::strategy::Strategy;
+use std::sync::Arc;
