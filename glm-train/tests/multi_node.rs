@@ -147,15 +147,17 @@ fn base_config(dir: &Path, steps: u64) -> TrainConfig {
     c
 }
 
+/// Each node with its own local replicas: 2 nodes × 2 replicas = one process with 4.
 #[test]
-fn two_nodes_train_as_one_process_with_two_replicas() {
+fn two_nodes_of_two_replicas_train_as_one_process_with_four() {
     let dir = tmpdir("nodes2");
-    let config = base_config(&dir, 6);
+    let mut config = base_config(&dir, 6);
+    config.data_parallel = 2;
     let path = write_config(&config, &dir.join("config.json"));
     let out = dir.join("job");
     run_job(&path, &out, 2, false);
-    let want = single_process(&config, 2, &dir.join("single"));
-    assert_close("2 nodes", &metric_losses(&out), &want);
+    let want = single_process(&config, 4, &dir.join("single"));
+    assert_close("2 nodes x 2 replicas", &metric_losses(&out), &want);
     assert!(out.join("model.safetensors").is_file());
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -292,5 +294,61 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// A node that stops answering without dying (SIGSTOP: its ports still accept connections) is
+/// not waited for forever: the other node stops once `--collective-timeout` has passed.
+#[test]
+fn a_frozen_node_ends_the_job_at_the_timeout() {
+    let dir = tmpdir("nodes-frozen");
+    let config = base_config(&dir, 40);
+    let path = write_config(&config, &dir.join("config.json"));
+    let out = dir.join("job");
+    let orchestrator = format!("127.0.0.1:{}", free_port());
+    let mut children: Vec<Child> = (0..2)
+        .map(|rank| {
+            Command::new(env!("CARGO_BIN_EXE_glm-train"))
+                .args(["--config", path.to_str().expect("utf-8")])
+                .args(["--out", out.to_str().expect("utf-8")])
+                .args(["--nodes", "2", "--node-rank", &rank.to_string()])
+                .args(["--orchestrator", &orchestrator])
+                .args(["--collective-timeout", "4", "--quiet"])
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start")
+        })
+        .collect();
+    let start = Instant::now();
+    while checkpoint::scan(&out.join("checkpoints"))
+        .checkpoint
+        .is_none()
+    {
+        assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let frozen = children[1].id().to_string();
+    let stopped = Command::new("kill")
+        .args(["-STOP", &frozen])
+        .status()
+        .expect("kill -STOP");
+    assert!(stopped.success());
+    let frozen_at = Instant::now();
+    let node0 = children.remove(0);
+    let result = wait_all(vec![node0]);
+    let waited = frozen_at.elapsed();
+    let _ = children[0].kill();
+    let _ = children[0].wait();
+    let (ok, err) = &result[0];
+    assert!(!ok, "node 0 went on without node 1: {err}");
+    assert!(
+        err.contains("no answer from the other nodes within 4 s"),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_secs(4) && waited < Duration::from_secs(40),
+        "node 0 stopped after {waited:?}"
+    );
     let _ = std::fs::remove_dir_all(dir);
 }
