@@ -35,10 +35,29 @@ fn write_config(config: &TrainConfig, path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// The processes of one job; whatever still runs when it is dropped (a failed assertion) is
+/// killed, so no test leaves a node behind.
+struct Job(Vec<Option<Child>>);
+
+impl Job {
+    fn child(&mut self, rank: usize) -> &mut Child {
+        self.0[rank].as_mut().expect("running")
+    }
+}
+
+impl Drop for Job {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// Starts `nodes` processes of one job on loopback, writing to `out`.
-fn start_job(config: &Path, out: &Path, nodes: u32, resume: bool) -> Vec<Child> {
+fn start_job(config: &Path, out: &Path, nodes: u32, resume: bool) -> Job {
     let orchestrator = format!("127.0.0.1:{}", free_port());
-    (0..nodes)
+    Job((0..nodes)
         .map(|rank| {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_glm-train"));
             cmd.args(["--config", config.to_str().expect("utf-8")])
@@ -52,24 +71,23 @@ fn start_job(config: &Path, out: &Path, nodes: u32, resume: bool) -> Vec<Child> 
             if resume {
                 cmd.arg("--resume");
             }
-            cmd.spawn().expect("start glm-train")
+            Some(cmd.spawn().expect("start glm-train"))
         })
-        .collect()
+        .collect())
 }
 
-/// Waits for every process (killing all of them past the deadline): (success, stderr) each.
-fn wait_all(children: Vec<Child>) -> Vec<(bool, String)> {
+/// Waits for the processes of `ranks` (killing the whole job past the deadline): (success,
+/// stderr) each.
+fn wait_ranks(job: &mut Job, ranks: &[usize]) -> Vec<(bool, String)> {
     let start = Instant::now();
-    let mut children: Vec<Option<Child>> = children.into_iter().map(Some).collect();
-    let mut results: Vec<Option<(bool, String)>> = children.iter().map(|_| None).collect();
+    let mut results: Vec<Option<(bool, String)>> = ranks.iter().map(|_| None).collect();
     while results.iter().any(Option::is_none) {
-        for (slot, result) in children.iter_mut().zip(results.iter_mut()) {
+        for (&rank, result) in ranks.iter().zip(results.iter_mut()) {
             if result.is_some() {
                 continue;
             }
-            let child = slot.as_mut().expect("child");
-            if child.try_wait().expect("try_wait").is_some() {
-                let out = slot
+            if job.child(rank).try_wait().expect("try_wait").is_some() {
+                let out = job.0[rank]
                     .take()
                     .expect("child")
                     .wait_with_output()
@@ -80,15 +98,19 @@ fn wait_all(children: Vec<Child>) -> Vec<(bool, String)> {
                 ));
             }
         }
-        if start.elapsed() > DEADLINE {
-            for child in children.iter_mut().flatten() {
-                let _ = child.kill();
-            }
-            panic!("a node process ran past {DEADLINE:?}: {results:?}");
-        }
+        assert!(
+            start.elapsed() < DEADLINE,
+            "a node process ran past {DEADLINE:?}: {results:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     results.into_iter().flatten().collect()
+}
+
+/// Waits for every process of the job.
+fn wait_all(mut job: Job) -> Vec<(bool, String)> {
+    let ranks: Vec<usize> = (0..job.0.len()).collect();
+    wait_ranks(&mut job, &ranks)
 }
 
 fn run_job(config: &Path, out: &Path, nodes: u32, resume: bool) {
@@ -178,7 +200,7 @@ fn three_nodes_survive_nothing_silently_and_resume() {
     // Kill node 1 once the first checkpoint is written: nodes 0 and 2 stop with an error naming
     // it well before the collective timeout (60 s), the checkpoint stays loadable.
     let out = dir.join("killed");
-    let mut children = start_job(&path, &out, 3, false);
+    let mut job = start_job(&path, &out, 3, false);
     let start = Instant::now();
     while checkpoint::scan(&out.join("checkpoints"))
         .checkpoint
@@ -187,9 +209,9 @@ fn three_nodes_survive_nothing_silently_and_resume() {
         assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
-    children[1].kill().expect("SIGKILL node 1");
+    job.child(1).kill().expect("SIGKILL node 1");
     let killed_at = Instant::now();
-    let results = wait_all(children);
+    let results = wait_all(job);
     let stopped_after = killed_at.elapsed();
     for rank in [0, 2] {
         let (ok, err) = &results[rank];
@@ -229,7 +251,7 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
     let other_path = write_config(&other, &dir.join("other.json"));
     // Two nodes with different configurations: both refuse to train.
     let orchestrator = format!("127.0.0.1:{}", free_port());
-    let children: Vec<Child> = [(0, &path), (1, &other_path)]
+    let job = Job([(0, &path), (1, &other_path)]
         .iter()
         .map(|(rank, config)| {
             Command::new(env!("CARGO_BIN_EXE_glm-train"))
@@ -240,10 +262,11 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .expect("start")
+                .map(Some)
+                .expect("start glm-train")
         })
-        .collect();
-    for (rank, (ok, err)) in wait_all(children).into_iter().enumerate() {
+        .collect());
+    for (rank, (ok, err)) in wait_all(job).into_iter().enumerate() {
         assert!(!ok, "node {rank} trained with a different configuration");
         assert!(err.contains("joined a different job"), "node {rank}: {err}");
     }
@@ -306,7 +329,7 @@ fn a_frozen_node_ends_the_job_at_the_timeout() {
     let path = write_config(&config, &dir.join("config.json"));
     let out = dir.join("job");
     let orchestrator = format!("127.0.0.1:{}", free_port());
-    let mut children: Vec<Child> = (0..2)
+    let mut job = Job((0..2)
         .map(|rank| {
             Command::new(env!("CARGO_BIN_EXE_glm-train"))
                 .args(["--config", path.to_str().expect("utf-8")])
@@ -317,9 +340,10 @@ fn a_frozen_node_ends_the_job_at_the_timeout() {
                 .stdout(Stdio::piped())
                 .stderr(Stdio::piped())
                 .spawn()
-                .expect("start")
+                .map(Some)
+                .expect("start glm-train")
         })
-        .collect();
+        .collect());
     let start = Instant::now();
     while checkpoint::scan(&out.join("checkpoints"))
         .checkpoint
@@ -328,18 +352,16 @@ fn a_frozen_node_ends_the_job_at_the_timeout() {
         assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
         std::thread::sleep(Duration::from_millis(5));
     }
-    let frozen = children[1].id().to_string();
+    let frozen = job.child(1).id().to_string();
     let stopped = Command::new("kill")
         .args(["-STOP", &frozen])
         .status()
         .expect("kill -STOP");
     assert!(stopped.success());
     let frozen_at = Instant::now();
-    let node0 = children.remove(0);
-    let result = wait_all(vec![node0]);
+    let result = wait_ranks(&mut job, &[0]);
     let waited = frozen_at.elapsed();
-    let _ = children[0].kill();
-    let _ = children[0].wait();
+    drop(job); // kills the frozen node
     let (ok, err) = &result[0];
     assert!(!ok, "node 0 went on without node 1: {err}");
     assert!(
