@@ -55,49 +55,6 @@ pub fn quantize_options(
 }
 
 /// The flags that say which model to load and how: shared by `glm generate`, `glm serve` and
-/// The flags that make a process one node of a multi-node job (docs/distributed.md); each falls
-/// back to its environment variable (`GLM_NNODES`, `GLM_NODE_RANK`, `GLM_ORCHESTRATOR`, … or
-/// torchrun's `NNODES`, `NODE_RANK`, `MASTER_ADDR`/`MASTER_PORT`).
-#[cfg(feature = "cli")]
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct NodeFlags {
-    /// Number of nodes (processes) of the job.
-    #[arg(long)]
-    pub nodes: Option<u32>,
-    /// This node's rank, 0..NODES; node 0 hosts the orchestrator and writes the output.
-    #[arg(long)]
-    pub node_rank: Option<u32>,
-    /// HOST:PORT of the orchestrator (node 0).
-    #[arg(long)]
-    pub orchestrator: Option<String>,
-    /// The address the other nodes reach this node at (default: the interface that routes to
-    /// the orchestrator).
-    #[arg(long)]
-    pub node_host: Option<String>,
-    /// Port of this node's tensor data service (default: a free port).
-    #[arg(long)]
-    pub node_port: Option<u16>,
-    /// Seconds a collective waits for the other nodes (default 600); a dead node is reported at
-    /// once.
-    #[arg(long)]
-    pub collective_timeout: Option<f64>,
-}
-
-#[cfg(feature = "cli")]
-impl NodeFlags {
-    /// The job these flags (and the environment) describe; `None`: a single process.
-    pub fn spec(&self) -> glm_core::Result<Option<glm_core::parallel::NodeSpec>> {
-        glm_core::parallel::NodeSpec::from_flags(
-            self.nodes,
-            self.node_rank,
-            self.orchestrator.clone(),
-            self.node_host.clone(),
-            self.node_port,
-            self.collective_timeout,
-        )
-    }
-}
-
 /// `glm evaluate` (each adds its own).
 #[cfg(feature = "cli")]
 #[derive(clap::Args, Debug, Clone)]

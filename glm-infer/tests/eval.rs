@@ -499,6 +499,21 @@ fn glm_evaluate_cli_split_over_ranks_reports_the_original_numbers() {
     evaluate_cli(&["--tensor-parallel".to_string(), world.to_string()]);
 }
 
+/// `glm evaluate` of the recorded run's tasks on the fixture model, writing `report`.
+fn glm_evaluate(json: &Value, report: &std::path::Path) -> std::process::Command {
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_glm"));
+    c.arg("evaluate")
+        .args(task_files(json))
+        .arg("--model")
+        .arg(fixtures())
+        .arg("--data-path")
+        .arg(eval_dir().join("data"))
+        .arg("--report")
+        .arg(report)
+        .arg("--no-progress");
+    c
+}
+
 fn evaluate_cli(extra: &[String]) {
     let json = read_json("eval.json");
     let out_dir = std::env::temp_dir().join(format!(
@@ -509,16 +524,7 @@ fn evaluate_cli(extra: &[String]) {
     let _ = std::fs::remove_dir_all(&out_dir);
     std::fs::create_dir_all(&out_dir).unwrap();
     let report_path = out_dir.join("report.json");
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_glm"))
-        .arg("evaluate")
-        .args(task_files(&json))
-        .arg("--model")
-        .arg(fixtures())
-        .arg("--data-path")
-        .arg(eval_dir().join("data"))
-        .arg("--report")
-        .arg(&report_path)
-        .arg("--no-progress")
+    let out = glm_evaluate(&json, &report_path)
         .args(extra)
         .output()
         .unwrap();
@@ -556,17 +562,8 @@ fn glm_evaluate_on_two_nodes_writes_the_single_process_report() {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let command = |report: &std::path::Path| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_glm"));
-        c.arg("evaluate")
-            .args(task_files(&json))
-            .arg("--model")
-            .arg(fixtures())
-            .arg("--data-path")
-            .arg(eval_dir().join("data"))
-            .arg("--report")
-            .arg(report)
-            .arg("--no-progress")
-            .arg("--token-losses");
+        let mut c = glm_evaluate(&json, report);
+        c.arg("--token-losses");
         c
     };
     let single = dir.join("single.json");

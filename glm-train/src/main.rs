@@ -15,7 +15,7 @@ use burn::backend::Autodiff;
 use burn::tensor::backend::{AutodiffBackend, Backend};
 use clap::Parser;
 use glm_core::device::{dispatch, DeviceKind, OnBackend};
-use glm_core::parallel::NodeSpec;
+use glm_core::parallel::nodes::NodeFlags;
 use glm_train::{TrainConfig, Trainer};
 
 /// Train or fine-tune a GLM (blank-infilling objective, GLM-130B recipe).
@@ -38,43 +38,9 @@ struct Args {
     /// Backend: cpu, wgpu or cuda (the last two when built with `--features wgpu` / `cuda`).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Number of nodes (processes, usually one per machine) of a multi-node job
-    /// (docs/distributed.md); default: `GLM_NNODES` / `NNODES`, else a single-process run.
-    #[arg(long)]
-    nodes: Option<u32>,
-    /// This node's rank, 0..NODES (default: `GLM_NODE_RANK` / `NODE_RANK`). Node 0 hosts the
-    /// orchestrator and writes the run's files.
-    #[arg(long)]
-    node_rank: Option<u32>,
-    /// HOST:PORT of the orchestrator, i.e. of node 0 (default: `GLM_ORCHESTRATOR`, or
-    /// `MASTER_ADDR:MASTER_PORT`).
-    #[arg(long)]
-    orchestrator: Option<String>,
-    /// The address the other nodes reach this node at (default: `GLM_NODE_HOST`, else the
-    /// interface that routes to the orchestrator).
-    #[arg(long)]
-    node_host: Option<String>,
-    /// Port of this node's tensor data service (default: `GLM_NODE_PORT`, else a free port).
-    #[arg(long)]
-    node_port: Option<u16>,
-    /// Seconds a collective waits for the other nodes before the job is declared stuck
-    /// (default: `GLM_COLLECTIVE_TIMEOUT`, else 600). A node that dies is reported at once.
-    #[arg(long)]
-    collective_timeout: Option<f64>,
-}
-
-impl Args {
-    /// The multi-node job of the flags and the environment (`None`: a single process).
-    fn node_spec(&self) -> glm_train::Result<Option<NodeSpec>> {
-        Ok(NodeSpec::from_flags(
-            self.nodes,
-            self.node_rank,
-            self.orchestrator.clone(),
-            self.node_host.clone(),
-            self.node_port,
-            self.collective_timeout,
-        )?)
-    }
+    /// Multi-node training (docs/distributed.md): this process is node NODE_RANK of NODES.
+    #[command(flatten)]
+    nodes: NodeFlags,
 }
 
 fn run(args: Args) -> glm_train::Result<()> {
@@ -96,7 +62,7 @@ fn train<B: AutodiffBackend>(
     config: TrainConfig,
     devices: &[B::Device],
 ) -> glm_train::Result<()> {
-    let spec = args.node_spec()?;
+    let spec = args.nodes.spec()?;
     let writer = spec.as_ref().is_none_or(|s| s.rank == 0);
     let mut trainer = Trainer::<B>::new_on_nodes(config, &args.out, devices, args.resume, spec)?;
     trainer.progress = !args.quiet;

@@ -214,13 +214,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         for batch in micro_batches {
             check_batch(&self.model, batch)?;
         }
-        let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
-        let scale = self.scaler.scale;
-        let factor = if denom == 0 {
-            0.0
-        } else {
-            scale / denom as f64
-        };
+        let (denom, scale, factor) = self.loss_factor(micro_batches);
         let run = |model: &GlmModel<B>, batches: Vec<&Batch>| {
             self.replica_grads(model, batches, factor, forward)
         };
@@ -242,6 +236,19 @@ impl<B: AutodiffBackend> TrainState<B> {
             grads,
             targets: denom,
         })
+    }
+
+    /// The step's target count, loss scale and the factor every loss sum is multiplied by before
+    /// the backward (`scale / targets`: the gradients of the mean loss, scaled).
+    fn loss_factor(&self, micro_batches: &[Batch]) -> (usize, f64, f64) {
+        let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
+        let scale = self.scaler.scale;
+        let factor = if denom == 0 {
+            0.0
+        } else {
+            scale / denom as f64
+        };
+        (denom, scale, factor)
     }
 
     /// Loss sum and summed gradients (scaled by `factor`) of `batches` on `model`; `None`
@@ -291,13 +298,7 @@ impl<B: AutodiffBackend> TrainState<B> {
         if devices.is_empty() {
             return Err(Error::config("data_parallel", "no device given"));
         }
-        let denom: usize = micro_batches.iter().map(Batch::num_targets).sum();
-        let scale = self.scaler.scale;
-        let factor = if denom == 0 {
-            0.0
-        } else {
-            scale / denom as f64
-        };
+        let (denom, scale, factor) = self.loss_factor(micro_batches);
         let local = devices.len();
         let world = local * group.nodes() as usize;
         let first = group.rank() as usize * local;

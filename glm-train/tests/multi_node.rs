@@ -54,26 +54,50 @@ impl Drop for Job {
     }
 }
 
-/// Starts `nodes` processes of one job on loopback, writing to `out`.
-fn start_job(config: &Path, out: &Path, nodes: u32, resume: bool) -> Job {
+/// Starts one job on loopback: node `r` trains `configs[r]` into `out` with `extra` flags.
+fn spawn_nodes(configs: &[&Path], out: &Path, extra: &[&str]) -> Job {
     let orchestrator = format!("127.0.0.1:{}", free_port());
-    Job((0..nodes)
-        .map(|rank| {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_glm-train"));
-            cmd.args(["--config", config.to_str().expect("utf-8")])
+    let nodes = configs.len().to_string();
+    Job(configs
+        .iter()
+        .enumerate()
+        .map(|(rank, config)| {
+            Command::new(env!("CARGO_BIN_EXE_glm-train"))
+                .args(["--config", config.to_str().expect("utf-8")])
                 .args(["--out", out.to_str().expect("utf-8")])
-                .args(["--nodes", &nodes.to_string()])
-                .args(["--node-rank", &rank.to_string()])
-                .args(["--orchestrator", &orchestrator])
-                .args(["--collective-timeout", "60", "--quiet"])
+                .args(["--nodes", &nodes, "--node-rank", &rank.to_string()])
+                .args(["--orchestrator", &orchestrator, "--quiet"])
+                .args(extra)
                 .stdout(Stdio::piped())
-                .stderr(Stdio::piped());
-            if resume {
-                cmd.arg("--resume");
-            }
-            Some(cmd.spawn().expect("start glm-train"))
+                .stderr(Stdio::piped())
+                .spawn()
+                .map(Some)
+                .expect("start glm-train")
         })
         .collect())
+}
+
+/// Starts `nodes` processes of one job training `config` (60 s collective timeout).
+fn start_job(config: &Path, out: &Path, nodes: u32, resume: bool) -> Job {
+    let configs = vec![config; nodes as usize];
+    let resume: &[&str] = if resume { &["--resume"] } else { &[] };
+    spawn_nodes(
+        &configs,
+        out,
+        &[&["--collective-timeout", "60"], resume].concat(),
+    )
+}
+
+/// Waits until node 0 has written its first checkpoint into `out`.
+fn wait_for_checkpoint(out: &Path) {
+    let start = Instant::now();
+    while checkpoint::scan(&out.join("checkpoints"))
+        .checkpoint
+        .is_none()
+    {
+        assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// Waits for the processes of `ranks` (killing the whole job past the deadline): (success,
@@ -201,14 +225,7 @@ fn three_nodes_survive_nothing_silently_and_resume() {
     // it well before the collective timeout (60 s), the checkpoint stays loadable.
     let out = dir.join("killed");
     let mut job = start_job(&path, &out, 3, false);
-    let start = Instant::now();
-    while checkpoint::scan(&out.join("checkpoints"))
-        .checkpoint
-        .is_none()
-    {
-        assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_for_checkpoint(&out);
     job.child(1).kill().expect("SIGKILL node 1");
     let killed_at = Instant::now();
     let results = wait_all(job);
@@ -250,22 +267,7 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
     other.seed += 1;
     let other_path = write_config(&other, &dir.join("other.json"));
     // Two nodes with different configurations: both refuse to train.
-    let orchestrator = format!("127.0.0.1:{}", free_port());
-    let job = Job([(0, &path), (1, &other_path)]
-        .iter()
-        .map(|(rank, config)| {
-            Command::new(env!("CARGO_BIN_EXE_glm-train"))
-                .args(["--config", config.to_str().expect("utf-8")])
-                .args(["--out", dir.join("out").to_str().expect("utf-8")])
-                .args(["--nodes", "2", "--node-rank", &rank.to_string()])
-                .args(["--orchestrator", &orchestrator, "--quiet"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map(Some)
-                .expect("start glm-train")
-        })
-        .collect());
+    let job = spawn_nodes(&[&path, &other_path], &dir.join("out"), &[]);
     for (rank, (ok, err)) in wait_all(job).into_iter().enumerate() {
         assert!(!ok, "node {rank} trained with a different configuration");
         assert!(err.contains("joined a different job"), "node {rank}: {err}");
@@ -328,30 +330,8 @@ fn a_frozen_node_ends_the_job_at_the_timeout() {
     let config = base_config(&dir, 40);
     let path = write_config(&config, &dir.join("config.json"));
     let out = dir.join("job");
-    let orchestrator = format!("127.0.0.1:{}", free_port());
-    let mut job = Job((0..2)
-        .map(|rank| {
-            Command::new(env!("CARGO_BIN_EXE_glm-train"))
-                .args(["--config", path.to_str().expect("utf-8")])
-                .args(["--out", out.to_str().expect("utf-8")])
-                .args(["--nodes", "2", "--node-rank", &rank.to_string()])
-                .args(["--orchestrator", &orchestrator])
-                .args(["--collective-timeout", "4", "--quiet"])
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .map(Some)
-                .expect("start glm-train")
-        })
-        .collect());
-    let start = Instant::now();
-    while checkpoint::scan(&out.join("checkpoints"))
-        .checkpoint
-        .is_none()
-    {
-        assert!(start.elapsed() < DEADLINE, "no checkpoint appeared");
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let mut job = spawn_nodes(&[&path, &path], &out, &["--collective-timeout", "4"]);
+    wait_for_checkpoint(&out);
     let frozen = job.child(1).id().to_string();
     let stopped = Command::new("kill")
         .args(["-STOP", &frozen])

@@ -698,6 +698,49 @@ impl<B: Backend> NodeGroup<B> {
     }
 }
 
+/// The flags that make a process one node of a multi-node job (docs/distributed.md); each falls
+/// back to its environment variable (`GLM_NNODES`, `GLM_NODE_RANK`, `GLM_ORCHESTRATOR`, … or
+/// torchrun's `NNODES`, `NODE_RANK`, `MASTER_ADDR`/`MASTER_PORT`).
+#[cfg(feature = "cli")]
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct NodeFlags {
+    /// Number of nodes (processes) of the job.
+    #[arg(long)]
+    pub nodes: Option<u32>,
+    /// This node's rank, 0..NODES; node 0 hosts the orchestrator and writes the output.
+    #[arg(long)]
+    pub node_rank: Option<u32>,
+    /// HOST:PORT of the orchestrator (node 0).
+    #[arg(long)]
+    pub orchestrator: Option<String>,
+    /// The address the other nodes reach this node at (default: the interface that routes to
+    /// the orchestrator).
+    #[arg(long)]
+    pub node_host: Option<String>,
+    /// Port of this node's tensor data service (default: a free port).
+    #[arg(long)]
+    pub node_port: Option<u16>,
+    /// Seconds a collective waits for the other nodes (default 600); a dead node is reported at
+    /// once.
+    #[arg(long)]
+    pub collective_timeout: Option<f64>,
+}
+
+#[cfg(feature = "cli")]
+impl NodeFlags {
+    /// The job these flags (and the environment) describe; `None`: a single process.
+    pub fn spec(&self) -> Result<Option<NodeSpec>> {
+        NodeSpec::from_flags(
+            self.nodes,
+            self.node_rank,
+            self.orchestrator.clone(),
+            self.node_host.clone(),
+            self.node_port,
+            self.collective_timeout,
+        )
+    }
+}
+
 /// A fingerprint for [`NodeGroup::join`]'s `agreement` (64-bit FNV-1a of `bytes`): hash what
 /// must be equal on every node (configuration, data, resumed step…).
 pub fn agreement(bytes: &[u8]) -> u64 {

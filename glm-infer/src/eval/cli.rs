@@ -46,7 +46,7 @@ pub struct EvaluateArgs {
     /// Multi-node evaluation: every node scores its share of each file, node 0 gathers the
     /// results and writes the report (the one a single process writes).
     #[command(flatten)]
-    pub nodes: crate::cli::NodeFlags,
+    pub nodes: glm_core::parallel::nodes::NodeFlags,
 }
 
 /// The observer of the ranks other than 0: they report nothing.
