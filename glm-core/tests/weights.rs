@@ -11,8 +11,11 @@ use common::*;
 use glm_core::weights::{save_safetensors, SafetensorsFile, SatCheckpoint, WeightSource};
 use glm_core::{Error, GlmConfig, GlmModel, ModelOptions};
 
+/// A fresh folder for `tag` under cargo's per-target temporary folder: emptied when made, so runs
+/// never pile folders up in the system's temporary directory (tests that fail keep theirs to look
+/// at until the next run).
 fn tmp_dir(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("glm-core-test-{tag}-{}", std::process::id()));
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("glm-core-test-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d

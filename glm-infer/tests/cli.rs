@@ -23,8 +23,10 @@ fn tokenizer() -> PathBuf {
         .join("ice_text_synth.model")
 }
 
+/// A fresh folder for `tag` under cargo's per-target temporary folder (emptied when made: runs do
+/// not pile folders up in the system's temporary directory).
 fn tmp(tag: &str) -> PathBuf {
-    let d = std::env::temp_dir().join(format!("glm-cli-{tag}-{}", std::process::id()));
+    let d = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("glm-cli-{tag}"));
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).unwrap();
     d
