@@ -272,6 +272,23 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
         assert!(!ok, "node {rank} trained with a different configuration");
         assert!(err.contains("joined a different job"), "node {rank}: {err}");
     }
+    // Node 0 cannot host the orchestrator on a port that is taken: said at once.
+    let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = taken.local_addr().expect("port").port().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_glm-train"))
+        .args(["--config", path.to_str().expect("utf-8")])
+        .args(["--out", dir.join("taken").to_str().expect("utf-8")])
+        .args(["--nodes", "2", "--node-rank", "0", "--quiet"])
+        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "trained without an orchestrator");
+    assert!(
+        err.contains(&format!("the orchestrator cannot listen on port {port}")),
+        "{err}"
+    );
+    drop(taken);
     // Bad flags: a typed message each, no panic.
     for (args, expected) in [
         (
