@@ -288,6 +288,20 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
         err.contains(&format!("the orchestrator cannot listen on port {port}")),
         "{err}"
     );
+    // Nor can a node use a data port that is taken.
+    let out = Command::new(env!("CARGO_BIN_EXE_glm-train"))
+        .args(["--config", path.to_str().expect("utf-8")])
+        .args(["--out", dir.join("taken").to_str().expect("utf-8")])
+        .args(["--nodes", "2", "--node-rank", "1", "--quiet"])
+        .args(["--orchestrator", "127.0.0.1:1", "--node-port", &port])
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "joined with a taken data port");
+    assert!(
+        err.contains(&format!("data port {port} cannot be used")),
+        "{err}"
+    );
     drop(taken);
     // Bad flags: a typed message each, no panic.
     for (args, expected) in [

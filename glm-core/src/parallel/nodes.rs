@@ -388,6 +388,13 @@ impl<B: Backend> NodeGroup<B> {
             Some(p) => p,
             None => free_port()?,
         };
+        // burn-collective's data server binds it in the background and cannot report a failure:
+        // a taken port would only show later, as this node "lost" by the others.
+        if let Err(e) = TcpListener::bind(("0.0.0.0", port)) {
+            return Err(Error::MultiNode(format!(
+                "this node's data port {port} cannot be used (--node-port): {e}"
+            )));
+        }
         let host = match &spec.host {
             Some(h) => ipv4_of(h, port)?,
             None => route_to(orchestrator_addr)?,
