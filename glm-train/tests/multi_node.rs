@@ -272,39 +272,14 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
         assert!(!ok, "node {rank} trained with a different configuration");
         assert!(err.contains("joined a different job"), "node {rank}: {err}");
     }
-    // Node 0 cannot host the orchestrator on a port that is taken: said at once.
+    // Bad flags and taken ports (node 0's orchestrator port, a node's data port): a typed
+    // message each, at once, no panic.
     let taken = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = taken.local_addr().expect("port").port().to_string();
-    let out = Command::new(env!("CARGO_BIN_EXE_glm-train"))
-        .args(["--config", path.to_str().expect("utf-8")])
-        .args(["--out", dir.join("taken").to_str().expect("utf-8")])
-        .args(["--nodes", "2", "--node-rank", "0", "--quiet"])
-        .args(["--orchestrator", &format!("127.0.0.1:{port}")])
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "trained without an orchestrator");
-    assert!(
-        err.contains(&format!("the orchestrator cannot listen on port {port}")),
-        "{err}"
-    );
-    // Nor can a node use a data port that is taken.
-    let out = Command::new(env!("CARGO_BIN_EXE_glm-train"))
-        .args(["--config", path.to_str().expect("utf-8")])
-        .args(["--out", dir.join("taken").to_str().expect("utf-8")])
-        .args(["--nodes", "2", "--node-rank", "1", "--quiet"])
-        .args(["--orchestrator", "127.0.0.1:1", "--node-port", &port])
-        .output()
-        .expect("run");
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "joined with a taken data port");
-    assert!(
-        err.contains(&format!("data port {port} cannot be used")),
-        "{err}"
-    );
-    drop(taken);
-    // Bad flags: a typed message each, no panic.
-    for (args, expected) in [
+    let on_taken = format!("127.0.0.1:{port}");
+    let listen = format!("the orchestrator cannot listen on port {port}");
+    let data = format!("data port {port} cannot be used");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec![
                 "--nodes",
@@ -336,10 +311,36 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
             "not HOST:PORT",
         ),
         (vec!["--node-rank", "1"], "without --nodes"),
-    ] {
+        (
+            vec![
+                "--nodes",
+                "2",
+                "--node-rank",
+                "0",
+                "--orchestrator",
+                &on_taken,
+            ],
+            &listen,
+        ),
+        (
+            vec![
+                "--nodes",
+                "2",
+                "--node-rank",
+                "1",
+                "--orchestrator",
+                "127.0.0.1:1",
+                "--node-port",
+                &port,
+            ],
+            &data,
+        ),
+    ];
+    for (args, expected) in cases {
         let out = Command::new(env!("CARGO_BIN_EXE_glm-train"))
             .args(["--config", path.to_str().expect("utf-8")])
             .args(["--out", dir.join("flags").to_str().expect("utf-8")])
+            .args(["--quiet"])
             .args(&args)
             .env_remove("GLM_NNODES")
             .env_remove("NNODES")
@@ -350,6 +351,7 @@ fn nodes_that_disagree_or_misconfigure_are_refused() {
         assert!(err.contains(expected), "{args:?}: {err}");
         assert!(!err.contains("panicked"), "{args:?}: {err}");
     }
+    drop(taken);
     let _ = std::fs::remove_dir_all(dir);
 }
 
