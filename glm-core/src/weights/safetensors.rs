@@ -67,13 +67,13 @@ impl SafetensorsFile {
         self.info(name).and_then(|i| to_burn_dtype(i.dtype))
     }
 
-    /// The byte range of `name` inside the mapping (checked against the file length).
     /// The bytes of `name` in the mapping, `None` for an unknown or out-of-file tensor (for the
     /// page hints, which never fail).
     fn mapped_range(&self, name: &str) -> Option<std::ops::Range<usize>> {
         self.range(name, self.info(name)?).ok()
     }
 
+    /// The byte range of `name` inside the mapping (checked against the file length).
     fn range(&self, name: &str, info: &TensorInfo) -> Result<std::ops::Range<usize>> {
         let (start, end) = info.data_offsets;
         let range = self

@@ -518,45 +518,20 @@ fn evaluate_file<B: Backend>(
                 }
                 observer.advance(chunk.len());
             }
-            let scored: Vec<Vec<f32>> = match sharding {
-                None => scored.into_iter().flatten().collect(),
-                Some(sh) => {
-                    let mine = scored.iter().filter(|s| s.is_some()).count();
-                    let local = scored
-                        .into_iter()
-                        .map(|s| s.map(|lp| shard::f32_words(&lp)))
-                        .collect();
-                    let all: Vec<Vec<f32>> = sh
-                        .gather(local)?
-                        .iter()
-                        .map(|w| shard::words_f32(w))
-                        .collect();
-                    observer.advance(all.len().saturating_sub(mine));
-                    all
-                }
-            };
-            if scored.len() != samples.len() {
-                return Err(EvalError::Usage(format!(
-                    "scored {} samples of {}",
-                    scored.len(),
-                    samples.len()
-                )));
-            }
+            let scored = shard::complete_f32(sharding, scored, observer)?;
             let mut results = Vec::with_capacity(samples.len());
-            {
-                for (s, lp) in samples.iter().zip(scored) {
-                    let prediction = if config.handler == TaskHandler::StereoSet {
-                        bias::stereoset_prediction(&lp, &s.choices)
-                    } else {
-                        mc::argmax(&lp)
-                    };
-                    results.push(ChoiceResult {
-                        line: s.line,
-                        prediction,
-                        choice_log_probs: lp,
-                        label: s.label,
-                    });
-                }
+            for (s, lp) in samples.iter().zip(scored) {
+                let prediction = if config.handler == TaskHandler::StereoSet {
+                    bias::stereoset_prediction(&lp, &s.choices)
+                } else {
+                    mc::argmax(&lp)
+                };
+                results.push(ChoiceResult {
+                    line: s.line,
+                    prediction,
+                    choice_log_probs: lp,
+                    label: s.label,
+                });
             }
             if let Some(items) = bias {
                 let report = match items {
@@ -633,22 +608,7 @@ fn evaluate_file<B: Backend>(
                 predictions[i] = Some(prediction);
                 observer.advance(1);
             }
-            let predictions: Vec<Vec<u32>> = match sharding {
-                None => predictions.into_iter().flatten().collect(),
-                Some(sh) => {
-                    let mine = predictions.iter().filter(|p| p.is_some()).count();
-                    let all = sh.gather(predictions)?;
-                    observer.advance(all.len().saturating_sub(mine));
-                    all
-                }
-            };
-            if predictions.len() != items.len() {
-                return Err(EvalError::Usage(format!(
-                    "generated {} items of {}",
-                    predictions.len(),
-                    items.len()
-                )));
-            }
+            let predictions = shard::complete_words(sharding, predictions, observer)?;
             let results: Vec<GenerationResult> = items
                 .iter()
                 .zip(predictions)
@@ -706,54 +666,35 @@ fn evaluate_file<B: Backend>(
                 .flat_map(|(d, doc)| layout.windows(&doc.tokens).map(move |w| (d, w)));
             let sharding = options.sharding.as_deref();
             let mut chunk: Vec<(usize, Window)> = Vec::new();
-            // Every window in order: its document, its prompt length, its token losses (`None`
-            // until scored: another node's micro-batch).
-            let mut scored: Vec<(usize, usize, Option<Vec<f32>>)> = Vec::new();
+            // Every window in order: its document and prompt length; its token losses (`None`
+            // for another node's micro-batch).
+            let mut windows: Vec<(usize, usize)> = Vec::new();
+            let mut losses: Vec<Option<Vec<f32>>> = Vec::new();
             for c in 0.. {
                 chunk.clear();
                 chunk.extend(all.by_ref().take(mbs));
                 if chunk.is_empty() {
                     break;
                 }
+                windows.extend(chunk.iter().map(|(d, w)| (*d, w.prompt_length)));
                 if sharding.is_some_and(|sh| !sh.owns(c)) {
-                    scored.extend(chunk.iter().map(|(d, w)| (*d, w.prompt_length, None)));
+                    losses.extend(chunk.iter().map(|_| None));
                     continue;
                 }
                 let refs: Vec<&Window> = chunk.iter().map(|(_, w)| w).collect();
-                let losses = lm::window_losses(model, &refs)?;
-                if losses.len() != chunk.len() {
+                let scored = lm::window_losses(model, &refs)?;
+                if scored.len() != chunk.len() {
                     return Err(EvalError::Usage(format!(
                         "scored {} windows of a batch of {}",
-                        losses.len(),
+                        scored.len(),
                         chunk.len()
                     )));
                 }
-                for ((d, w), token_losses) in chunk.iter().zip(losses) {
-                    scored.push((*d, w.prompt_length, Some(token_losses)));
-                }
+                losses.extend(scored.into_iter().map(Some));
                 observer.advance(chunk.len());
             }
-            if let Some(sh) = sharding {
-                let mine = scored.iter().filter(|s| s.2.is_some()).count();
-                let local = scored
-                    .iter_mut()
-                    .map(|s| s.2.take().map(|l| shard::f32_words(&l)))
-                    .collect();
-                let all = sh.gather(local)?;
-                if all.len() != scored.len() {
-                    return Err(EvalError::Usage(format!(
-                        "gathered {} windows of {}",
-                        all.len(),
-                        scored.len()
-                    )));
-                }
-                for (s, words) in scored.iter_mut().zip(all) {
-                    s.2 = Some(shard::words_f32(&words));
-                }
-                observer.advance(scored.len().saturating_sub(mine));
-            }
-            for (d, prompt_length, token_losses) in scored {
-                let token_losses = token_losses.unwrap_or_default();
+            let losses = shard::complete_f32(sharding, losses, observer)?;
+            for ((d, prompt_length), token_losses) in windows.into_iter().zip(losses) {
                 let loss: f32 = token_losses.iter().sum();
                 if let Some(doc) = per_doc.get_mut(d) {
                     doc.push(WindowResult {

@@ -88,12 +88,40 @@ impl<B: Backend> Sharding for NodeGroup<B> {
     }
 }
 
-/// f32 values as words.
-pub(crate) fn f32_words(values: &[f32]) -> Vec<u32> {
-    values.iter().map(|v| v.to_bits()).collect()
+/// Every sample's result in order: this process's own (`local[i]` is `Some` for the samples it
+/// computed) and, with `sharding`, the other processes' (gathered; the observer advances by
+/// those). An error unless every sample has a result.
+pub(crate) fn complete_words(
+    sharding: Option<&dyn Sharding>,
+    local: Vec<Option<Vec<u32>>>,
+    observer: &mut dyn super::Observer,
+) -> EvalResult<Vec<Vec<u32>>> {
+    let n = local.len();
+    let all = match sharding {
+        None => local.into_iter().collect::<Option<Vec<_>>>(),
+        Some(sh) => {
+            let mine = local.iter().filter(|l| l.is_some()).count();
+            let all = sh.gather(local)?;
+            observer.advance(all.len().saturating_sub(mine));
+            Some(all)
+        }
+    };
+    all.filter(|a| a.len() == n)
+        .ok_or_else(|| EvalError::Usage(format!("not every one of {n} samples was computed")))
 }
 
-/// Words back to f32 values.
-pub(crate) fn words_f32(words: &[u32]) -> Vec<f32> {
-    words.iter().map(|&w| f32::from_bits(w)).collect()
+/// [`complete_words`] for f32 results (carried as their bits: exact).
+pub(crate) fn complete_f32(
+    sharding: Option<&dyn Sharding>,
+    local: Vec<Option<Vec<f32>>>,
+    observer: &mut dyn super::Observer,
+) -> EvalResult<Vec<Vec<f32>>> {
+    let words = local
+        .into_iter()
+        .map(|l| l.map(|v| v.iter().map(|x| x.to_bits()).collect()))
+        .collect();
+    Ok(complete_words(sharding, words, observer)?
+        .into_iter()
+        .map(|w| w.into_iter().map(f32::from_bits).collect())
+        .collect())
 }
