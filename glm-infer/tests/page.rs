@@ -54,6 +54,9 @@ impl Page {
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
         );
+        if let Some(e) = r.get("exceptionDetails") {
+            return Value::String(format!("exception: {e}"));
+        }
         r["result"]["value"].clone()
     }
 
@@ -184,7 +187,16 @@ fn the_page_fills_a_mask_in_a_real_browser() {
     let stream = TcpStream::connect(debug).expect("DevTools socket");
     let (ws, _) = tungstenite::client(page_url.as_str(), stream).expect("WebSocket handshake");
     let mut page = Page { ws, next: 0 };
-    page.wait_for("document.readyState", "complete", Duration::from_secs(30));
+    // A new target first reports `complete` for its initial about:blank: wait for our page
+    // itself to be loaded (its URL and its text box), not just any document.
+    page.wait_for(
+        &format!(
+            "(location.href === 'http://{addr}/' && document.readyState === 'complete' \
+             && document.getElementById('prompt') !== null) ? 'ready' : 'loading'"
+        ),
+        "ready",
+        Duration::from_secs(30),
+    );
     // Type the prompt into the text box, set greedy decoding, press Generate.
     page.call(
         "Emulation.setFocusEmulationEnabled",
