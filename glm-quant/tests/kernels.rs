@@ -1,6 +1,6 @@
 //! Kernel tests: pack/unpack round trip (property), the fused CPU kernels against the reference
 //! path on random shapes including odd sizes, several shards and prefill-sized inputs — on EVERY
-//! instruction set this CPU has (scalar, AVX2, AVX-512), selected per call, in the same run; the f32
+//! instruction set this CPU has (scalar, AVX2, AVX-512, AVX-512 with FP16), selected per call, in the same run; the f32
 //! skinny GEMM (`host_f32`) against its plain-loop reference the same way.
 
 use burn::backend::Flex;
@@ -75,6 +75,15 @@ fn shapes() -> Vec<(usize, usize, usize, usize, QuantScheme)> {
         (70, 96, FUSED_MAX_ROWS + 1, 2, Int8),
         (3, 1000, 2, 4, Int4),
         (300, 24, 1, 1, Int8),
+        // Decode (one row) over whole 16/32-column blocks, tails and shards: the tiled paths.
+        (37, 200, 1, 1, Int4),
+        (41, 136, 1, 2, Int4),
+        (9, 1000, 1, 4, Int4),
+        (23, 300, 1, 3, Int8),
+        (12, 64, 1, 1, Int4),
+        (13, 77, 1, 1, Int4),
+        (14, 61, 2, 1, Int8),
+        (10, 45, 3, 1, Int4),
     ]
 }
 
@@ -207,6 +216,64 @@ fn fused_cpu_kernel_equals_reference_on_random_shapes() {
             "{}: {gemv_runs} gemv + {deq_runs} dequantize cases",
             isa.name()
         );
+    }
+}
+
+/// Rows whose dequantized values fall into fp16's subnormal range (tiny scales) and near its
+/// top: every path's dequantization is bit-identical to the reference `f16(q · scale)`, and its
+/// products stay within the tolerance.
+#[test]
+fn dequantization_is_exact_for_subnormal_and_large_scales_on_every_isa() {
+    let mut rng = Rng(0x5DEE_CE66_D1CE_4E5B);
+    let magnitudes = [1e-6f32, 3e-5, 1e-3, 0.5, 60.0, 2e4];
+    let (cols, rows) = (96, magnitudes.len() * 4);
+    let mut w = Vec::with_capacity(rows * cols);
+    for r in 0..rows {
+        w.extend(rng.vec(cols, magnitudes[r % magnitudes.len()]));
+    }
+    for scheme in [QuantScheme::Int8, QuantScheme::Int4] {
+        let m =
+            QuantizedMatrix::quantize("w", &TensorData::new(w.clone(), [rows, cols]), 1, scheme)
+                .unwrap();
+        let deq = m.dequantize();
+        assert!(
+            deq.iter().any(|&v| v != 0.0 && v.abs() < 6.1e-5),
+            "the case must reach fp16 subnormals"
+        );
+        let scales = m.scales_f32();
+        let hm = HostMatrix {
+            layout: m.layout(),
+            bytes: m.bytes(),
+            row_stride: m.layout().row_bytes(),
+            scales: &scales,
+        };
+        let x = rng.vec(cols, 1.0);
+        let mut ran = 0;
+        for isa in supported_isas() {
+            let mut d = vec![f32::NAN; rows * cols];
+            host_dequantize_with(isa, &hm, &mut d).unwrap();
+            let same = d.iter().zip(&deq).all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same && d.len() == deq.len(),
+                "{} {scheme}: not bit-identical",
+                isa.name()
+            );
+            let mut y = vec![f32::NAN; rows];
+            host_gemv_with(isa, &hm, &x, 1, &mut y).unwrap();
+            assert_eq!(y.len(), rows);
+            for (r, got) in y.iter().enumerate() {
+                let row = &deq[r * cols..(r + 1) * cols];
+                let want: f64 = row.iter().zip(&x).map(|(a, b)| *a as f64 * *b as f64).sum();
+                let tol = tolerance(&x, row, cols);
+                assert!(
+                    (*got as f64 - want).abs() <= tol as f64,
+                    "{} {scheme} row {r}: {got} vs {want}",
+                    isa.name()
+                );
+            }
+            ran += 1;
+        }
+        assert!(ran >= 1);
     }
 }
 

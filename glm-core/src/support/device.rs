@@ -95,6 +95,10 @@ pub trait OnBackend {
 /// Runs `task` on the backend of `kind` with `replicas` devices (at least one): the CPU and wgpu
 /// get their default device `replicas` times, CUDA gets devices `0..replicas` after a driver
 /// preflight (fewer GPUs than replicas is an error). A backend this build lacks is an error.
+#[cfg_attr(
+    not(any(feature = "flex", feature = "wgpu", feature = "cuda")),
+    allow(unused_variables)
+)]
 pub fn dispatch<T: OnBackend>(
     kind: DeviceKind,
     replicas: usize,

@@ -91,11 +91,15 @@ pub enum Isa {
     Avx2,
     /// AVX-512 F/BW/VL + FMA + F16C, 16 columns per step (x86-64).
     Avx512,
+    /// [`Isa::Avx512`] plus AVX512-FP16 (Sapphire Rapids and later): INT8 values are scaled in
+    /// half precision (`vmulph`, one rounding: the same `f16(q · scale)`), 32 columns per step.
+    /// Every other kernel runs its AVX-512 code.
+    Avx512Fp16,
 }
 
 impl Isa {
     /// Every instruction set, fastest last.
-    pub const ALL: [Isa; 3] = [Isa::Scalar, Isa::Avx2, Isa::Avx512];
+    pub const ALL: [Isa; 4] = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Fp16];
 
     /// Whether this CPU can run the path (checked at run time).
     pub fn is_supported(self) -> bool {
@@ -115,22 +119,27 @@ impl Isa {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
             }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512Fp16 => Isa::Avx512.is_supported() && is_x86_feature_detected!("avx512fp16"),
             #[cfg(not(target_arch = "x86_64"))]
-            Isa::Avx2 | Isa::Avx512 => false,
+            Isa::Avx2 | Isa::Avx512 | Isa::Avx512Fp16 => false,
         }
     }
 
     /// The fastest supported path (cached). Operators may cap it for a whole process:
-    /// `GLM_QUANT_NO_AVX512` stops at AVX2, `GLM_QUANT_NO_SIMD` forces the scalar code.
+    /// `GLM_QUANT_NO_FP16` stops at AVX-512, `GLM_QUANT_NO_AVX512` at AVX2, `GLM_QUANT_NO_SIMD`
+    /// forces the scalar code.
     pub fn detect() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
             let no_simd = std::env::var_os("GLM_QUANT_NO_SIMD").is_some();
             let no_avx512 = std::env::var_os("GLM_QUANT_NO_AVX512").is_some();
+            let no_fp16 = std::env::var_os("GLM_QUANT_NO_FP16").is_some();
             let allowed = |isa: Isa| match isa {
                 Isa::Scalar => true,
                 Isa::Avx2 => !no_simd,
                 Isa::Avx512 => !no_simd && !no_avx512,
+                Isa::Avx512Fp16 => !no_simd && !no_avx512 && !no_fp16,
             };
             Isa::ALL
                 .into_iter()
@@ -140,12 +149,13 @@ impl Isa {
         })
     }
 
-    /// Short name (`"scalar"`, `"avx2+fma+f16c"`, `"avx512"`).
+    /// Short name (`"scalar"`, `"avx2+fma+f16c"`, `"avx512"`, `"avx512+fp16"`).
     pub fn name(self) -> &'static str {
         match self {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512 => "avx512",
+            Isa::Avx512Fp16 => "avx512+fp16",
         }
     }
 
@@ -392,6 +402,54 @@ mod avx512 {
         }
     }
 
+    /// [`load16`] for the last `t` (1..=15) columns of a range: bytes past them are not read
+    /// (masked loads never touch masked-off memory); lanes `≥ t` hold finite values that the
+    /// caller multiplies by zeros ([`load_x`]).
+    ///
+    /// # Safety
+    /// The `t` columns from `col` lie inside `row`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    unsafe fn load16_tail<const INT4: bool>(
+        row: &[u8],
+        col: usize,
+        t: usize,
+        scale: __m512,
+        lut: __m512,
+    ) -> __m512 {
+        debug_assert!(t < 16);
+        if INT4 {
+            let bytes = t.div_ceil(2);
+            debug_assert!(col / 2 + bytes <= row.len());
+            let k = ((1u32 << bytes) - 1) as __mmask16;
+            // SAFETY: only the `bytes` bytes from col/2 are read (masked load).
+            let b = unsafe { _mm_maskz_loadu_epi8(k, row.as_ptr().add(col / 2) as *const i8) };
+            let dup = _mm512_cvtepu8_epi32(_mm_unpacklo_epi8(b, b));
+            let shifts = _mm512_setr_epi32(4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0, 4, 0);
+            _mm512_permutexvar_ps(_mm512_srlv_epi32(dup, shifts), lut)
+        } else {
+            debug_assert!(col + t <= row.len());
+            let k = ((1u32 << t) - 1) as __mmask16;
+            // SAFETY: only the `t` bytes from col are read (masked load).
+            let b = unsafe { _mm_maskz_loadu_epi8(k, row.as_ptr().add(col) as *const i8) };
+            let f = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(b));
+            _mm512_cvtph_ps(_mm512_cvtps_ph::<ROUND>(_mm512_mul_ps(f, scale)))
+        }
+    }
+
+    /// `t` (≤ 16) floats from `p`, zeros in the other lanes (nothing past them is read).
+    ///
+    /// # Safety
+    /// `t` floats are readable at `p`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    pub(super) unsafe fn load_x(p: *const f32, t: usize) -> __m512 {
+        debug_assert!(t <= 16);
+        let k = ((1u32 << t) - 1) as __mmask16;
+        // SAFETY: only `t` floats are read (masked load).
+        unsafe { _mm512_maskz_loadu_ps(k, p) }
+    }
+
     /// As [`super::avx2::dot`] with 16-wide vectors (int4 dequantized by a 16-entry table lookup).
     ///
     /// # Safety
@@ -433,6 +491,15 @@ mod avx512 {
                 }
                 j += 16;
             }
+            if j < n {
+                let t = n - j;
+                let w0 = load16_tail::<INT4>(row, c0 + j, t, sv, lut);
+                for (m, a) in a1.iter_mut().enumerate() {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    *a = _mm512_fmadd_ps(w0, load_x(p, t), *a);
+                }
+                j = n;
+            }
         }
         for m in 0..MB {
             acc[m] += _mm512_reduce_add_ps(_mm512_add_ps(a0[m], a1[m]));
@@ -440,9 +507,11 @@ mod avx512 {
         j
     }
 
-    /// One activation row against `R` weight rows read side by side (`R` memory streams, each
-    /// prefetched a few cache lines ahead): `acc[r] += Σ_{j<n} x[c0 + j] · W[r, c0 + j]` with row
-    /// `r`'s scale. Returns the first column offset (from `c0`) not processed.
+    /// One activation row against `R` weight rows read side by side (`R` memory streams):
+    /// `acc[r] += Σ_{j<n} x[c0 + j] · W[r, c0 + j]` with row `r`'s scale. Each row also
+    /// prefetches the bytes `next` further on at the same column (the same row of the next tile:
+    /// a whole tile ahead, far enough to cover the memory latency). Returns the first column
+    /// offset (from `c0`) not processed.
     ///
     /// # Safety
     /// As [`dot`] for each of the `R` rows (`x` holds the row at `c0..c0 + n`).
@@ -451,6 +520,7 @@ mod avx512 {
         rows: [&[u8]; R],
         c0: usize,
         n: usize,
+        next: usize,
         scales: [f32; R],
         x: &[f32],
         acc: &mut [f32; R],
@@ -458,8 +528,8 @@ mod avx512 {
         let sv = scales.map(|s| _mm512_set1_ps(s));
         let lut = sv.map(|v| int4_lut(v));
         let mut a = [_mm512_setzero_ps(); R];
-        // Bytes per 16 columns, and how far ahead each row prefetches.
-        let (step_bytes, ahead) = if INT4 { (8, 256) } else { (16, 512) };
+        // Bytes per 16 columns.
+        let step_bytes = if INT4 { 8 } else { 16 };
         let xp = x.as_ptr();
         let mut j = 0;
         // SAFETY (whole block): every load stays below column c0 + n of each row and of x;
@@ -467,10 +537,10 @@ mod avx512 {
         unsafe {
             while j + 16 <= n {
                 let xv = _mm512_loadu_ps(xp.add(c0 + j));
+                let at = (c0 + j) / 16 * step_bytes;
                 for r in 0..R {
-                    let at = (c0 + j) / 16 * step_bytes;
                     if at.is_multiple_of(64) {
-                        let p = rows[r].as_ptr().wrapping_add(at + ahead);
+                        let p = rows[r].as_ptr().wrapping_add(at + next);
                         _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
                     }
                     let w = load16::<INT4>(rows[r], c0 + j, sv[r], lut[r]);
@@ -478,9 +548,105 @@ mod avx512 {
                 }
                 j += 16;
             }
+            if j < n {
+                let t = n - j;
+                let xv = load_x(xp.add(c0 + j), t);
+                for r in 0..R {
+                    let w = load16_tail::<INT4>(rows[r], c0 + j, t, sv[r], lut[r]);
+                    a[r] = _mm512_fmadd_ps(w, xv, a[r]);
+                }
+                j = n;
+            }
         }
         for r in 0..R {
             acc[r] += _mm512_reduce_add_ps(a[r]);
+        }
+        j
+    }
+
+    /// Columns per block of [`permute_int4_x`].
+    pub(super) const I4_BLOCK: usize = 32;
+
+    /// `x` reordered for [`dot_tile_int4`]: per block of 32 columns, the 16 even columns, then
+    /// the 16 odd ones (the high and the low nibbles of the block's 16 bytes); a last partial
+    /// block is padded with zeros. `dst.len()` is `⌈n / 32⌉ · 32`.
+    pub(super) fn permute_int4_x(x: &[f32], dst: &mut Vec<f32>) {
+        dst.clear();
+        for block in x.chunks(I4_BLOCK) {
+            let mut padded = [0f32; I4_BLOCK];
+            padded[..block.len()].copy_from_slice(block);
+            dst.extend(padded.iter().step_by(2));
+            dst.extend(padded.iter().skip(1).step_by(2));
+        }
+    }
+
+    /// INT4, one activation row against `R` weight rows, 32 columns per step: the 16 bytes of a
+    /// block are widened once and both nibbles looked up in the row's 16-entry table (even
+    /// columns from the high nibbles, odd from the low), multiplied by `xperm`
+    /// ([`permute_int4_x`] of the row's columns from `c0`). Prefetching as [`dot_tile`]. A last
+    /// partial block reads only its own bytes (masked load; the zero padding of `xperm` cancels
+    /// the nibbles past `n`). Returns `n`.
+    ///
+    /// # Safety
+    /// Each row holds the bytes of columns `< c0 + n`, `c0` is even, `xperm.len() ≥ ⌈n / 32⌉ · 32`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    pub(super) unsafe fn dot_tile_int4<const R: usize>(
+        rows: [&[u8]; R],
+        c0: usize,
+        n: usize,
+        next: usize,
+        scales: [f32; R],
+        xperm: &[f32],
+        acc: &mut [f32; R],
+    ) -> usize {
+        debug_assert!(c0.is_multiple_of(2) && xperm.len() >= n.div_ceil(I4_BLOCK) * I4_BLOCK);
+        let lut = scales.map(|s| int4_lut(_mm512_set1_ps(s)));
+        let mut even = [_mm512_setzero_ps(); R];
+        let mut odd = [_mm512_setzero_ps(); R];
+        let xp = xperm.as_ptr();
+        let b0 = c0 / 2;
+        let mut j = 0;
+        // SAFETY (whole block): the 16 bytes at b0 + j/2 hold columns c0 + j .. c0 + j + 32 < c0 + n
+        // of each row; xperm holds j + 32 values; prefetches are never dereferenced.
+        unsafe {
+            while j + I4_BLOCK <= n {
+                let xe = _mm512_loadu_ps(xp.add(j));
+                let xo = _mm512_loadu_ps(xp.add(j + 16));
+                let at = b0 + j / 2;
+                for r in 0..R {
+                    if at.is_multiple_of(64) {
+                        let p = rows[r].as_ptr().wrapping_add(at + next);
+                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                    }
+                    let bytes = _mm_loadu_si128(rows[r].as_ptr().add(at) as *const __m128i);
+                    let d = _mm512_cvtepu8_epi32(bytes);
+                    // vpermps reads the low 4 bits of each index: the low nibble as it is, the
+                    // high nibble after a shift.
+                    let we = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut[r]);
+                    let wo = _mm512_permutexvar_ps(d, lut[r]);
+                    even[r] = _mm512_fmadd_ps(we, xe, even[r]);
+                    odd[r] = _mm512_fmadd_ps(wo, xo, odd[r]);
+                }
+                j += I4_BLOCK;
+            }
+            if j < n {
+                let xe = _mm512_loadu_ps(xp.add(j));
+                let xo = _mm512_loadu_ps(xp.add(j + 16));
+                let k = ((1u32 << (n - j).div_ceil(2)) - 1) as __mmask16;
+                let at = b0 + j / 2;
+                for r in 0..R {
+                    let bytes = _mm_maskz_loadu_epi8(k, rows[r].as_ptr().add(at) as *const i8);
+                    let d = _mm512_cvtepu8_epi32(bytes);
+                    let we = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut[r]);
+                    let wo = _mm512_permutexvar_ps(d, lut[r]);
+                    even[r] = _mm512_fmadd_ps(we, xe, even[r]);
+                    odd[r] = _mm512_fmadd_ps(wo, xo, odd[r]);
+                }
+                j = n;
+            }
+        }
+        for r in 0..R {
+            acc[r] += _mm512_reduce_add_ps(_mm512_add_ps(even[r], odd[r]));
         }
         j
     }
@@ -508,6 +674,231 @@ mod avx512 {
             }
             j += 16;
         }
+        if j < n {
+            let t = n - j;
+            // SAFETY: the t columns from c0+j are inside the row and dst (masked load / store).
+            unsafe {
+                let w = load16_tail::<INT4>(row, c0 + j, t, sv, lut);
+                _mm512_mask_storeu_ps(
+                    dst.as_mut_ptr().add(c0 + j),
+                    ((1u32 << t) - 1) as __mmask16,
+                    w,
+                );
+            }
+            j = n;
+        }
+        j
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512fp16 {
+    use std::arch::x86_64::*;
+
+    /// The row's fp16 scale broadcast to 32 half lanes.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    #[inline]
+    fn scale_h(scale: f32) -> __m512h {
+        _mm512_castsi512_ph(_mm512_set1_epi16(
+            half::f16::from_f32(scale).to_bits() as i16
+        ))
+    }
+
+    /// 32 int8 values from byte `at`, dequantized to exactly `f16(q · scale)`: `q` converts to
+    /// half exactly (|q| ≤ 128), one half-precision multiply rounds once to nearest-even, as the
+    /// f32 product (exact: 8 × 11 significant bits) rounded to half; widened to f32 as two
+    /// vectors (columns `at..at+16`, `at+16..at+32`).
+    ///
+    /// # Safety
+    /// `at + 32 <= row.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    #[inline]
+    unsafe fn load32(row: &[u8], at: usize, scale: __m512h) -> (__m512, __m512) {
+        debug_assert!(at + 32 <= row.len());
+        // SAFETY: 32 readable bytes at `at` (caller); loadu is unaligned.
+        let b = unsafe { _mm256_loadu_si256(row.as_ptr().add(at) as *const __m256i) };
+        let h = _mm512_mul_ph(_mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(b)), scale);
+        let bits = _mm512_castph_si512(h);
+        (
+            _mm512_cvtph_ps(_mm512_castsi512_si256(bits)),
+            _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(bits)),
+        )
+    }
+
+    /// [`load32`] for the last `t` (1..=31) columns of a range: only their bytes are read; the
+    /// other lanes hold zeros.
+    ///
+    /// # Safety
+    /// `at + t <= row.len()`, `t < 32`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    #[inline]
+    unsafe fn load32_tail(row: &[u8], at: usize, t: usize, scale: __m512h) -> (__m512, __m512) {
+        debug_assert!(t < 32 && at + t <= row.len());
+        let k = ((1u64 << t) - 1) as __mmask32;
+        // SAFETY: only the t bytes from `at` are read (masked load).
+        let b = unsafe { _mm256_maskz_loadu_epi8(k, row.as_ptr().add(at) as *const i8) };
+        let h = _mm512_mul_ph(_mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(b)), scale);
+        let bits = _mm512_castph_si512(h);
+        (
+            _mm512_cvtph_ps(_mm512_castsi512_si256(bits)),
+            _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(bits)),
+        )
+    }
+
+    /// The `t` (< 32) floats from `p` as two vectors, zeros past them (nothing more is read).
+    ///
+    /// # Safety
+    /// `t` floats are readable at `p`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    #[inline]
+    unsafe fn load_x32(p: *const f32, t: usize) -> (__m512, __m512) {
+        // SAFETY: forwarded (each half reads only its own valid lanes).
+        unsafe {
+            (
+                super::avx512::load_x(p, t.min(16)),
+                super::avx512::load_x(p.wrapping_add(16), t.saturating_sub(16)),
+            )
+        }
+    }
+
+    /// INT8 as [`super::avx512::dot_tile`], 32 columns per step, a last partial step with
+    /// masked loads. Returns `n`.
+    ///
+    /// # Safety
+    /// As [`super::avx512::dot_tile`], and the CPU has AVX512-FP16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    pub(super) unsafe fn dot_tile<const R: usize>(
+        rows: [&[u8]; R],
+        c0: usize,
+        n: usize,
+        next: usize,
+        scales: [f32; R],
+        x: &[f32],
+        acc: &mut [f32; R],
+    ) -> usize {
+        let sh = scales.map(|s| scale_h(s));
+        let mut lo = [_mm512_setzero_ps(); R];
+        let mut hi = [_mm512_setzero_ps(); R];
+        let xp = x.as_ptr();
+        let mut j = 0;
+        // SAFETY (whole block): every load stays below column c0 + n of each row and of x;
+        // prefetch addresses use wrapping arithmetic and are never dereferenced.
+        unsafe {
+            while j + 32 <= n {
+                let x0 = _mm512_loadu_ps(xp.add(c0 + j));
+                let x1 = _mm512_loadu_ps(xp.add(c0 + j + 16));
+                let at = c0 + j;
+                for r in 0..R {
+                    if at.is_multiple_of(64) {
+                        let p = rows[r].as_ptr().wrapping_add(at + next);
+                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                    }
+                    let (w0, w1) = load32(rows[r], at, sh[r]);
+                    lo[r] = _mm512_fmadd_ps(w0, x0, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(w1, x1, hi[r]);
+                }
+                j += 32;
+            }
+            if j < n {
+                let t = n - j;
+                let (x0, x1) = load_x32(xp.add(c0 + j), t);
+                for r in 0..R {
+                    let (w0, w1) = load32_tail(rows[r], c0 + j, t, sh[r]);
+                    lo[r] = _mm512_fmadd_ps(w0, x0, lo[r]);
+                    hi[r] = _mm512_fmadd_ps(w1, x1, hi[r]);
+                }
+                j = n;
+            }
+        }
+        for r in 0..R {
+            acc[r] += _mm512_reduce_add_ps(_mm512_add_ps(lo[r], hi[r]));
+        }
+        j
+    }
+
+    /// INT8 as [`super::avx512::dot`] (one weight row, `MB` activation rows), 32 columns per
+    /// step, a last partial step with masked loads; returns `n`.
+    ///
+    /// # Safety
+    /// As [`super::avx2::dot`], and the CPU has AVX512-FP16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    pub(super) unsafe fn dot<const MB: usize>(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        x: &[f32],
+        x_stride: usize,
+        acc: &mut [f32],
+    ) -> usize {
+        let sh = scale_h(scale);
+        let mut lo = [_mm512_setzero_ps(); MB];
+        let mut hi = [_mm512_setzero_ps(); MB];
+        let xp = x.as_ptr();
+        let mut j = 0;
+        // SAFETY (whole block): every load stays below column c0 + n of the row and of each x row.
+        unsafe {
+            while j + 32 <= n {
+                let (w0, w1) = load32(row, c0 + j, sh);
+                for m in 0..MB {
+                    let p = xp.add(m * x_stride + c0 + j);
+                    lo[m] = _mm512_fmadd_ps(w0, _mm512_loadu_ps(p), lo[m]);
+                    hi[m] = _mm512_fmadd_ps(w1, _mm512_loadu_ps(p.add(16)), hi[m]);
+                }
+                j += 32;
+            }
+            if j < n {
+                let t = n - j;
+                let (w0, w1) = load32_tail(row, c0 + j, t, sh);
+                for m in 0..MB {
+                    let (x0, x1) = load_x32(xp.add(m * x_stride + c0 + j), t);
+                    lo[m] = _mm512_fmadd_ps(w0, x0, lo[m]);
+                    hi[m] = _mm512_fmadd_ps(w1, x1, hi[m]);
+                }
+                j = n;
+            }
+        }
+        for m in 0..MB {
+            acc[m] += _mm512_reduce_add_ps(_mm512_add_ps(lo[m], hi[m]));
+        }
+        j
+    }
+
+    /// INT8 as [`super::avx2::dequant_row`], 32 columns at a time.
+    ///
+    /// # Safety
+    /// As [`super::avx2::dequant_row`], and the CPU has AVX512-FP16.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    pub(super) unsafe fn dequant_row(
+        row: &[u8],
+        c0: usize,
+        n: usize,
+        scale: f32,
+        dst: &mut [f32],
+    ) -> usize {
+        let sh = scale_h(scale);
+        let mut j = 0;
+        while j + 32 <= n {
+            // SAFETY: columns c0+j .. c0+j+32 are inside the row and dst.
+            unsafe {
+                let (w0, w1) = load32(row, c0 + j, sh);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(c0 + j), w0);
+                _mm512_storeu_ps(dst.as_mut_ptr().add(c0 + j + 16), w1);
+            }
+            j += 32;
+        }
+        if j < n {
+            let t = n - j;
+            let k = (1u64 << t) - 1;
+            // SAFETY: the t columns from c0+j are inside the row and dst (masked load / stores).
+            unsafe {
+                let (w0, w1) = load32_tail(row, c0 + j, t, sh);
+                let p = dst.as_mut_ptr().add(c0 + j);
+                _mm512_mask_storeu_ps(p, (k & 0xFFFF) as __mmask16, w0);
+                _mm512_mask_storeu_ps(p.wrapping_add(16), (k >> 16) as __mmask16, w1);
+            }
+            j = n;
+        }
         j
     }
 }
@@ -529,7 +920,20 @@ fn dot_rows(
     let done = match isa {
         Isa::Scalar => 0,
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => 0,
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Fp16 => 0,
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512Fp16 if !int4 => {
+            // SAFETY: AVX-512 and AVX512-FP16 checked by `gemv_impl`; sizes as below.
+            unsafe {
+                match acc.len() {
+                    1 => avx512fp16::dot::<1>(row, c0, n, scale, x, x_stride, acc),
+                    2 => avx512fp16::dot::<2>(row, c0, n, scale, x, x_stride, acc),
+                    3 => avx512fp16::dot::<3>(row, c0, n, scale, x, x_stride, acc),
+                    4 => avx512fp16::dot::<4>(row, c0, n, scale, x, x_stride, acc),
+                    _ => 0,
+                }
+            }
+        }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: `gemv_impl` checked that the CPU has AVX2/FMA/F16C (`Isa::check`); `host_gemv` checked the slice sizes
@@ -549,7 +953,7 @@ fn dot_rows(
             }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Isa::Avx512 | Isa::Avx512Fp16 => {
             // SAFETY: AVX-512F/BW/VL, FMA and F16C checked by `gemv_impl`; sizes as above.
             unsafe {
                 match (acc.len(), int4) {
@@ -643,41 +1047,65 @@ fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -
     let per_shard = l.cols_per_shard();
     let block = rows_per_task(out, l.row_bytes());
     let row_bytes = l.row_bytes();
+    // INT4 decode on AVX-512: x reordered once per call, per shard, for `dot_tile_int4`.
+    #[cfg(target_arch = "x86_64")]
+    let avx512 = matches!(isa, Isa::Avx512 | Isa::Avx512Fp16);
+    #[cfg(target_arch = "x86_64")]
+    let (xperm, xperm_per_shard) = if m == 1 && int4 && avx512 {
+        let mut all = Vec::new();
+        let mut one = Vec::new();
+        for s in 0..l.shards {
+            avx512::permute_int4_x(&x[s * per_shard..(s + 1) * per_shard], &mut one);
+            all.extend_from_slice(&one);
+        }
+        (all, per_shard.div_ceil(avx512::I4_BLOCK) * avx512::I4_BLOCK)
+    } else {
+        (Vec::new(), 0)
+    };
     // yt: [out, m] so that every task owns a contiguous block.
     let mut yt = vec![0f32; out * m];
     yt.par_chunks_mut(block * m)
         .enumerate()
         .for_each(|(bi, chunk)| {
             #[cfg(target_arch = "x86_64")]
-            let tiled = if m == 1 && isa == Isa::Avx512 {
-                // Decode: four weight rows side by side (more memory parallelism).
+            let tiled = if m == 1 && avx512 {
+                // Decode: four weight rows side by side (more memory parallelism), each
+                // prefetching the same row of the next tile.
+                const R: usize = 8;
+                let next = R * w.row_stride;
                 let first = bi * block;
                 let mut i = 0;
-                while i + 4 <= chunk.len() {
-                    let rows: [&[u8]; 4] = std::array::from_fn(|t| {
+                while i + R <= chunk.len() {
+                    let rows: [&[u8]; R] = std::array::from_fn(|t| {
                         let r = first + i + t;
                         &w.bytes[r * w.row_stride..r * w.row_stride + row_bytes]
                     });
-                    let mut acc = [0f32; 4];
+                    let mut acc = [0f32; R];
                     for s in 0..l.shards {
-                        let scales: [f32; 4] =
+                        let scales: [f32; R] =
                             std::array::from_fn(|t| w.scales[s * out + first + i + t]);
                         let c0 = s * per_shard;
                         // SAFETY: as `dot_rows` (ISA checked; row bytes cover every column; x is
-                        // one row of `inp`; c0 is even for int4).
+                        // one row of `inp`; c0 is even for int4; xperm holds each shard's whole
+                        // 32-column blocks).
                         let done = unsafe {
                             if int4 {
-                                avx512::dot_tile::<4, true>(
-                                    rows, c0, per_shard, scales, x, &mut acc,
+                                let xp = &xperm[s * xperm_per_shard..(s + 1) * xperm_per_shard];
+                                avx512::dot_tile_int4::<R>(
+                                    rows, c0, per_shard, next, scales, xp, &mut acc,
+                                )
+                            } else if isa == Isa::Avx512Fp16 {
+                                avx512fp16::dot_tile::<R>(
+                                    rows, c0, per_shard, next, scales, x, &mut acc,
                                 )
                             } else {
-                                avx512::dot_tile::<4, false>(
-                                    rows, c0, per_shard, scales, x, &mut acc,
+                                avx512::dot_tile::<R, false>(
+                                    rows, c0, per_shard, next, scales, x, &mut acc,
                                 )
                             }
                         };
                         if done < per_shard {
-                            for t in 0..4 {
+                            for t in 0..R {
                                 dot_scalar(
                                     rows[t],
                                     c0 + done,
@@ -691,8 +1119,8 @@ fn gemv_impl(isa: Isa, w: &HostMatrix<'_>, x: &[f32], m: usize, y: &mut [f32]) -
                             }
                         }
                     }
-                    chunk[i..i + 4].copy_from_slice(&acc);
-                    i += 4;
+                    chunk[i..i + R].copy_from_slice(&acc);
+                    i += R;
                 }
                 i
             } else {
@@ -806,7 +1234,12 @@ pub fn host_dequantize_rows_with(
             let done = match isa {
                 Isa::Scalar => 0,
                 #[cfg(not(target_arch = "x86_64"))]
-                Isa::Avx2 | Isa::Avx512 => 0,
+                Isa::Avx2 | Isa::Avx512 | Isa::Avx512Fp16 => 0,
+                // SAFETY: AVX-512 and AVX512-FP16 checked above (`Isa::check`); sizes as below.
+                #[cfg(target_arch = "x86_64")]
+                Isa::Avx512Fp16 if !int4 => unsafe {
+                    avx512fp16::dequant_row(row, c0, per_shard, scale, d)
+                },
                 // SAFETY: features checked above (`Isa::check`); row covers every column, d has `inp` values.
                 #[cfg(target_arch = "x86_64")]
                 Isa::Avx2 => unsafe {
@@ -818,7 +1251,7 @@ pub fn host_dequantize_rows_with(
                 },
                 // SAFETY: as above, AVX-512 checked.
                 #[cfg(target_arch = "x86_64")]
-                Isa::Avx512 => unsafe {
+                Isa::Avx512 | Isa::Avx512Fp16 => unsafe {
                     if int4 {
                         avx512::dequant_row::<true>(row, c0, per_shard, scale, d)
                     } else {

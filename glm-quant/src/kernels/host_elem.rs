@@ -153,9 +153,9 @@ fn gate(isa: Isa, u1: &[f32], u2: &[f32], o: &mut [f32]) {
         Isa::Avx2 => unsafe { avx2::gate(u1, u2, o) },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        Isa::Avx512 => unsafe { avx512::gate(u1, u2, o) },
+        Isa::Avx512 | Isa::Avx512Fp16 => unsafe { avx512::gate(u1, u2, o) },
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => 0,
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Fp16 => 0,
     };
     for ((o, &a), &g) in o[done..].iter_mut().zip(&u1[done..]).zip(&u2[done..]) {
         *o = a * (0.5 * g * (1.0 + erf_f32(g * std::f32::consts::FRAC_1_SQRT_2)));

@@ -178,12 +178,12 @@ fn block_rows(
             unsafe { avx2::block_rows(w, k, x, yt, m, g, mb) }
         }
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => {
+        Isa::Avx512 | Isa::Avx512Fp16 => {
             // SAFETY: as above.
             unsafe { avx512::block_rows(w, k, x, yt, m, g, mb) }
         }
         #[cfg(not(target_arch = "x86_64"))]
-        Isa::Avx2 | Isa::Avx512 => 0,
+        Isa::Avx2 | Isa::Avx512 | Isa::Avx512Fp16 => 0,
     };
     // Columns the SIMD tiles left (k not a multiple of the vector width; all of them for the
     // scalar path), added to what the tiles wrote.
