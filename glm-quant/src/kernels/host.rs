@@ -509,8 +509,9 @@ mod avx512 {
 
     /// One activation row against `R` weight rows read side by side (`R` memory streams):
     /// `acc[r] += Σ_{j<n} x[c0 + j] · W[r, c0 + j]` with row `r`'s scale. Each row also
-    /// prefetches the bytes `next` further on at the same column (the same row of the next tile:
-    /// a whole tile ahead, far enough to cover the memory latency). Returns the first column
+    /// prefetches, into L2, the bytes `next` further on at the same column (the same row of the
+    /// next tile: a whole tile ahead, far enough to cover the memory latency; into L2 measured
+    /// 10–20 % faster than into L1 on a Sapphire Rapids-class VM). Returns the first column
     /// offset (from `c0`) not processed.
     ///
     /// # Safety
@@ -541,7 +542,7 @@ mod avx512 {
                 for r in 0..R {
                     if at.is_multiple_of(64) {
                         let p = rows[r].as_ptr().wrapping_add(at + next);
-                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
                     }
                     let w = load16::<INT4>(rows[r], c0 + j, sv[r], lut[r]);
                     a[r] = _mm512_fmadd_ps(w, xv, a[r]);
@@ -616,7 +617,7 @@ mod avx512 {
                 for r in 0..R {
                     if at.is_multiple_of(64) {
                         let p = rows[r].as_ptr().wrapping_add(at + next);
-                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
                     }
                     let bytes = _mm_loadu_si128(rows[r].as_ptr().add(at) as *const __m128i);
                     let d = _mm512_cvtepu8_epi32(bytes);
@@ -791,7 +792,7 @@ mod avx512fp16 {
                 for r in 0..R {
                     if at.is_multiple_of(64) {
                         let p = rows[r].as_ptr().wrapping_add(at + next);
-                        _mm_prefetch::<_MM_HINT_T0>(p as *const i8);
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
                     }
                     let (w0, w1) = load32(rows[r], at, sh[r]);
                     lo[r] = _mm512_fmadd_ps(w0, x0, lo[r]);
