@@ -297,6 +297,44 @@ impl<B: Backend> GlmModel<B> {
         cache: Option<&mut KvCache<B>>,
         options: ForwardOptions,
     ) -> Result<ForwardOutput<B>> {
+        self.in_host_pool(|| self.forward_unpooled(tokens, position_ids, mask, cache, options))
+    }
+
+    /// Runs `f` (a whole forward pass) on a worker of rayon's global pool when the model computes
+    /// on the host (the CPU backend) without tensor parallelism, directly otherwise.
+    ///
+    /// Every host kernel of a forward pass (the skinny GEMMs, attention, element-wise passes)
+    /// splits its work over that pool. Called from a thread outside the pool, each such call
+    /// parks the caller until the workers finish and wakes a sleeping worker: two context
+    /// switches per kernel, some 40–60 per decode step — on a 2-vCPU VM they cost as much as
+    /// a small model's whole step (glm-small batch-1 decode: 196–220 → 245–271 tokens/s).
+    /// From a worker, the kernels fork in place and the calling thread works alongside.
+    /// Tensor-parallel ranks stay on their own threads (their collectives block; more ranks
+    /// than workers would wait on each other). `GLM_HOST_POOL=off` turns this off for the
+    /// process (for comparisons).
+    fn in_host_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let off = *OFF.get_or_init(|| std::env::var("GLM_HOST_POOL").is_ok_and(|v| v == "off"));
+        if !off
+            && self.tp.is_none()
+            && crate::parallel::runs_on_host::<B>()
+            && rayon::current_thread_index().is_none()
+        {
+            rayon::scope(|_| f())
+        } else {
+            f()
+        }
+    }
+
+    /// [`forward_checked`](Self::forward_checked) on the calling thread.
+    fn forward_unpooled(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+        options: ForwardOptions,
+    ) -> Result<ForwardOutput<B>> {
         let x = self.embed_checked(tokens);
         let (mut x, hidden_states) =
             self.run_layers(x, position_ids, mask, cache, options.hidden_states)?;
@@ -373,17 +411,19 @@ impl<B: Backend> GlmModel<B> {
             )));
         }
         self.check_tensors(&tokens, &position_ids, &mask, Some(&*cache))?;
-        let device = tokens.device();
-        let x = self.embed_checked(tokens);
-        let (x, _) = self.run_layers(x, position_ids, mask, Some(cache), false)?;
-        let hidden = x.dims()[2];
-        let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
-        let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [batch]), &device)
-            .reshape([batch, 1, 1])
-            .expand([batch, 1, hidden]);
-        let logits = self.logits(self.final_layernorm.forward(x.gather(1, idx)));
-        self.tp_check()?;
-        Ok(logits)
+        self.in_host_pool(|| {
+            let device = tokens.device();
+            let x = self.embed_checked(tokens);
+            let (x, _) = self.run_layers(x, position_ids, mask, Some(cache), false)?;
+            let hidden = x.dims()[2];
+            let idx: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+            let idx = Tensor::<B, 1, Int>::from_data(TensorData::new(idx, [batch]), &device)
+                .reshape([batch, 1, 1])
+                .expand([batch, 1, hidden]);
+            let logits = self.logits(self.final_layernorm.forward(x.gather(1, idx)));
+            self.tp_check()?;
+            Ok(logits)
+        })
     }
 
     /// The inference forward up to the final LayerNorm, without the logits: what scoring chosen
@@ -400,9 +440,11 @@ impl<B: Backend> GlmModel<B> {
         mask: Tensor<B, 4, Bool>,
     ) -> Result<Tensor<B, 3>> {
         self.check_tensors(&tokens, &position_ids, &mask, None)?;
-        let x = self.embed_checked(tokens);
-        let (x, _) = self.run_layers(x, position_ids, mask, None, false)?;
-        Ok(self.final_layernorm.forward(x))
+        self.in_host_pool(|| {
+            let x = self.embed_checked(tokens);
+            let (x, _) = self.run_layers(x, position_ids, mask, None, false)?;
+            Ok(self.final_layernorm.forward(x))
+        })
     }
 
     /// The training forward pass: embedding lookup with the embedding-gradient shrink, dropout

@@ -26,7 +26,7 @@ pub fn collective_turn() -> MutexGuard<'static, ()> {
 /// Whether `B` computes synchronously on the host (the CPU backend), where tensors handed between
 /// threads need no stream synchronisation.
 #[cfg_attr(not(feature = "flex"), allow(clippy::extra_unused_type_parameters))]
-fn runs_on_host<B: Backend>() -> bool {
+pub(crate) fn runs_on_host<B: Backend>() -> bool {
     #[cfg(feature = "flex")]
     {
         std::any::TypeId::of::<B>() == std::any::TypeId::of::<burn::backend::Flex>()

@@ -34,6 +34,7 @@ mod layout;
 pub mod nodes;
 mod source;
 
+pub(crate) use self::comm::runs_on_host;
 pub use self::comm::{collective_turn, TpRank};
 pub use self::group::TensorParallel;
 pub(crate) use self::layout::slice_bytes;
