@@ -39,6 +39,7 @@ pub mod config;
 pub mod dropout;
 pub mod error;
 pub mod geglu;
+pub mod host_pool;
 pub mod layer;
 pub mod layernorm;
 pub mod linear;

@@ -297,30 +297,21 @@ impl<B: Backend> GlmModel<B> {
         cache: Option<&mut KvCache<B>>,
         options: ForwardOptions,
     ) -> Result<ForwardOutput<B>> {
-        self.in_host_pool(|| self.forward_unpooled(tokens, position_ids, mask, cache, options))
+        let [batch, seq] = tokens.dims();
+        self.in_host_pool(batch.saturating_mul(seq), || {
+            self.forward_unpooled(tokens, position_ids, mask, cache, options)
+        })
     }
 
-    /// Runs `f` (a whole forward pass) on a worker of rayon's global pool when the model computes
-    /// on the host (the CPU backend) without tensor parallelism, directly otherwise.
-    ///
-    /// Every host kernel of a forward pass (the skinny GEMMs, attention, element-wise passes)
-    /// splits its work over that pool. Called from a thread outside the pool, each such call
-    /// parks the caller until the workers finish and wakes a sleeping worker: two context
-    /// switches per kernel, some 40–60 per decode step — on a 2-vCPU VM they cost as much as
-    /// a small model's whole step (glm-small batch-1 decode: 196–220 → 245–271 tokens/s).
-    /// From a worker, the kernels fork in place and the calling thread works alongside.
-    /// Tensor-parallel ranks stay on their own threads (their collectives block; more ranks
-    /// than workers would wait on each other). `GLM_HOST_POOL=off` turns this off for the
-    /// process (for comparisons).
-    fn in_host_pool<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
-        static OFF: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-        let off = *OFF.get_or_init(|| std::env::var("GLM_HOST_POOL").is_ok_and(|v| v == "off"));
-        if !off
-            && self.tp.is_none()
-            && crate::parallel::runs_on_host::<B>()
-            && rayon::current_thread_index().is_none()
-        {
-            rayon::scope(|_| f())
+    /// Runs `f` (a whole forward pass over `rows` token rows) through
+    /// [`run_on_host_pool`](crate::host_pool::run_on_host_pool) when the model computes on the
+    /// host (the CPU backend) without tensor parallelism, directly otherwise; the other workers
+    /// spin for decode-sized passes (≤ 8 rows: the skinny kernels' sizes, no OpenBLAS).
+    /// Tensor-parallel ranks stay on their own threads (their collectives block; more ranks than
+    /// workers would wait on each other).
+    fn in_host_pool<R: Send>(&self, rows: usize, f: impl FnOnce() -> R + Send) -> R {
+        if self.tp.is_none() && crate::parallel::runs_on_host::<B>() {
+            crate::host_pool::run_on_host_pool(rows <= 8, f)
         } else {
             f()
         }
@@ -411,7 +402,7 @@ impl<B: Backend> GlmModel<B> {
             )));
         }
         self.check_tensors(&tokens, &position_ids, &mask, Some(&*cache))?;
-        self.in_host_pool(|| {
+        self.in_host_pool(batch.saturating_mul(seq), || {
             let device = tokens.device();
             let x = self.embed_checked(tokens);
             let (x, _) = self.run_layers(x, position_ids, mask, Some(cache), false)?;
@@ -440,7 +431,8 @@ impl<B: Backend> GlmModel<B> {
         mask: Tensor<B, 4, Bool>,
     ) -> Result<Tensor<B, 3>> {
         self.check_tensors(&tokens, &position_ids, &mask, None)?;
-        self.in_host_pool(|| {
+        let [batch, seq] = tokens.dims();
+        self.in_host_pool(batch.saturating_mul(seq), || {
             let x = self.embed_checked(tokens);
             let (x, _) = self.run_layers(x, position_ids, mask, None, false)?;
             Ok(self.final_layernorm.forward(x))
