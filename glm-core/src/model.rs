@@ -299,7 +299,19 @@ impl<B: Backend> GlmModel<B> {
     ) -> Result<ForwardOutput<B>> {
         let [batch, seq] = tokens.dims();
         self.in_host_pool(batch.saturating_mul(seq), || {
-            self.forward_unpooled(tokens, position_ids, mask, cache, options)
+            let x = self.embed_checked(tokens);
+            let (mut x, hidden_states) =
+                self.run_layers(x, position_ids, mask, cache, options.hidden_states)?;
+            if options.last_only {
+                let seq = x.dims()[1];
+                x = x.narrow(1, seq.saturating_sub(1), 1);
+            }
+            let logits = self.logits(self.final_layernorm.forward(x));
+            self.tp_check()?;
+            Ok(ForwardOutput {
+                logits,
+                hidden_states,
+            })
         })
     }
 
@@ -315,30 +327,6 @@ impl<B: Backend> GlmModel<B> {
         } else {
             f()
         }
-    }
-
-    /// [`forward_checked`](Self::forward_checked) on the calling thread.
-    fn forward_unpooled(
-        &self,
-        tokens: Tensor<B, 2, Int>,
-        position_ids: Tensor<B, 2, Int>,
-        mask: Tensor<B, 4, Bool>,
-        cache: Option<&mut KvCache<B>>,
-        options: ForwardOptions,
-    ) -> Result<ForwardOutput<B>> {
-        let x = self.embed_checked(tokens);
-        let (mut x, hidden_states) =
-            self.run_layers(x, position_ids, mask, cache, options.hidden_states)?;
-        if options.last_only {
-            let seq = x.dims()[1];
-            x = x.narrow(1, seq.saturating_sub(1), 1);
-        }
-        let logits = self.logits(self.final_layernorm.forward(x));
-        self.tp_check()?;
-        Ok(ForwardOutput {
-            logits,
-            hidden_states,
-        })
     }
 
     /// Every layer in order (resident or streamed), optionally keeping each output.

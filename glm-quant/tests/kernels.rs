@@ -93,6 +93,16 @@ fn tolerance(x: &[f32], w: &[f32], inp: usize) -> f32 {
     2e-6 * inp as f32 * mx * mw + 1e-7
 }
 
+/// The host view of a quantizer's output (row stride = row bytes: no padding).
+fn host_matrix<'a>(m: &'a QuantizedMatrix, scales: &'a [f32]) -> HostMatrix<'a> {
+    HostMatrix {
+        layout: m.layout(),
+        bytes: m.bytes(),
+        row_stride: m.layout().row_bytes(),
+        scales,
+    }
+}
+
 /// The instruction sets this CPU runs; a note is printed for each one it lacks.
 fn supported_isas() -> Vec<Isa> {
     let mut out = Vec::new();
@@ -147,14 +157,9 @@ fn fused_cpu_kernel_equals_reference_on_random_shapes() {
                 .fold(0f32, f32::max);
             assert!(d <= tol, "{what} {scheme} out={out} in={inp} rows={rows} shards={shards}: max diff {d} > {tol}");
         };
-        // Host kernels (row stride = row bytes: no padding needed).
+        // Host kernels.
         let scales = m.scales_f32();
-        let hm = HostMatrix {
-            layout: m.layout(),
-            bytes: m.bytes(),
-            row_stride: m.layout().row_bytes(),
-            scales: &scales,
-        };
+        let hm = host_matrix(&m, &scales);
         let mut y = vec![0f32; rows * out];
         host_gemv(&hm, &x, rows, &mut y).unwrap();
         check("host_gemv", &y);
@@ -241,12 +246,7 @@ fn dequantization_is_exact_for_subnormal_and_large_scales_on_every_isa() {
             "the case must reach fp16 subnormals"
         );
         let scales = m.scales_f32();
-        let hm = HostMatrix {
-            layout: m.layout(),
-            bytes: m.bytes(),
-            row_stride: m.layout().row_bytes(),
-            scales: &scales,
-        };
+        let hm = host_matrix(&m, &scales);
         let x = rng.vec(cols, 1.0);
         let mut ran = 0;
         for isa in supported_isas() {
@@ -287,12 +287,7 @@ fn an_instruction_set_the_cpu_lacks_is_an_error_not_a_fallback() {
     )
     .unwrap();
     let scales = m.scales_f32();
-    let hm = HostMatrix {
-        layout: m.layout(),
-        bytes: m.bytes(),
-        row_stride: m.layout().row_bytes(),
-        scales: &scales,
-    };
+    let hm = host_matrix(&m, &scales);
     let mut checked = 0;
     for isa in Isa::ALL {
         let mut y = vec![0f32; 3];

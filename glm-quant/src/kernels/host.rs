@@ -1,14 +1,16 @@
 //! Fused dequantize-GEMV on host memory.
 //!
-//! The weight is read once, each value dequantized in registers to exactly `f16(q · scale)`
-//! (`vcvtps2ph`/`vcvtph2ps` round trip on x86 with F16C, `half` elsewhere) and multiplied into up to
-//! four activation rows at a time. Rows of the weight are split across rayon's thread pool.
+//! The weight is read once, each value dequantized in registers to exactly `f16(q · scale)` and
+//! multiplied into up to four activation rows at a time: INT8 through a `vcvtps2ph`/`vcvtph2ps`
+//! round trip (F16C) or one half-precision multiply (AVX512-FP16), INT4 through a per-row table
+//! of its 16 values (AVX-512), `half` in the scalar code. Decode (one activation row) reads 8
+//! weight rows side by side. Rows of the weight are split across rayon's thread pool.
 //!
 //! The layout is the device layout of [`QuantizedWeight`](crate::QuantizedWeight): row `r` starts at
 //! byte `r · row_stride` and holds the checkpoint bytes of that row (int8 values, or int4 pairs with
 //! the even column in the high nibble).
 //!
-//! (Over 400 lines: the fused INT8 / INT4 CPU kernels for every instruction set (AVX-512, AVX2, scalar) side by side, each beside the same reference.)
+//! (Over 400 lines: the fused INT8 / INT4 CPU kernels for every instruction set (AVX-512 with FP16, AVX-512, AVX2, scalar) side by side, each beside the same reference.)
 
 use std::sync::OnceLock;
 
@@ -565,6 +567,20 @@ mod avx512 {
         j
     }
 
+    /// The 32 weights of 16 int4 bytes (even columns from the high nibbles, odd from the low),
+    /// looked up in the row's table: `(even, odd)`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,fma,f16c")]
+    #[inline]
+    fn nibble_pairs(bytes: __m128i, lut: __m512) -> (__m512, __m512) {
+        let d = _mm512_cvtepu8_epi32(bytes);
+        // vpermps reads the low 4 bits of each index: the low nibble as it is, the high nibble
+        // after a shift.
+        (
+            _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut),
+            _mm512_permutexvar_ps(d, lut),
+        )
+    }
+
     /// Columns per block of [`permute_int4_x`].
     pub(super) const I4_BLOCK: usize = 32;
 
@@ -620,11 +636,7 @@ mod avx512 {
                         _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
                     }
                     let bytes = _mm_loadu_si128(rows[r].as_ptr().add(at) as *const __m128i);
-                    let d = _mm512_cvtepu8_epi32(bytes);
-                    // vpermps reads the low 4 bits of each index: the low nibble as it is, the
-                    // high nibble after a shift.
-                    let we = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut[r]);
-                    let wo = _mm512_permutexvar_ps(d, lut[r]);
+                    let (we, wo) = nibble_pairs(bytes, lut[r]);
                     even[r] = _mm512_fmadd_ps(we, xe, even[r]);
                     odd[r] = _mm512_fmadd_ps(wo, xo, odd[r]);
                 }
@@ -637,9 +649,7 @@ mod avx512 {
                 let at = b0 + j / 2;
                 for r in 0..R {
                     let bytes = _mm_maskz_loadu_epi8(k, rows[r].as_ptr().add(at) as *const i8);
-                    let d = _mm512_cvtepu8_epi32(bytes);
-                    let we = _mm512_permutexvar_ps(_mm512_srli_epi32::<4>(d), lut[r]);
-                    let wo = _mm512_permutexvar_ps(d, lut[r]);
+                    let (we, wo) = nibble_pairs(bytes, lut[r]);
                     even[r] = _mm512_fmadd_ps(we, xe, even[r]);
                     odd[r] = _mm512_fmadd_ps(wo, xo, odd[r]);
                 }
@@ -718,6 +728,13 @@ mod avx512fp16 {
         debug_assert!(at + 32 <= row.len());
         // SAFETY: 32 readable bytes at `at` (caller); loadu is unaligned.
         let b = unsafe { _mm256_loadu_si256(row.as_ptr().add(at) as *const __m256i) };
+        scale32(b, scale)
+    }
+
+    /// 32 int8 values `f16(q · scale)` as two f32 vectors (see [`load32`]).
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx512fp16,fma,f16c")]
+    #[inline]
+    fn scale32(b: __m256i, scale: __m512h) -> (__m512, __m512) {
         let h = _mm512_mul_ph(_mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(b)), scale);
         let bits = _mm512_castph_si512(h);
         (
@@ -738,12 +755,7 @@ mod avx512fp16 {
         let k = ((1u64 << t) - 1) as __mmask32;
         // SAFETY: only the t bytes from `at` are read (masked load).
         let b = unsafe { _mm256_maskz_loadu_epi8(k, row.as_ptr().add(at) as *const i8) };
-        let h = _mm512_mul_ph(_mm512_cvtepi16_ph(_mm512_cvtepi8_epi16(b)), scale);
-        let bits = _mm512_castph_si512(h);
-        (
-            _mm512_cvtph_ps(_mm512_castsi512_si256(bits)),
-            _mm512_cvtph_ps(_mm512_extracti64x4_epi64::<1>(bits)),
-        )
+        scale32(b, scale)
     }
 
     /// The `t` (< 32) floats from `p` as two vectors, zeros past them (nothing more is read).
