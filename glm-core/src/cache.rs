@@ -21,33 +21,58 @@ pub struct LayerKv<B: Backend> {
     pub v: Tensor<B, 4>,
 }
 
-/// One layer's buffers: `[batch, heads, capacity, head_dim]`, the first `len` positions filled.
+/// One layer's buffers: `[row_capacity, heads, capacity, head_dim]`, the first `rows` batch rows
+/// and `len` positions filled (what lies beyond is unspecified and never read).
 #[derive(Debug, Clone)]
 struct Slot<B: Backend> {
     k: Tensor<B, 4>,
     v: Tensor<B, 4>,
     len: usize,
+    rows: usize,
 }
 
 impl<B: Backend> Slot<B> {
     fn view(&self) -> LayerKv<B> {
+        let cut = |t: &Tensor<B, 4>| {
+            let t = t.clone();
+            let t = if self.rows < t.dims()[0] {
+                t.narrow(0, 0, self.rows)
+            } else {
+                t
+            };
+            t.narrow(2, 0, self.len)
+        };
         LayerKv {
-            k: self.k.clone().narrow(2, 0, self.len),
-            v: self.v.clone().narrow(2, 0, self.len),
+            k: cut(&self.k),
+            v: cut(&self.v),
         }
     }
 
     fn capacity(&self) -> usize {
         self.k.dims()[2]
     }
+
+    fn row_capacity(&self) -> usize {
+        self.k.dims()[0]
+    }
 }
 
 /// The KV cache of a whole model: one [`LayerKv`] per layer once the first call has run.
+///
+/// Besides decoding one batch (generation, beam search), it serves a continuous-batching engine:
+/// sequences join ([`merge_batch`](Self::merge_batch)) and leave
+/// ([`select_batch`](Self::select_batch)) a running batch, and
+/// [`compact_positions`](Self::compact_positions) drops the padding that joins leave behind. On
+/// the CPU backend these edit the buffers in place (moving only the rows and positions that
+/// change) while room lasts ([`reserve`](Self::reserve), [`reserve_rows`](Self::reserve_rows));
+/// other backends copy through the generic tensor ops.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<Slot<B>>>,
     /// Positions to make room for at the first allocation (0: just what the call needs).
     reserve: usize,
+    /// Batch rows to make room for when the batch grows (0: just what it needs).
+    reserve_rows: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -56,6 +81,7 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; num_layers],
             reserve: 0,
+            reserve_rows: 0,
         }
     }
 
@@ -65,9 +91,16 @@ impl<B: Backend> KvCache<B> {
         self.reserve = self.reserve.max(positions);
         for slot in self.layers.iter_mut().flatten() {
             if slot.capacity() < positions {
-                grow(slot, positions);
+                let rows = slot.row_capacity();
+                grow(slot, rows, positions);
             }
         }
+    }
+
+    /// Makes room for `rows` batch rows whenever the buffers are (re)allocated to take more rows
+    /// ([`merge_batch`](Self::merge_batch)), so rows up to that count join in place.
+    pub fn reserve_rows(&mut self, rows: usize) {
+        self.reserve_rows = self.reserve_rows.max(rows);
     }
 
     /// Number of cached positions (0 when empty).
@@ -85,10 +118,7 @@ impl<B: Backend> KvCache<B> {
 
     /// Batch size of the cached entries (`None` when empty).
     pub fn batch_size(&self) -> Option<usize> {
-        self.layers
-            .first()
-            .and_then(|l| l.as_ref())
-            .map(|l| l.k.dims()[0])
+        self.layers.first().and_then(|l| l.as_ref()).map(|l| l.rows)
     }
 
     /// The cache of layer `layer` (views of the filled positions), if filled.
@@ -118,7 +148,12 @@ impl<B: Backend> KvCache<B> {
             Some(slot) => slot,
             // No room asked for beyond this call: the new tensors are the buffers.
             None if self.reserve <= new => {
-                let slot = Slot { k, v, len: new };
+                let slot = Slot {
+                    k,
+                    v,
+                    len: new,
+                    rows: batch,
+                };
                 let view = slot.view();
                 self.layers[layer] = Some(slot);
                 return (view.k, view.v);
@@ -133,6 +168,7 @@ impl<B: Backend> KvCache<B> {
                     k: empty(),
                     v: empty(),
                     len: 0,
+                    rows: batch,
                 }
             }
         };
@@ -142,17 +178,12 @@ impl<B: Backend> KvCache<B> {
             let grown = needed
                 .max(slot.capacity() + slot.capacity() / 2 + 16)
                 .max(self.reserve);
-            grow(&mut slot, grown);
+            let rows = slot.row_capacity();
+            grow(&mut slot, rows, grown);
         }
         let at = slot.len;
-        let put = |buffer: Tensor<B, 4>, rows: Tensor<B, 4>| {
-            // In place on the CPU backend; `slice_assign` (a copy there) elsewhere.
-            glm_quant::kernels::try_write_rows(buffer, at, rows).unwrap_or_else(|(buffer, rows)| {
-                buffer.slice_assign([0..batch, 0..heads, at..needed, 0..head_dim], rows)
-            })
-        };
-        slot.k = put(slot.k, k);
-        slot.v = put(slot.v, v);
+        slot.k = write_block(slot.k, 0, at, k);
+        slot.v = write_block(slot.v, 0, at, v);
         slot.len = needed;
         let view = slot.view();
         self.layers[layer] = Some(slot);
@@ -160,8 +191,10 @@ impl<B: Backend> KvCache<B> {
     }
 
     /// Keeps the batch rows `indices` (in that order, repeats allowed), e.g. the parent beams of
-    /// beam search. An empty list or an index ≥ the cached batch size is a typed error (checked on
-    /// the host; the cache is then unchanged). On an empty cache only the list is checked.
+    /// beam search or the sequences still running. An empty list or an index ≥ the cached batch
+    /// size is a typed error (checked on the host; the cache is then unchanged). On an empty cache
+    /// only the list is checked. On the CPU backend a list that only moves rows towards the front
+    /// (`indices[j] ≥ j`, e.g. rows leaving a batch) moves just those rows in place.
     pub fn select_batch(&mut self, indices: &[usize]) -> Result<()> {
         if indices.is_empty() {
             return Err(Error::InvalidInput(
@@ -171,22 +204,46 @@ impl<B: Backend> KvCache<B> {
         let Some(first) = self.layers.iter().flatten().next() else {
             return Ok(());
         };
-        let batch = first.k.dims()[0];
+        let batch = first.rows;
         if let Some(&bad) = indices.iter().find(|&&i| i >= batch) {
             return Err(Error::InvalidInput(format!(
                 "select_batch: row {bad} is outside the cached batch of {batch}"
             )));
         }
+        let forward_only = indices.iter().enumerate().all(|(j, &i)| i >= j);
         let ids: Vec<i64> = indices
             .iter()
             .map(|&i| i64::try_from(i).unwrap_or(i64::MAX))
             .collect();
         let device = first.k.device();
-        let indices =
+        let index_tensor =
             Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [indices.len()]), &device);
-        for kv in self.layers.iter_mut().flatten() {
-            kv.k = kv.k.clone().select(0, indices.clone());
-            kv.v = kv.v.clone().select(0, indices.clone());
+        for entry in self.layers.iter_mut() {
+            // Taken out of the slot so that its buffers are uniquely owned (edited in place).
+            let Some(mut kv) = entry.take() else {
+                continue;
+            };
+            let [_, heads, cap, head_dim] = kv.k.dims();
+            let len = kv.len;
+            let shape = [heads, cap, head_dim];
+            let moved = |t: Tensor<B, 4>| {
+                let t = if forward_only {
+                    glm_quant::kernels::try_edit_bytes(t, |bytes, size| {
+                        for (j, &i) in indices.iter().enumerate() {
+                            if i != j {
+                                move_row(bytes, size, shape, len, i, j);
+                            }
+                        }
+                    })
+                } else {
+                    Err(t)
+                };
+                t.unwrap_or_else(|t| t.narrow(0, 0, batch).select(0, index_tensor.clone()))
+            };
+            kv.k = moved(kv.k);
+            kv.v = moved(kv.v);
+            kv.rows = indices.len();
+            *entry = Some(kv);
         }
         Ok(())
     }
@@ -195,15 +252,25 @@ impl<B: Backend> KvCache<B> {
     /// prefilled on its own joins the running batch). The shorter side is padded with zero
     /// positions at the end, so both hold `max(len, other.len)` positions; the caller masks the
     /// padded positions of each row. Either side may be empty. Layer counts, heads and head sizes
-    /// must agree (a typed error, the cache unchanged).
+    /// must agree (a typed error, the cache unchanged). With room for the rows and positions (see
+    /// [`reserve_rows`](Self::reserve_rows)), the new rows are written in place on the CPU
+    /// backend; otherwise the buffers grow (rows geometrically).
     pub fn merge_batch(&mut self, other: KvCache<B>) -> Result<()> {
         if other.is_empty() {
             return Ok(());
         }
         if self.is_empty() {
             let reserve = self.reserve.max(other.reserve);
+            let reserve_rows = self.reserve_rows.max(other.reserve_rows);
             *self = other;
+            self.reserve_rows = reserve_rows;
             self.reserve(reserve);
+            for slot in self.layers.iter_mut().flatten() {
+                if slot.row_capacity() < reserve_rows {
+                    let cap = slot.capacity();
+                    grow(slot, reserve_rows, cap);
+                }
+            }
             return Ok(());
         }
         if other.layers.len() != self.layers.len() {
@@ -213,9 +280,6 @@ impl<B: Backend> KvCache<B> {
                 self.layers.len()
             )));
         }
-        let len = self.len().max(other.len());
-        let capacity = len.max(self.reserve);
-        let mut merged = Vec::with_capacity(self.layers.len());
         for (layer, (a, b)) in self.layers.iter().zip(&other.layers).enumerate() {
             let (Some(a), Some(b)) = (a, b) else {
                 return Err(Error::InvalidInput(format!(
@@ -230,24 +294,102 @@ impl<B: Backend> KvCache<B> {
                      {other_heads}×{other_dim}"
                 )));
             }
-            let padded = |t: &Tensor<B, 4>, len: usize| {
-                let t = t.clone().narrow(2, 0, len);
-                let [batch, heads, filled, head_dim] = t.dims();
-                if filled == capacity {
-                    return t;
-                }
-                let pad =
-                    Tensor::<B, 4>::zeros([batch, heads, capacity - filled, head_dim], &t.device())
-                        .cast(t.dtype());
-                Tensor::cat(vec![t, pad], 2)
-            };
-            merged.push(Some(Slot {
-                k: Tensor::cat(vec![padded(&a.k, a.len), padded(&b.k, b.len)], 0),
-                v: Tensor::cat(vec![padded(&a.v, a.len), padded(&b.v, b.len)], 0),
-                len,
-            }));
         }
-        self.layers = merged;
+        let len = self.len().max(other.len());
+        for (entry, b) in self.layers.iter_mut().zip(&other.layers) {
+            // Taken out of the slot so that its buffers are uniquely owned (written in place).
+            let (Some(mut a), Some(b)) = (entry.take(), b.as_ref()) else {
+                continue;
+            };
+            let rows = a.rows + b.rows;
+            if a.row_capacity() < rows || a.capacity() < len {
+                let row_cap = if a.row_capacity() < rows {
+                    rows.max(2 * a.rows).max(self.reserve_rows)
+                } else {
+                    a.row_capacity()
+                };
+                let cap = if a.capacity() < len {
+                    len.max(a.capacity() + a.capacity() / 2 + 16)
+                        .max(self.reserve)
+                } else {
+                    a.capacity()
+                };
+                grow(&mut a, row_cap, cap);
+            }
+            let (old_rows, old_len) = (a.rows, a.len);
+            let view = b.view();
+            a.k = write_block(a.k, old_rows, 0, view.k);
+            a.v = write_block(a.v, old_rows, 0, view.v);
+            if b.len < len {
+                a.k = zero_block(a.k, old_rows..rows, b.len..len);
+                a.v = zero_block(a.v, old_rows..rows, b.len..len);
+            }
+            if old_len < len {
+                a.k = zero_block(a.k, 0..old_rows, old_len..len);
+                a.v = zero_block(a.v, 0..old_rows, old_len..len);
+            }
+            a.rows = rows;
+            a.len = len;
+            *entry = Some(a);
+        }
+        Ok(())
+    }
+
+    /// Keeps, in every batch row `r`, the cached positions `positions[r]` (increasing, each
+    /// `< len`) moved to the front in that order, and zero padding after them: the cache then
+    /// holds the longest list's count of positions. A continuous-batching engine drops with it
+    /// the padding that joins and departures leave between a row's positions (attention only
+    /// needs the positions' keys and values, not where they sit). A list per row, increasing
+    /// indices below the cached length and at least one position in some row are checked (a
+    /// typed error, the cache unchanged). In place on the CPU backend.
+    pub fn compact_positions(&mut self, positions: &[Vec<usize>]) -> Result<()> {
+        let Some(first) = self.layers.iter().flatten().next() else {
+            return Err(Error::InvalidInput(
+                "compact_positions: the cache is empty".into(),
+            ));
+        };
+        let (rows, len) = (first.rows, first.len);
+        if positions.len() != rows {
+            return Err(Error::InvalidInput(format!(
+                "compact_positions: {} position lists for a batch of {rows}",
+                positions.len()
+            )));
+        }
+        for (r, list) in positions.iter().enumerate() {
+            let increasing = list.windows(2).all(|w| w[0] < w[1]);
+            if !increasing || list.last().is_some_and(|&p| p >= len) {
+                return Err(Error::InvalidInput(format!(
+                    "compact_positions: row {r}'s positions must increase and stay below the \
+                     cached {len}"
+                )));
+            }
+        }
+        let new_len = positions.iter().map(Vec::len).max().unwrap_or(0);
+        if new_len == 0 {
+            return Err(Error::InvalidInput(
+                "compact_positions: no position kept in any row".into(),
+            ));
+        }
+        for entry in self.layers.iter_mut() {
+            // Taken out of the slot so that its buffers are uniquely owned (edited in place).
+            let Some(mut slot) = entry.take() else {
+                continue;
+            };
+            let [_, heads, cap, head_dim] = slot.k.dims();
+            let shape = [heads, cap, head_dim];
+            let compact = |t: Tensor<B, 4>| {
+                glm_quant::kernels::try_edit_bytes(t, |bytes, size| {
+                    for (r, list) in positions.iter().enumerate() {
+                        compact_row(bytes, size, shape, r, list, new_len);
+                    }
+                })
+                .unwrap_or_else(|t| gather_positions(t, positions, new_len))
+            };
+            slot.k = compact(slot.k);
+            slot.v = compact(slot.v);
+            slot.len = new_len;
+            *entry = Some(slot);
+        }
         Ok(())
     }
 
@@ -306,21 +448,147 @@ impl<B: Backend> KvCache<B> {
     }
 }
 
-/// Moves `slot` into buffers with room for `capacity` positions (the filled part copied once).
-fn grow<B: Backend>(slot: &mut Slot<B>, capacity: usize) {
-    let [batch, heads, _, head_dim] = slot.k.dims();
+/// Moves `slot` into buffers with room for `rows` batch rows and `capacity` positions (the filled
+/// part copied once).
+fn grow<B: Backend>(slot: &mut Slot<B>, rows: usize, capacity: usize) {
+    let [_, heads, _, head_dim] = slot.k.dims();
     let (device, dtype) = (slot.k.device(), slot.k.dtype());
-    let len = slot.len;
-    let moved = |old: &Tensor<B, 4>| {
-        Tensor::<B, 4>::zeros([batch, heads, capacity, head_dim], &device)
-            .cast(dtype)
-            .slice_assign(
-                [0..batch, 0..heads, 0..len, 0..head_dim],
-                old.clone().narrow(2, 0, len),
-            )
+    let view = slot.view();
+    let moved = |filled: Tensor<B, 4>| {
+        let fresh = Tensor::<B, 4>::zeros([rows, heads, capacity, head_dim], &device).cast(dtype);
+        write_block(fresh, 0, 0, filled)
     };
-    slot.k = moved(&slot.k);
-    slot.v = moved(&slot.v);
+    slot.k = moved(view.k);
+    slot.v = moved(view.v);
+}
+
+/// `buffer` (`[rows, heads, capacity, head_dim]`) with `block` (`[n, heads, p, head_dim]`)
+/// written at batch row `row` and position `at`: in place on the CPU backend when the buffer is
+/// uniquely owned, through `slice_assign` otherwise.
+fn write_block<B: Backend>(
+    buffer: Tensor<B, 4>,
+    row: usize,
+    at: usize,
+    block: Tensor<B, 4>,
+) -> Tensor<B, 4> {
+    let [n, heads, p, head_dim] = block.dims();
+    glm_quant::kernels::try_write_block(buffer, row, at, block).unwrap_or_else(|(buffer, block)| {
+        buffer.slice_assign([row..row + n, 0..heads, at..at + p, 0..head_dim], block)
+    })
+}
+
+/// `buffer` (`[rows, heads, capacity, head_dim]`) with zeros in batch rows `rows` and positions
+/// `span` (in place on the CPU backend when possible).
+fn zero_block<B: Backend>(
+    buffer: Tensor<B, 4>,
+    rows: std::ops::Range<usize>,
+    span: std::ops::Range<usize>,
+) -> Tensor<B, 4> {
+    if rows.is_empty() || span.is_empty() {
+        return buffer;
+    }
+    let [_, heads, cap, head_dim] = buffer.dims();
+    let (r, s) = (rows.clone(), span.clone());
+    glm_quant::kernels::try_edit_bytes(buffer, |bytes, size| {
+        for row in r.clone() {
+            for head in 0..heads {
+                let at = ((row * heads + head) * cap + s.start) * head_dim * size;
+                let end = at + s.len() * head_dim * size;
+                if let Some(part) = bytes.get_mut(at..end) {
+                    part.fill(0);
+                }
+            }
+        }
+    })
+    .unwrap_or_else(|buffer| {
+        let (device, dtype) = (buffer.device(), buffer.dtype());
+        let zeros =
+            Tensor::<B, 4>::zeros([rows.len(), heads, span.len(), head_dim], &device).cast(dtype);
+        buffer.slice_assign([rows, 0..heads, span, 0..head_dim], zeros)
+    })
+}
+
+/// Copies positions `0..len` of batch row `from` over batch row `to` (every head) in the bytes of
+/// a `[rows, heads, cap, head_dim]` buffer of `size`-byte elements.
+fn move_row(
+    bytes: &mut [u8],
+    size: usize,
+    [heads, cap, head_dim]: [usize; 3],
+    len: usize,
+    from: usize,
+    to: usize,
+) {
+    let row_bytes = heads * cap * head_dim * size;
+    let filled = len * head_dim * size;
+    for head in 0..heads {
+        let at = |row: usize| row * row_bytes + head * cap * head_dim * size;
+        let (src, dst) = (at(from), at(to));
+        if src + filled <= bytes.len() && dst + filled <= bytes.len() {
+            bytes.copy_within(src..src + filled, dst);
+        }
+    }
+}
+
+/// Moves positions `list` of batch row `row` to the front (in order) and zeroes positions
+/// `list.len()..new_len`, every head, in the bytes of a `[rows, heads, cap, head_dim]` buffer.
+/// `list` increases, so each move reads a position at or after the one it writes.
+fn compact_row(
+    bytes: &mut [u8],
+    size: usize,
+    [heads, cap, head_dim]: [usize; 3],
+    row: usize,
+    list: &[usize],
+    new_len: usize,
+) {
+    let item = head_dim * size;
+    for head in 0..heads {
+        let base = ((row * heads + head) * cap) * item;
+        for (to, &from) in list.iter().enumerate() {
+            let (src, dst) = (base + from * item, base + to * item);
+            if from != to && src + item <= bytes.len() {
+                bytes.copy_within(src..src + item, dst);
+            }
+        }
+        let (start, end) = (base + list.len() * item, base + new_len * item);
+        if let Some(part) = bytes.get_mut(start..end) {
+            part.fill(0);
+        }
+    }
+}
+
+/// The generic [`KvCache::compact_positions`]: per batch row, the kept positions selected and
+/// zero-padded to the buffer's capacity, the rows concatenated.
+fn gather_positions<B: Backend>(
+    buffer: Tensor<B, 4>,
+    positions: &[Vec<usize>],
+    new_len: usize,
+) -> Tensor<B, 4> {
+    let [_, heads, cap, head_dim] = buffer.dims();
+    let (device, dtype) = (buffer.device(), buffer.dtype());
+    let cap = cap.max(new_len);
+    let rows: Vec<Tensor<B, 4>> = positions
+        .iter()
+        .enumerate()
+        .map(|(r, list)| {
+            let ids: Vec<i64> = list
+                .iter()
+                .map(|&p| i64::try_from(p).unwrap_or(i64::MAX))
+                .collect();
+            let zeros =
+                |n: usize| Tensor::<B, 4>::zeros([1, heads, n, head_dim], &device).cast(dtype);
+            if ids.is_empty() {
+                return zeros(cap);
+            }
+            let index = Tensor::<B, 1, Int>::from_data(TensorData::new(ids, [list.len()]), &device);
+            let kept = buffer.clone().narrow(0, r, 1).select(2, index);
+            if list.len() == cap {
+                kept
+            } else {
+                Tensor::cat(vec![kept, zeros(cap - list.len())], 2)
+            }
+        })
+        .collect();
+    Tensor::cat(rows, 0)
 }
 
 #[cfg(all(test, feature = "flex"))]
@@ -415,5 +683,148 @@ mod tests {
             previous = Some(at);
         }
         assert_eq!(cache.len(), 11);
+    }
+
+    /// Every value of layer 0's keys and values (views: `rows × heads × len × head_dim`).
+    fn values(cache: &KvCache<Flex>) -> (Vec<f32>, Vec<f32>) {
+        let kv = cache.layer(0).expect("layer");
+        (
+            kv.k.into_data().to_vec().expect("f32"),
+            kv.v.into_data().to_vec().expect("f32"),
+        )
+    }
+
+    /// A one-layer cache of `batch` rows and `len` positions with distinct values
+    /// `base + index` (keys) and `base + 0.5 + index` (values), `[batch, 2, len, 3]`.
+    fn filled(batch: usize, len: usize, base: f32, reserve: usize) -> KvCache<Flex> {
+        let device = Default::default();
+        let t = |off: f32| {
+            let n = batch * 2 * len * 3;
+            let values: Vec<f32> = (0..n).map(|i| base + off + i as f32).collect();
+            Tensor::<Flex, 4>::from_data(TensorData::new(values, [batch, 2, len, 3]), &device)
+        };
+        let mut c = KvCache::<Flex>::new(1);
+        c.reserve(reserve);
+        c.append(0, t(0.0), t(0.5));
+        c
+    }
+
+    /// Row `r`, head `h`, position `p` of a `[rows, 2, len, 3]` list of values.
+    fn at(all: &[f32], len: usize, r: usize, h: usize, p: usize) -> &[f32] {
+        let i = ((r * 2 + h) * len + p) * 3;
+        &all[i..i + 3]
+    }
+
+    /// Rows join a batch with room for them in place (the buffer does not move), leave it in place
+    /// when they only move forward, and both give the same values as the generic ops (forced by
+    /// sharing the buffers with a clone).
+    #[test]
+    fn joins_and_departures_move_only_the_rows_that_change() {
+        for generic in [false, true] {
+            let mut batch = KvCache::<Flex>::new(1);
+            batch.reserve_rows(4);
+            batch.merge_batch(filled(1, 4, 0.0, 8)).expect("first");
+            let start = address(&batch);
+            let hold = generic.then(|| batch.clone());
+            batch.merge_batch(filled(2, 6, 1000.0, 8)).expect("second");
+            assert_eq!((batch.len(), batch.batch_size()), (6, Some(3)));
+            if !generic {
+                assert_eq!(address(&batch), start, "joined in place");
+            }
+            let (k, v) = values(&batch);
+            let (k0, v0) = values(&filled(1, 4, 0.0, 0));
+            let (k1, _) = values(&filled(2, 6, 1000.0, 0));
+            for h in 0..2 {
+                for p in 0..6 {
+                    let first = if p < 4 {
+                        at(&k0, 4, 0, h, p)
+                    } else {
+                        &[0.0; 3]
+                    };
+                    assert_eq!(at(&k, 6, 0, h, p), first, "row 0 head {h} pos {p}");
+                    let first_v = if p < 4 {
+                        at(&v0, 4, 0, h, p)
+                    } else {
+                        &[0.0; 3]
+                    };
+                    assert_eq!(at(&v, 6, 0, h, p), first_v, "row 0 value head {h} pos {p}");
+                    for r in 0..2 {
+                        assert_eq!(at(&k, 6, r + 1, h, p), at(&k1, 6, r, h, p));
+                    }
+                }
+            }
+            drop(hold);
+            let hold = generic.then(|| batch.clone());
+            // Row 0 leaves: rows 1 and 2 move forward.
+            batch.select_batch(&[1, 2]).expect("leave");
+            if !generic {
+                assert_eq!(address(&batch), start, "left in place");
+            }
+            let (k, _) = values(&batch);
+            assert_eq!(batch.batch_size(), Some(2));
+            assert_eq!(k, k1, "the remaining rows, in order");
+            drop(hold);
+            // A reordering with repeats (beam search) takes the generic path and still holds.
+            batch.select_batch(&[1, 1, 0]).expect("beams");
+            let (k, _) = values(&batch);
+            for h in 0..2 {
+                for p in 0..6 {
+                    assert_eq!(at(&k, 6, 0, h, p), at(&k1, 6, 1, h, p));
+                    assert_eq!(at(&k, 6, 1, h, p), at(&k1, 6, 1, h, p));
+                    assert_eq!(at(&k, 6, 2, h, p), at(&k1, 6, 0, h, p));
+                }
+            }
+        }
+    }
+
+    /// Compaction keeps each row's listed positions in order at the front, zero after them, in
+    /// place on `Flex` and the same through the generic ops; bad lists are typed errors that leave
+    /// the cache unchanged.
+    #[test]
+    fn compaction_keeps_each_rows_positions_in_order() {
+        let lists = vec![vec![0, 2, 5], vec![1, 3, 4, 6], vec![6]];
+        for generic in [false, true] {
+            let mut c = filled(3, 7, 0.0, 10);
+            let (k_before, v_before) = values(&c);
+            let start = address(&c);
+            for bad in [
+                vec![vec![0], vec![1]],
+                vec![vec![2, 1], vec![0], vec![0]],
+                vec![vec![0], vec![7], vec![0]],
+                vec![vec![], vec![], vec![]],
+            ] {
+                assert!(c.compact_positions(&bad).is_err(), "{bad:?}");
+            }
+            assert_eq!(
+                values(&c),
+                (k_before.clone(), v_before.clone()),
+                "unchanged"
+            );
+            let hold = generic.then(|| c.clone());
+            c.compact_positions(&lists).expect("compact");
+            if !generic {
+                assert_eq!(address(&c), start, "in place");
+            }
+            assert_eq!((c.len(), c.batch_size()), (4, Some(3)));
+            let (k, v) = values(&c);
+            for (r, list) in lists.iter().enumerate() {
+                for h in 0..2 {
+                    for p in 0..4 {
+                        let (want_k, want_v) = match list.get(p) {
+                            Some(&q) => (at(&k_before, 7, r, h, q), at(&v_before, 7, r, h, q)),
+                            None => (&[0.0f32; 3][..], &[0.0f32; 3][..]),
+                        };
+                        assert_eq!(at(&k, 4, r, h, p), want_k, "row {r} head {h} pos {p}");
+                        assert_eq!(at(&v, 4, r, h, p), want_v, "row {r} head {h} pos {p}");
+                    }
+                }
+            }
+            drop(hold);
+            // The compacted cache takes further steps in its room.
+            let device = Default::default();
+            let step = Tensor::<Flex, 4>::ones([3, 2, 1, 3], &device);
+            let (k2, _) = c.append(0, step.clone(), step);
+            assert_eq!(k2.dims(), [3, 2, 5, 3]);
+        }
     }
 }

@@ -318,12 +318,15 @@ impl<B: Backend> GlmModel<B> {
     /// Runs `f` (a whole forward pass over `rows` token rows) through
     /// [`run_on_host_pool`](crate::host_pool::run_on_host_pool) when the model computes on the
     /// host (the CPU backend) without tensor parallelism, directly otherwise; the other workers
-    /// spin for decode-sized passes (≤ 8 rows: the skinny kernels' sizes, no OpenBLAS).
+    /// spin for decode-sized passes (at most
+    /// [`F32_GEMV_MAX_ROWS`](glm_quant::kernels::host_f32::F32_GEMV_MAX_ROWS) rows: the skinny
+    /// kernels' sizes, no OpenBLAS).
     /// Tensor-parallel ranks stay on their own threads (their collectives block; more ranks than
     /// workers would wait on each other).
     fn in_host_pool<R: Send>(&self, rows: usize, f: impl FnOnce() -> R + Send) -> R {
         if self.tp.is_none() && crate::parallel::runs_on_host::<B>() {
-            crate::host_pool::run_on_host_pool(rows <= 8, f)
+            let decode = rows <= glm_quant::kernels::host_f32::F32_GEMV_MAX_ROWS;
+            crate::host_pool::run_on_host_pool(decode, f)
         } else {
             f()
         }

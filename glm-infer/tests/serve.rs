@@ -190,6 +190,58 @@ fn concurrent_greedy_requests_give_the_original_answers_batched() {
     server.shutdown().expect("shutdown");
 }
 
+/// A batch that never empties (clients sending the fixture cases back to back, out of step with
+/// each other, multi-blank prompts re-joining for their next blank) keeps its KV cache about as
+/// long as its longest sequence: the padding that joins leave between a row's positions is
+/// dropped (compaction), and every answer is still the original's. Without compaction the cache
+/// grows by one position per decode step for as long as the batch runs.
+#[test]
+fn a_batch_that_never_empties_keeps_its_cache_short() {
+    let server = server(ServeOptions::default());
+    let addr = server.addr();
+    let clients: Vec<_> = (0..4)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let mut cases = greedy_cases();
+                let n = cases.len();
+                cases.rotate_left(c % n);
+                let mut longest = 0u64;
+                for _ in 0..3 {
+                    for (prompt, max_tokens, answer) in &cases {
+                        let (status, body) = post(
+                            addr,
+                            "/v1/completions",
+                            &json!({"prompt": prompt, "max_tokens": max_tokens, "temperature": 0}),
+                        );
+                        assert_eq!(status, 200, "{body}");
+                        assert_eq!(body["choices"][0]["filled_text"], *answer, "{prompt}");
+                        let usage = &body["usage"];
+                        longest = longest.max(usage["total_tokens"].as_u64().unwrap_or(0));
+                    }
+                }
+                longest
+            })
+        })
+        .collect();
+    let longest = clients
+        .into_iter()
+        .map(|t| t.join().expect("client"))
+        .max()
+        .unwrap_or(0) as f64;
+    let steps = metric(addr, "glm_decode_steps_total");
+    let most = metric(addr, "glm_batch_cache_positions_max");
+    let compactions = metric(addr, "glm_batch_cache_compactions_total");
+    // A sequence holds its prompt, its blank's start token and its fill: at most its usage's
+    // total + 2. Compaction runs once padding passes a quarter of that, plus 4 positions.
+    let bound = (longest + 2.0) * 1.25 + 6.0;
+    assert!(compactions > 0.0, "no compaction over {steps} steps");
+    assert!(
+        most <= bound,
+        "the batch cache reached {most} positions; the longest sequence is {longest} tokens"
+    );
+    server.shutdown().expect("shutdown");
+}
+
 #[test]
 fn streaming_sends_openai_chunks_then_done() {
     let server = server(ServeOptions::default());

@@ -2,7 +2,8 @@
 //! `cargo run --release -p glm-quant --example gemv_bw -- [MiB] [k] [reps] [chunk MiB]`.
 //!
 //! Prints GB/s of weight bytes streamed (as stored: 4 bytes per f32 value, 1 per int8, ½ per
-//! int4, scales not counted) for the f32 skinny GEMM (`host_f32`, m = 1, 2, 4, 8 activation rows)
+//! int4, scales not counted) for the f32 skinny GEMM (`host_f32`, m = 1 to 16 activation rows;
+//! with `--features openblas` also OpenBLAS on the same products)
 //! and the fused INT8 / INT4 kernels (`host`, m = 1 and 4). `MiB` is the f32 weight's size; the
 //! quantized matrices have the same shape. With a chunk size, the weight is run as consecutive
 //! matrices of that size (like a decode step's per-layer linears, each coming from DRAM once per
@@ -36,15 +37,33 @@ fn main() {
     let chunk_rows = (chunk * 1024 * 1024 / 4 / k).clamp(1, n);
     println!("kernels: {}", simd_level());
     let w: Vec<f32> = (0..n * k).map(|i| (i % 251) as f32 * 1e-3).collect();
-    for m in [1usize, 2, 4, 8] {
+    for m in [1usize, 2, 4, 8, 12, 16] {
         let x: Vec<f32> = (0..m * k).map(|i| (i % 17) as f32 * 0.1).collect();
+        let flop = 2.0 * (m * n * k) as f64;
         let (median, best) = measure(reps, (n * k * 4) as f64, || {
             for part in w.chunks(chunk_rows * k) {
                 let y = gemv_f32(&x, part, None, m, part.len() / k, k).expect("shapes");
                 std::hint::black_box(y);
             }
         });
-        println!("f32  m={m} n={n} k={k}: median {median:.2} GB/s, best {best:.2} GB/s");
+        let gflops = median * flop / (n * k * 4) as f64;
+        println!(
+            "f32  m={m} n={n} k={k}: median {median:.2} GB/s ({gflops:.0} GFLOP/s), best {best:.2} GB/s"
+        );
+        // The same products through OpenBLAS (the path above F32_GEMV_MAX_ROWS).
+        #[cfg(feature = "openblas")]
+        {
+            let (median, _) = measure(reps, (n * k * 4) as f64, || {
+                for part in w.chunks(chunk_rows * k) {
+                    let y =
+                        glm_quant::kernels::blas::sgemm_nt(&x, part, None, m, part.len() / k, k)
+                            .expect("shapes");
+                    std::hint::black_box(y);
+                }
+            });
+            let gflops = median * flop / (n * k * 4) as f64;
+            println!("blas m={m} n={n} k={k}: median {median:.2} GB/s ({gflops:.0} GFLOP/s)");
+        }
     }
     drop(w);
     for scheme in [QuantScheme::Int8, QuantScheme::Int4] {

@@ -370,7 +370,24 @@ fn f32_gemv_equals_reference_on_odd_shapes_every_isa() {
     let mut rng = Rng(0xD1B5_4A32_D192_ED03);
     let isas = supported_isas();
     let mut ran: Vec<(Isa, usize)> = isas.iter().map(|&i| (i, 0)).collect();
-    let ms = [1usize, 2, 3, 4, 5, 6, 7, 8, F32_GEMV_MAX_ROWS + 3];
+    // 1–7 rows (one group each), 8 and more in groups of 4 plus 1–3 rows, and more rows than
+    // one pass takes.
+    let ms = [
+        1usize,
+        2,
+        3,
+        4,
+        5,
+        6,
+        7,
+        8,
+        9,
+        11,
+        12,
+        14,
+        16,
+        F32_GEMV_MAX_ROWS + 3,
+    ];
     let dims = [1usize, 7, 16, 33, 257];
     let mut cases = 0;
     for &m in &ms {

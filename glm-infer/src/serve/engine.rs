@@ -128,6 +128,8 @@ pub(crate) enum Op {
     },
     /// Rows kept in the batch cache.
     SelectBatch(Vec<usize>),
+    /// The batch cache keeps these positions of each row ([`KvCache::compact_positions`]).
+    CompactPositions(Vec<Vec<usize>>),
     /// The batch cache starts afresh.
     ResetBatch,
 }
@@ -206,6 +208,7 @@ pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_
                 )?;
             }
             Op::SelectBatch(rows) => batch.select_batch(&rows)?,
+            Op::CompactPositions(positions) => batch.compact_positions(&positions)?,
             Op::ResetBatch => batch = model.new_cache(),
         }
     }
@@ -259,6 +262,7 @@ pub(crate) fn run<B: Backend>(
         active: Vec::new(),
         cache: model.new_cache(),
     };
+    engine.reset_batch();
     let mut open = true;
     loop {
         // Admission at the step boundary: wait when idle, else take what fits.
@@ -308,11 +312,52 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
     /// Starts the batch cache afresh (on every rank).
     fn reset_batch(&mut self) {
         self.cache = self.model.new_cache();
+        // Rows up to the batch limit join and leave in place (no copy of the running batch).
+        self.cache.reserve_rows(self.limits.max_batch_rows);
         self.replay(|| Op::ResetBatch);
+    }
+
+    /// Drops the padding between each row's cached positions once it takes more than a fifth of
+    /// the batch cache (joins pad the shorter side; every step appends at the common end), so
+    /// the cache stays about as long as its longest sequence however long the batch runs.
+    fn compact_cache(&mut self) {
+        let len = self.cache.len();
+        let used = |a: &Active<'_>| a.slots.iter().filter(|&&s| s >= 0).count();
+        let footprint = self.active.iter().map(used).max().unwrap_or(0);
+        if footprint == 0 || len <= footprint + footprint / 4 + 4 {
+            return;
+        }
+        let mut positions = Vec::with_capacity(self.rows());
+        for a in &self.active {
+            let kept: Vec<usize> = (0..a.slots.len()).filter(|&p| a.slots[p] >= 0).collect();
+            positions.extend(std::iter::repeat_n(kept, a.tokens.len()));
+        }
+        self.replay(|| Op::CompactPositions(positions.clone()));
+        if let Err(e) = self.cache.compact_positions(&positions) {
+            for a in self.active.drain(..) {
+                fail(&self.metrics, &a.req, &e.to_string());
+            }
+            self.reset_batch();
+            return;
+        }
+        for a in &mut self.active {
+            a.slots.retain(|&s| s >= 0);
+            a.slots.resize(footprint, -1);
+        }
+        self.metrics.compactions.fetch_add(1, Ordering::Relaxed);
     }
 
     fn rows(&self) -> usize {
         self.active.iter().map(|a| a.tokens.len()).sum()
+    }
+
+    /// Publishes the batch's rows and cache length to the metrics.
+    fn observe_batch(&self) {
+        let m = &self.metrics;
+        m.batch_rows.store(self.rows() as i64, Ordering::Relaxed);
+        let len = self.cache.len() as i64;
+        m.cache_positions.store(len, Ordering::Relaxed);
+        m.cache_positions_max.fetch_max(len, Ordering::Relaxed);
     }
 
     /// Takes a new request: its first blank is prefilled and joins the batch.
@@ -463,9 +508,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         }
         active.slots.resize(len, -1);
         self.active.push(active);
-        self.metrics
-            .batch_rows
-            .store(self.rows() as i64, Ordering::Relaxed);
+        self.observe_batch();
     }
 
     /// One decode step for every row of every request in the batch.
@@ -567,9 +610,10 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 self.reset_batch();
             }
         }
-        self.metrics
-            .batch_rows
-            .store(self.rows() as i64, Ordering::Relaxed);
+        if !self.active.is_empty() {
+            self.compact_cache();
+        }
+        self.observe_batch();
         for a in leaving {
             self.end_blank(a);
         }

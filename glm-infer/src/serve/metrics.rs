@@ -60,6 +60,12 @@ pub struct Metrics {
     pub queued: AtomicI64,
     /// Rows in the running decode batch.
     pub batch_rows: AtomicI64,
+    /// Positions held per row by the batch's KV cache (its longest sequence plus padding).
+    pub cache_positions: AtomicI64,
+    /// The most positions the batch's KV cache has held since start.
+    pub cache_positions_max: AtomicI64,
+    /// Times the batch cache dropped the padding between its rows' positions.
+    pub compactions: AtomicU64,
     /// Generated tokens.
     pub tokens: AtomicU64,
     /// Completed requests.
@@ -150,6 +156,24 @@ impl Metrics {
             "gauge",
             "Rows in the running decode batch.",
             i(&self.batch_rows),
+        );
+        metric(
+            "glm_batch_cache_positions",
+            "gauge",
+            "Positions per row in the batch's KV cache.",
+            i(&self.cache_positions),
+        );
+        metric(
+            "glm_batch_cache_positions_max",
+            "gauge",
+            "Most positions per row the batch's KV cache has held.",
+            i(&self.cache_positions_max),
+        );
+        metric(
+            "glm_batch_cache_compactions_total",
+            "counter",
+            "Times the batch cache dropped the padding between its rows' positions.",
+            u(&self.compactions),
         );
         metric(
             "glm_tokens_generated_total",

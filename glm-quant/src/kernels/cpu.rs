@@ -272,72 +272,142 @@ fn cache_view(t: &FlexTensor, d: usize) -> Option<CacheView<'_>> {
     })
 }
 
-/// Writes `rows` (`[batch, heads, new, head_dim]`, any layout) into positions `at..at + new` of
-/// `buffer` (`[batch, heads, capacity, head_dim]`, contiguous) in place when `B` is `Flex`, the
-/// buffer is uniquely owned and both share a float dtype; gives both back otherwise (burn-flex
-/// 0.21's `slice_assign` always copies the whole destination first).
-pub(crate) fn try_write_rows<B: Backend>(
+/// Writes `block` (`[n, heads, new, head_dim]`, any layout) into batch rows `row..row + n` and
+/// positions `at..at + new` of `buffer` (`[batch, heads, capacity, head_dim]`, contiguous) in
+/// place when `B` is `Flex`, the buffer is uniquely owned and both share a float dtype; gives both
+/// back otherwise (burn-flex 0.21's `slice_assign` always copies the whole destination first).
+pub(crate) fn try_write_block<B: Backend>(
     buffer: Tensor<B, 4>,
+    row: usize,
     at: usize,
-    rows: Tensor<B, 4>,
+    block: Tensor<B, 4>,
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
     let [b, h, cap, d] = buffer.dims();
-    let [rb, rh, new, rd] = rows.dims();
+    let [n, bh, new, bd] = block.dims();
     let dtype = buffer.dtype();
     if TypeId::of::<B>() != TypeId::of::<Flex>()
         || !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        || rows.dtype() != dtype
-        || [rb, rh, rd] != [b, h, d]
+        || block.dtype() != dtype
+        || row.checked_add(n).is_none_or(|end| end > b)
+        || [bh, bd] != [h, d]
         || at.checked_add(new).is_none_or(|end| end > cap)
     {
-        return Err((buffer, rows));
+        return Err((buffer, block));
+    }
+    if n == 0 || new == 0 || h == 0 || d == 0 {
+        return Ok(buffer);
     }
     // The buffer is consumed (not cloned) so that its storage can be uniquely owned.
     let back = |t: FlexTensor| -> Tensor<B, 4> {
         from_flex(t).unwrap_or_else(|| unreachable!("B is Flex"))
     };
-    let (Some(mut dst), Some(src)) = (flex::<B, 4>(buffer), flex::<B, 4>(rows.clone())) else {
+    let (Some(mut dst), Some(src)) = (flex::<B, 4>(buffer), flex::<B, 4>(block.clone())) else {
         unreachable!("float tensors of Flex")
     };
     let src = contiguous(src);
     let whole = dst.is_contiguous() && dst.layout().start_offset() == 0;
-    let shape = [b, h, cap, d];
+    let place = BlockPlace {
+        shape: [b, h, cap, d],
+        row,
+        rows: n,
+        at,
+        new,
+    };
     let written = whole
         && match dtype {
-            DType::F32 => copy_rows::<f32>(&mut dst, &src, shape, at, new),
-            DType::F16 => copy_rows::<half::f16>(&mut dst, &src, shape, at, new),
-            _ => copy_rows::<half::bf16>(&mut dst, &src, shape, at, new),
+            DType::F32 => copy_block::<f32>(&mut dst, &src, place),
+            DType::F16 => copy_block::<half::f16>(&mut dst, &src, place),
+            _ => copy_block::<half::bf16>(&mut dst, &src, place),
         };
     if written {
         Ok(back(dst))
     } else {
-        Err((back(dst), rows))
+        Err((back(dst), block))
     }
 }
 
-/// Copies `src` (`[b, h, new, d]`, contiguous) into rows `at..at + new` of `dst`; `false` (nothing
-/// written) when `dst` is shared.
-fn copy_rows<E: burn::tensor::Element + bytemuck::Pod>(
-    dst: &mut FlexTensor,
-    src: &FlexTensor,
-    [b, h, cap, d]: [usize; 4],
+/// Where [`copy_block`] writes: batch rows `row..row + rows`, positions `at..at + new` of a
+/// `shape` buffer.
+#[derive(Clone, Copy)]
+struct BlockPlace {
+    shape: [usize; 4],
+    row: usize,
+    rows: usize,
     at: usize,
     new: usize,
+}
+
+/// Copies `src` (`[rows, h, new, d]`, contiguous) into `dst` at `place`; `false` (nothing
+/// written) when `dst` is shared or a slice is short.
+fn copy_block<E: burn::tensor::Element + bytemuck::Pod>(
+    dst: &mut FlexTensor,
+    src: &FlexTensor,
+    place: BlockPlace,
 ) -> bool {
+    let [b, h, cap, d] = place.shape;
     let Some(src) = src.as_slice::<E>() else {
         return false;
     };
     let Some(out) = dst.try_storage_mut::<E>() else {
         return false;
     };
-    if out.len() < b * h * cap * d || src.len() < b * h * new * d {
+    let chunk = place.new * d;
+    if out.len() < b * h * cap * d || src.len() < place.rows * h * chunk {
         return false;
     }
-    for (bh, chunk) in src.chunks_exact(new * d).take(b * h).enumerate() {
-        let start = (bh * cap + at) * d;
-        out[start..start + new * d].copy_from_slice(chunk);
+    for (i, part) in src.chunks_exact(chunk).take(place.rows * h).enumerate() {
+        // Chunk i is (row i / h, head i % h) of the block.
+        let start = ((place.row * h + i) * cap + place.at) * d;
+        out[start..start + chunk].copy_from_slice(part);
     }
     true
+}
+
+/// Runs `edit` on the bytes of `buffer` in place (row-major, its element size in bytes passed
+/// along) when `B` is `Flex`, the tensor is a uniquely owned, contiguous float tensor starting at
+/// offset 0; gives it back untouched otherwise.
+pub(crate) fn try_edit_bytes<B: Backend, const D: usize>(
+    buffer: Tensor<B, D>,
+    edit: impl FnOnce(&mut [u8], usize),
+) -> Result<Tensor<B, D>, Tensor<B, D>> {
+    let dtype = buffer.dtype();
+    if TypeId::of::<B>() != TypeId::of::<Flex>()
+        || !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
+    {
+        return Err(buffer);
+    }
+    let Some(len) = buffer
+        .dims()
+        .iter()
+        .try_fold(dtype.size(), |n, &d| n.checked_mul(d))
+    else {
+        return Err(buffer);
+    };
+    let back = |t: FlexTensor| -> Tensor<B, D> {
+        from_flex(t).unwrap_or_else(|| unreachable!("B is Flex"))
+    };
+    let Some(mut t) = flex::<B, D>(buffer) else {
+        unreachable!("a float tensor of Flex")
+    };
+    if !t.is_contiguous() || t.layout().start_offset() != 0 {
+        return Err(back(t));
+    }
+    let bytes: Option<&mut [u8]> = match dtype {
+        DType::F32 => t.try_storage_mut::<f32>().map(bytemuck::cast_slice_mut),
+        DType::F16 => t
+            .try_storage_mut::<half::f16>()
+            .map(bytemuck::cast_slice_mut),
+        _ => t
+            .try_storage_mut::<half::bf16>()
+            .map(bytemuck::cast_slice_mut),
+    };
+    match bytes.and_then(|b| b.get_mut(..len)) {
+        Some(bytes) => {
+            edit(bytes, dtype.size());
+            Ok(back(t))
+        }
+        None => Err(back(t)),
+    }
 }
 
 /// Runs [`qkv_rotary_f32`] when `B` is `Flex` and everything is f32; `None` otherwise.

@@ -100,24 +100,44 @@ pub fn try_attention_f32<B: burn::tensor::backend::Backend>(
     }
 }
 
-/// Writes `rows` into positions `at..at + new` of a KV-cache `buffer` in place when the backend
-/// is `Flex`, the buffer is contiguous and uniquely owned and both share a float dtype; gives both
-/// back otherwise (the caller then uses `slice_assign`, which on `Flex` copies the whole buffer).
+/// Writes `block` into batch rows `row..row + n` and positions `at..at + new` of a KV-cache
+/// `buffer` in place when the backend is `Flex`, the buffer is contiguous and uniquely owned and
+/// both share a float dtype; gives both back otherwise (the caller then uses `slice_assign`,
+/// which on `Flex` copies the whole buffer).
 ///
 /// # Shapes
-/// - `buffer`: `[batch, heads, capacity, head_dim]`, `rows`: `[batch, heads, new, head_dim]`
+/// - `buffer`: `[batch, heads, capacity, head_dim]`, `block`: `[n, heads, new, head_dim]`
 #[allow(clippy::type_complexity)]
-pub fn try_write_rows<B: burn::tensor::backend::Backend>(
+pub fn try_write_block<B: burn::tensor::backend::Backend>(
     buffer: burn::tensor::Tensor<B, 4>,
+    row: usize,
     at: usize,
-    rows: burn::tensor::Tensor<B, 4>,
+    block: burn::tensor::Tensor<B, 4>,
 ) -> Result<burn::tensor::Tensor<B, 4>, (burn::tensor::Tensor<B, 4>, burn::tensor::Tensor<B, 4>)> {
     #[cfg(feature = "flex")]
-    return cpu::try_write_rows::<B>(buffer, at, rows);
+    return cpu::try_write_block::<B>(buffer, row, at, block);
     #[cfg(not(feature = "flex"))]
     {
-        let _ = at;
-        Err((buffer, rows))
+        let _ = (row, at);
+        Err((buffer, block))
+    }
+}
+
+/// Runs `edit` on the bytes of `buffer` in place (row-major `dims()`, the element size in bytes
+/// passed along) when the backend is `Flex` and the tensor is a uniquely owned, contiguous float
+/// tensor; gives it back untouched otherwise (the caller then uses the generic tensor ops). For
+/// moves within a KV-cache buffer, which burn-flex 0.21's `slice_assign` / `select` would copy
+/// whole.
+pub fn try_edit_bytes<B: burn::tensor::backend::Backend, const D: usize>(
+    buffer: burn::tensor::Tensor<B, D>,
+    edit: impl FnOnce(&mut [u8], usize),
+) -> Result<burn::tensor::Tensor<B, D>, burn::tensor::Tensor<B, D>> {
+    #[cfg(feature = "flex")]
+    return cpu::try_edit_bytes::<B, D>(buffer, edit);
+    #[cfg(not(feature = "flex"))]
+    {
+        let _ = edit;
+        Err(buffer)
     }
 }
 
