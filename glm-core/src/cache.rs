@@ -64,15 +64,13 @@ impl<B: Backend> Slot<B> {
 /// ([`select_batch`](Self::select_batch)) a running batch, and
 /// [`compact_positions`](Self::compact_positions) drops the padding that joins leave behind. On
 /// the CPU backend these edit the buffers in place (moving only the rows and positions that
-/// change) while room lasts ([`reserve`](Self::reserve), [`reserve_rows`](Self::reserve_rows));
-/// other backends copy through the generic tensor ops.
+/// change) while room lasts ([`reserve`](Self::reserve); batch rows grow by doubling); other
+/// backends copy through the generic tensor ops.
 #[derive(Debug, Clone, Default)]
 pub struct KvCache<B: Backend> {
     layers: Vec<Option<Slot<B>>>,
     /// Positions to make room for at the first allocation (0: just what the call needs).
     reserve: usize,
-    /// Batch rows to make room for when the batch grows (0: just what it needs).
-    reserve_rows: usize,
 }
 
 impl<B: Backend> KvCache<B> {
@@ -81,7 +79,6 @@ impl<B: Backend> KvCache<B> {
         Self {
             layers: vec![None; num_layers],
             reserve: 0,
-            reserve_rows: 0,
         }
     }
 
@@ -95,12 +92,6 @@ impl<B: Backend> KvCache<B> {
                 grow(slot, rows, positions);
             }
         }
-    }
-
-    /// Makes room for `rows` batch rows whenever the buffers are (re)allocated to take more rows
-    /// ([`merge_batch`](Self::merge_batch)), so rows up to that count join in place.
-    pub fn reserve_rows(&mut self, rows: usize) {
-        self.reserve_rows = self.reserve_rows.max(rows);
     }
 
     /// Number of cached positions (0 when empty).
@@ -252,25 +243,17 @@ impl<B: Backend> KvCache<B> {
     /// prefilled on its own joins the running batch). The shorter side is padded with zero
     /// positions at the end, so both hold `max(len, other.len)` positions; the caller masks the
     /// padded positions of each row. Either side may be empty. Layer counts, heads and head sizes
-    /// must agree (a typed error, the cache unchanged). With room for the rows and positions (see
-    /// [`reserve_rows`](Self::reserve_rows)), the new rows are written in place on the CPU
-    /// backend; otherwise the buffers grow (rows geometrically).
+    /// must agree (a typed error, the cache unchanged). With room for the rows and positions (left
+    /// by departures or an earlier growth), the new rows are written in place on the CPU
+    /// backend; otherwise the buffers grow (rows geometrically: doubling).
     pub fn merge_batch(&mut self, other: KvCache<B>) -> Result<()> {
         if other.is_empty() {
             return Ok(());
         }
         if self.is_empty() {
             let reserve = self.reserve.max(other.reserve);
-            let reserve_rows = self.reserve_rows.max(other.reserve_rows);
             *self = other;
-            self.reserve_rows = reserve_rows;
             self.reserve(reserve);
-            for slot in self.layers.iter_mut().flatten() {
-                if slot.row_capacity() < reserve_rows {
-                    let cap = slot.capacity();
-                    grow(slot, reserve_rows, cap);
-                }
-            }
             return Ok(());
         }
         if other.layers.len() != self.layers.len() {
@@ -303,8 +286,9 @@ impl<B: Backend> KvCache<B> {
             };
             let rows = a.rows + b.rows;
             if a.row_capacity() < rows || a.capacity() < len {
+                // Geometric growth: amortised O(1) row copies per joining row.
                 let row_cap = if a.row_capacity() < rows {
-                    rows.max(2 * a.rows).max(self.reserve_rows)
+                    rows.max(2 * a.rows)
                 } else {
                     a.row_capacity()
                 };
@@ -721,11 +705,14 @@ mod tests {
     #[test]
     fn joins_and_departures_move_only_the_rows_that_change() {
         for generic in [false, true] {
+            // Three rows, the first of which leaves: room for one more row.
             let mut batch = KvCache::<Flex>::new(1);
-            batch.reserve_rows(4);
-            batch.merge_batch(filled(1, 4, 0.0, 8)).expect("first");
+            batch.merge_batch(filled(3, 4, 0.0, 8)).expect("first");
             let start = address(&batch);
+            batch.select_batch(&[0]).expect("two leave");
+            assert_eq!(address(&batch), start, "rows left in place");
             let hold = generic.then(|| batch.clone());
+            // Two rows join where the departures left room.
             batch.merge_batch(filled(2, 6, 1000.0, 8)).expect("second");
             assert_eq!((batch.len(), batch.batch_size()), (6, Some(3)));
             if !generic {

@@ -171,7 +171,38 @@ impl<B: Backend> GlmModel<B> {
         options: ForwardOptions,
     ) -> Result<ForwardOutput<B>> {
         self.check_tensors(&tokens, &position_ids, &mask, cache.as_deref())?;
-        self.forward_checked(tokens, position_ids, mask, cache, options)
+        self.forward_checked(tokens, position_ids, mask, cache, options, None)
+    }
+
+    /// [`forward_with`](Self::forward_with) for a batch of sequences of different lengths padded
+    /// at the end (e.g. prompts prefilled together): the logits of one position per batch row,
+    /// `last[i]` for row `i` (its last real token), as `last_only` gives for unpadded rows. The
+    /// caller's mask blocks the padded keys of every real row; what the padded rows compute is
+    /// not used. A `last` list of the wrong length or with a position outside the rows is a typed
+    /// error (nothing runs).
+    ///
+    /// # Shapes
+    /// - `tokens`, `position_ids`: `[batch, seq]`; `mask`: `[batch | 1, 1, seq, cached + seq]`
+    /// - `last`: `batch` positions `< seq` → logits `[batch, 1, vocab]`
+    pub fn forward_last_at(
+        &self,
+        tokens: Tensor<B, 2, Int>,
+        position_ids: Tensor<B, 2, Int>,
+        mask: Tensor<B, 4, Bool>,
+        cache: Option<&mut KvCache<B>>,
+        last: &[usize],
+    ) -> Result<Tensor<B, 3>> {
+        let [batch, seq] = tokens.dims();
+        if last.len() != batch || last.iter().any(|&p| p >= seq) {
+            return Err(Error::InvalidInput(format!(
+                "forward_last_at: {} last positions {last:?} for {batch} rows of {seq}",
+                last.len()
+            )));
+        }
+        self.check_tensors(&tokens, &position_ids, &mask, cache.as_deref())?;
+        let options = ForwardOptions::default();
+        let out = self.forward_checked(tokens, position_ids, mask, cache, options, Some(last))?;
+        Ok(out.logits)
     }
 
     /// [`forward_with`](Self::forward_with) on host-side inputs: `input` is validated on the host
@@ -184,7 +215,7 @@ impl<B: Backend> GlmModel<B> {
         input.validate(&self.config)?;
         let device = self.word_embeddings.val().device();
         let (tokens, position_ids, mask) = input.try_to_tensors::<B>(&device)?;
-        self.forward_checked(tokens, position_ids, mask, None, options)
+        self.forward_checked(tokens, position_ids, mask, None, options, None)
     }
 
     /// Checks device-side inputs against this model and `cache`: tokens and positions `[batch,
@@ -288,7 +319,8 @@ impl<B: Backend> GlmModel<B> {
         Ok(())
     }
 
-    /// The forward pass on inputs already checked against this model.
+    /// The forward pass on inputs already checked against this model; with `at`, the logits of
+    /// position `at[i]` of each row `i` only (checked by the caller).
     fn forward_checked(
         &self,
         tokens: Tensor<B, 2, Int>,
@@ -296,13 +328,21 @@ impl<B: Backend> GlmModel<B> {
         mask: Tensor<B, 4, Bool>,
         cache: Option<&mut KvCache<B>>,
         options: ForwardOptions,
+        at: Option<&[usize]>,
     ) -> Result<ForwardOutput<B>> {
         let [batch, seq] = tokens.dims();
         self.in_host_pool(batch.saturating_mul(seq), || {
             let x = self.embed_checked(tokens);
             let (mut x, hidden_states) =
                 self.run_layers(x, position_ids, mask, cache, options.hidden_states)?;
-            if options.last_only {
+            if let Some(at) = at {
+                let rows = at
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &p)| x.clone().narrow(0, i, 1).narrow(1, p, 1))
+                    .collect();
+                x = Tensor::cat(rows, 0);
+            } else if options.last_only {
                 let seq = x.dims()[1];
                 x = x.narrow(1, seq.saturating_sub(1), 1);
             }

@@ -453,3 +453,136 @@ fn f16_and_bf16_models_run_close_to_f32() {
         assert!(d < tol, "{dtype:?}: max diff {d}");
     }
 }
+
+/// Sequences of different lengths prefilled together, padded at the end
+/// ([`GlmModel::forward_last_at`], as `glm serve` admits prompts), give each sequence's logits
+/// and KV-cache entries as a prefill of that sequence alone, within the fixtures' logits
+/// tolerance (the padded keys are blocked; the two runs differ only by the GEMM kernels their row
+/// counts select). Every row of every `cases.json` case is one sequence (its valid part).
+#[test]
+fn sequences_prefilled_together_equal_each_prefilled_alone() {
+    let device = Default::default();
+    let model: GlmModel<Cpu> = load_model(&device, ModelOptions::default());
+    let (cases, json) = cases();
+    let tol = tolerance(&json, "logits_max_abs");
+    let close = |a: &[f32], b: &[f32], what: String| {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        let worst = a
+            .iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst <= tol, "{what}: max abs difference {worst} > {tol}");
+    };
+    // (tokens, positions, mask [v × v]) of every valid row.
+    let mut seqs: Vec<(Vec<i64>, Vec<i64>, Vec<bool>)> = Vec::new();
+    for c in &cases {
+        let mask_batch = c.input.mask.len() / (c.seq * c.seq);
+        for (r, &v) in c.valid.iter().enumerate() {
+            let row = |all: &[u32]| -> Vec<i64> {
+                all[r * c.seq..r * c.seq + v]
+                    .iter()
+                    .map(|&x| i64::from(x))
+                    .collect()
+            };
+            let m0 = if mask_batch == 1 { 0 } else { r };
+            let mut mask = Vec::with_capacity(v * v);
+            for q in 0..v {
+                let at = (m0 * c.seq + q) * c.seq;
+                mask.extend_from_slice(&c.input.mask[at..at + v]);
+            }
+            seqs.push((row(&c.input.tokens), row(&c.input.position_ids), mask));
+        }
+    }
+    let lens: Vec<usize> = seqs.iter().map(|s| s.0.len()).collect();
+    assert!(
+        lens.len() >= 2 && lens.iter().any(|&l| l != lens[0]),
+        "sequences of different lengths: {lens:?}"
+    );
+    let layers = model.config().num_layers;
+    // Each alone.
+    let mut alone = Vec::new();
+    for (tok, pos, mask) in &seqs {
+        let v = tok.len();
+        let mut cache = model.new_cache();
+        let out = model
+            .forward_with(
+                Tensor::<Cpu, 2, Int>::from_data(TensorData::new(tok.clone(), [1, v]), &device),
+                Tensor::<Cpu, 2, Int>::from_data(TensorData::new(pos.clone(), [1, v]), &device),
+                Tensor::from_data(TensorData::new(mask.clone(), [1, 1, v, v]), &device),
+                Some(&mut cache),
+                ForwardOptions {
+                    hidden_states: false,
+                    last_only: true,
+                },
+            )
+            .expect("alone");
+        alone.push((to_vec(out.logits), cache));
+    }
+    // Together, padded at the end to the longest.
+    let (n, p) = (seqs.len(), lens.iter().copied().max().unwrap_or(0));
+    let (mut tok, mut pos, mut mask) = (Vec::new(), Vec::new(), Vec::new());
+    for (t, q, m) in &seqs {
+        let v = t.len();
+        tok.extend(t.iter().copied().chain(std::iter::repeat_n(0, p - v)));
+        pos.extend(q.iter().copied().chain(std::iter::repeat_n(0, p - v)));
+        for qi in 0..p {
+            for k in 0..p {
+                mask.push(if qi < v && k < v {
+                    m[qi * v + k]
+                } else {
+                    // Padded keys blocked; a padded query sees itself only.
+                    !(qi >= v && k == qi)
+                });
+            }
+        }
+    }
+    let last: Vec<usize> = lens.iter().map(|&v| v - 1).collect();
+    let mut cache = model.new_cache();
+    let logits = model
+        .forward_last_at(
+            Tensor::<Cpu, 2, Int>::from_data(TensorData::new(tok, [n, p]), &device),
+            Tensor::<Cpu, 2, Int>::from_data(TensorData::new(pos, [n, p]), &device),
+            Tensor::from_data(TensorData::new(mask, [n, 1, p, p]), &device),
+            Some(&mut cache),
+            &last,
+        )
+        .expect("together");
+    let vocab = model.config().vocab_size;
+    assert_eq!(logits.dims(), [n, 1, vocab]);
+    let logits = to_vec(logits);
+    for (i, (want, single)) in alone.iter().enumerate() {
+        let v = lens[i];
+        close(
+            &logits[i * vocab..(i + 1) * vocab],
+            want,
+            format!("sequence {i} (length {v}): logits"),
+        );
+        for layer in 0..layers {
+            let (a, b) = (
+                cache.layer(layer).expect("batch"),
+                single.layer(layer).expect("alone"),
+            );
+            let row = |t: Tensor<Cpu, 4>| to_vec(t.narrow(0, i, 1).narrow(2, 0, v));
+            close(
+                &row(a.k),
+                &to_vec(b.k),
+                format!("sequence {i} layer {layer}: keys"),
+            );
+            close(
+                &row(a.v),
+                &to_vec(b.v),
+                format!("sequence {i} layer {layer}: values"),
+            );
+        }
+    }
+    // A wrong list of last positions is a typed error.
+    let bad = model.forward_last_at(
+        Tensor::<Cpu, 2, Int>::zeros([1, 2], &device),
+        Tensor::<Cpu, 2, Int>::zeros([1, 2], &device),
+        Tensor::from_data(TensorData::new(vec![false; 4], [1, 1, 2, 2]), &device),
+        None,
+        &[2],
+    );
+    assert!(bad.is_err());
+}

@@ -30,6 +30,7 @@ use crate::generate::{generated_tokens, GenerationSample};
 use crate::prompt::{Prompt, TextCodec};
 use crate::strategy::{Strategy, DONE};
 use crate::stream::TokenStream;
+use rayon::prelude::*;
 
 /// Why a completion ended (OpenAI's `finish_reason`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -110,6 +111,10 @@ pub(crate) enum Op {
         tokens: Vec<i64>,
         positions: Vec<i64>,
         mask: Vec<bool>,
+        /// `[rows, cols]` of the (end-padded) prompts.
+        shape: [usize; 2],
+        /// Each row's last real position.
+        last: Vec<usize>,
         reserve: usize,
     },
     /// Beam rows of the prefilled cache.
@@ -161,6 +166,27 @@ fn cached_forward<B: Backend>(
     )
 }
 
+/// The prefill of `rows` prompts padded at the end to `cols` tokens (`[rows, 1, cols, cols]`
+/// mask), on rank 0 or replayed on a follower: the logits of each row's last real position.
+fn prefill_forward<B: Backend>(
+    model: &GlmModel<B>,
+    tokens: Vec<i64>,
+    positions: Vec<i64>,
+    mask: Vec<bool>,
+    [rows, cols]: [usize; 2],
+    last: &[usize],
+    cache: &mut KvCache<B>,
+) -> glm_core::Result<Tensor<B, 3>> {
+    let device = model.word_embeddings.val().device();
+    model.forward_last_at(
+        Tensor::<B, 2, Int>::from_data(TensorData::new(tokens, [rows, cols]), &device),
+        Tensor::<B, 2, Int>::from_data(TensorData::new(positions, [rows, cols]), &device),
+        Tensor::<B, 4, Bool>::from_data(TensorData::new(mask, [rows, 1, cols, cols]), &device),
+        Some(cache),
+        last,
+    )
+}
+
 /// A tensor-parallel rank other than 0 inside `glm serve`: replays rank 0's operations on its own
 /// shard and caches until the engine stops (its channel closes).
 pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_core::Result<()> {
@@ -172,12 +198,13 @@ pub(crate) fn follow<B: Backend>(model: &GlmModel<B>, ops: Receiver<Op>) -> glm_
                 tokens,
                 positions,
                 mask,
+                shape,
+                last,
                 reserve,
             } => {
-                let n = tokens.len();
                 let mut cache = model.new_cache();
                 cache.reserve(reserve);
-                cached_forward(model, tokens, positions, mask, [1, n, n], &mut cache)?;
+                prefill_forward(model, tokens, positions, mask, shape, &last, &mut cache)?;
                 pending = Some(cache);
             }
             Op::SelectPending(rows) => {
@@ -244,6 +271,17 @@ struct Active<'t> {
     last_token_at: Instant,
 }
 
+/// A request's next blank, ready to prefill.
+struct Ready {
+    req: Request,
+    /// The sequence with the blanks filled so far.
+    seq: Vec<u32>,
+    blanks: Vec<Vec<u32>>,
+    completion_tokens: usize,
+    sample: GenerationSample,
+    context_length: usize,
+}
+
 /// Runs the engine until `rx` closes and every request is done.
 pub(crate) fn run<B: Backend>(
     model: &GlmModel<B>,
@@ -266,21 +304,26 @@ pub(crate) fn run<B: Backend>(
     let mut open = true;
     loop {
         // Admission at the step boundary: wait when idle, else take what fits.
+        // Everything waiting that fits is prefilled together.
+        let mut arrived = Vec::new();
         if engine.active.is_empty() {
             if !open {
                 return;
             }
             match rx.recv() {
-                Ok(req) => engine.admit(req),
+                Ok(req) => arrived.push(req),
                 Err(_) => return,
             }
         }
-        while open && engine.rows() < engine.limits.max_batch_rows {
+        while open && engine.rows() + arrived.len() < engine.limits.max_batch_rows {
             match rx.try_recv() {
-                Ok(req) => engine.admit(req),
+                Ok(req) => arrived.push(req),
                 Err(TryRecvError::Empty) => break,
                 Err(TryRecvError::Disconnected) => open = false,
             }
+        }
+        if !arrived.is_empty() {
+            engine.admit(arrived);
         }
         if !engine.active.is_empty() {
             engine.step();
@@ -312,8 +355,6 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
     /// Starts the batch cache afresh (on every rank).
     fn reset_batch(&mut self) {
         self.cache = self.model.new_cache();
-        // Rows up to the batch limit join and leave in place (no copy of the running batch).
-        self.cache.reserve_rows(self.limits.max_batch_rows);
         self.replay(|| Op::ResetBatch);
     }
 
@@ -360,15 +401,22 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         m.cache_positions_max.fetch_max(len, Ordering::Relaxed);
     }
 
-    /// Takes a new request: its first blank is prefilled and joins the batch.
-    fn admit(&mut self, req: Request) {
-        self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
-        if req.events.is_closed() {
-            self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
-            return;
+    /// Takes new requests: their first blanks are prefilled (together where their lengths are
+    /// close) and join the batch.
+    fn admit(&mut self, reqs: Vec<Request>) {
+        let mut ready = Vec::with_capacity(reqs.len());
+        for req in reqs {
+            self.metrics.queued.fetch_sub(1, Ordering::Relaxed);
+            if req.events.is_closed() {
+                self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let seq = req.prompt.tokens.clone();
+            if let Some(blank) = self.prepare(req, seq, Vec::new(), 0) {
+                ready.push(blank);
+            }
         }
-        let seq = req.prompt.tokens.clone();
-        self.start_blank(req, seq, Vec::new(), 0);
+        self.prefill(ready);
     }
 
     /// Prefills the first remaining blank of `seq` and joins the batch, or finishes the request
@@ -380,24 +428,20 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         blanks: Vec<Vec<u32>>,
         completion_tokens: usize,
     ) {
-        if let Some((active, cache)) = self.prefill(req, seq, blanks, completion_tokens) {
-            self.join(active, cache);
+        if let Some(blank) = self.prepare(req, seq, blanks, completion_tokens) {
+            self.prefill(vec![blank]);
         }
     }
 
-    /// The prefill of one blank: `None` when the request finished (or failed) instead.
-    fn prefill(
+    /// The next blank of a request, ready to prefill: `None` when the request finished (no blank
+    /// left, budget spent) or failed instead.
+    fn prepare(
         &mut self,
         req: Request,
         seq: Vec<u32>,
         blanks: Vec<Vec<u32>>,
         completion_tokens: usize,
-    ) -> Option<(Active<'t>, KvCache<B>)> {
-        let metrics = Arc::clone(&self.metrics);
-        let failed = |req: Request, e: Error| {
-            fail(&metrics, &req, &e.to_string());
-            None
-        };
+    ) -> Option<Ready> {
         let config = self.model.config();
         let specials = config.special_tokens;
         let mask_id = req.prompt.kind.token(&specials);
@@ -418,96 +462,184 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         };
         let sample = match GenerationSample::from_blank(&blank, max_gen, config) {
             Ok(s) => s,
-            Err(e) => return failed(req, e),
-        };
-        let total = sample.total();
-        let mut cache = self.model.new_cache();
-        cache.reserve(total);
-        let tok: Vec<i64> = sample.tokens.iter().map(|&t| i64::from(t)).collect();
-        let pos: Vec<i64> = sample.position_ids[..ctx]
-            .iter()
-            .map(|&p| i64::from(p))
-            .collect();
-        let mut mask = Vec::with_capacity(ctx * ctx);
-        for i in 0..ctx {
-            mask.extend_from_slice(&sample.mask[i * total..i * total + ctx]);
-        }
-        self.replay(|| Op::Prefill {
-            tokens: tok.clone(),
-            positions: pos.clone(),
-            mask: mask.clone(),
-            reserve: total,
-        });
-        let out = cached_forward(
-            self.model,
-            tok.clone(),
-            pos,
-            mask,
-            [1, ctx, ctx],
-            &mut cache,
-        );
-        let logits = match out.map_err(Error::from).and_then(|o| host_logits(o.logits)) {
-            Ok(l) => l,
             Err(e) => {
-                self.replay(|| Op::DropPending);
-                return failed(req, e);
+                fail(&self.metrics, &req, &e.to_string());
+                return None;
             }
         };
-        let mut req = req;
-        let mut tokens = vec![tok];
-        let vocab = config.vocab_size;
-        let parents = req.strategy.step(&logits, vocab, &mut tokens);
-        if let Some(parents) = &parents {
-            self.replay(|| Op::SelectPending(parents.clone()));
-            if let Err(e) = cache.select_batch(parents) {
-                self.replay(|| Op::DropPending);
-                return failed(req, e.into());
-            }
-        }
-        let stream = if req.stream {
-            TokenStream::for_codec(self.codec, ctx, req.strategy.end_tokens().to_vec())
-        } else {
-            None
-        };
-        let mut active = Active {
+        Some(Ready {
             req,
             seq,
             blanks,
             completion_tokens,
             sample,
             context_length: ctx,
-            tokens,
-            counter: ctx,
-            slots: (0..ctx as i64).collect(),
-            stream,
-            text: String::new(),
-            stopped: false,
-            first_token: true,
-            last_token_at: Instant::now(),
-        };
-        self.after_step(&mut active);
-        if self.blank_done(&active) {
-            self.replay(|| Op::DropPending);
-            self.end_blank(active);
-            return None;
-        }
-        Some((active, cache))
+        })
     }
 
-    /// Joins a prefilled blank's cache rows to the batch.
-    fn join(&mut self, mut active: Active<'t>, cache: KvCache<B>) {
-        let (have, new) = (self.cache.len(), cache.len());
+    /// Prefills blanks in groups of similar context length (each at least ¾ of its group's
+    /// longest, so padding stays under a quarter of the work) and joins them to the batch.
+    fn prefill(&mut self, mut ready: Vec<Ready>) {
+        ready.sort_by_key(|r| std::cmp::Reverse(r.context_length));
+        while let Some(longest) = ready.first().map(|r| r.context_length) {
+            let n = ready
+                .iter()
+                .take_while(|r| r.context_length * 4 >= longest * 3)
+                .count();
+            let group: Vec<Ready> = ready.drain(..n).collect();
+            self.prefill_group(group);
+        }
+    }
+
+    /// One prefill of `group`'s contexts (padded at the end to the longest, padded keys masked),
+    /// each request's first strategy step on its last position's logits, and the join of those
+    /// that go on decoding.
+    fn prefill_group(&mut self, group: Vec<Ready>) {
+        let rows = group.len();
+        let cols = group.iter().map(|r| r.context_length).max().unwrap_or(0);
+        let reserve = group.iter().map(|r| r.sample.total()).max().unwrap_or(0);
+        let mut tok = Vec::with_capacity(rows * cols);
+        let mut pos = Vec::with_capacity(rows * cols);
+        let mut mask = Vec::with_capacity(rows * cols * cols);
+        let mut last = Vec::with_capacity(rows);
+        for r in &group {
+            let (ctx, total) = (r.context_length, r.sample.total());
+            let pad = cols - ctx;
+            tok.extend(r.sample.tokens[..ctx].iter().map(|&t| i64::from(t)));
+            tok.extend(std::iter::repeat_n(0, pad));
+            pos.extend(r.sample.position_ids[..ctx].iter().map(|&p| i64::from(p)));
+            pos.extend(std::iter::repeat_n(0, pad));
+            for q in 0..cols {
+                if q < ctx {
+                    mask.extend_from_slice(&r.sample.mask[q * total..q * total + ctx]);
+                    mask.extend(std::iter::repeat_n(true, pad));
+                } else {
+                    // A padded query sees itself only (its output is not used).
+                    mask.extend((0..cols).map(|k| k != q));
+                }
+            }
+            last.push(ctx - 1);
+        }
+        self.replay(|| Op::Prefill {
+            tokens: tok.clone(),
+            positions: pos.clone(),
+            mask: mask.clone(),
+            shape: [rows, cols],
+            last: last.clone(),
+            reserve,
+        });
+        let mut cache = self.model.new_cache();
+        cache.reserve(reserve);
+        let out = prefill_forward(self.model, tok, pos, mask, [rows, cols], &last, &mut cache);
+        let logits = match out.map_err(Error::from).and_then(host_logits) {
+            Ok(l) => l,
+            Err(e) => {
+                self.replay(|| Op::DropPending);
+                for r in group {
+                    fail(&self.metrics, &r.req, &e.to_string());
+                }
+                return;
+            }
+        };
+        let vocab = self.model.config().vocab_size;
+        let mut keep = Vec::with_capacity(rows);
+        let mut joining = Vec::with_capacity(rows);
+        let mut done = Vec::new();
+        for (i, r) in group.into_iter().enumerate() {
+            let Ready {
+                mut req,
+                seq,
+                blanks,
+                completion_tokens,
+                sample,
+                context_length: ctx,
+            } = r;
+            let mut tokens = vec![sample.tokens[..ctx].iter().map(|&t| i64::from(t)).collect()];
+            let part = &logits[i * vocab..(i + 1) * vocab];
+            // The request's rows in the prefilled cache: its one row, or beams of it.
+            let rows_of = match req.strategy.step(part, vocab, &mut tokens) {
+                None => vec![i],
+                Some(parents) if parents.iter().all(|&p| p == 0) => vec![i; parents.len()],
+                Some(parents) => {
+                    let msg = format!("the strategy chose parents {parents:?} of one row");
+                    fail(&self.metrics, &req, &msg);
+                    continue;
+                }
+            };
+            let stream = if req.stream {
+                TokenStream::for_codec(self.codec, ctx, req.strategy.end_tokens().to_vec())
+            } else {
+                None
+            };
+            let slots = (0..ctx as i64)
+                .chain(std::iter::repeat_n(-1, cols - ctx))
+                .collect();
+            let mut active = Active {
+                req,
+                seq,
+                blanks,
+                completion_tokens,
+                sample,
+                context_length: ctx,
+                tokens,
+                counter: ctx,
+                slots,
+                stream,
+                text: String::new(),
+                stopped: false,
+                first_token: true,
+                last_token_at: Instant::now(),
+            };
+            self.after_step(&mut active);
+            if self.blank_done(&active) {
+                done.push(active);
+            } else {
+                keep.extend(rows_of);
+                joining.push(active);
+            }
+        }
+        if joining.is_empty() {
+            self.replay(|| Op::DropPending);
+        } else {
+            let same = keep.len() == rows && keep.iter().enumerate().all(|(j, &i)| i == j);
+            let selected = if same {
+                Ok(())
+            } else {
+                self.replay(|| Op::SelectPending(keep.clone()));
+                cache.select_batch(&keep)
+            };
+            match selected {
+                Ok(()) => self.join(joining, cache),
+                Err(e) => {
+                    self.replay(|| Op::DropPending);
+                    for a in joining {
+                        fail(&self.metrics, &a.req, &e.to_string());
+                    }
+                }
+            }
+        }
+        for a in done {
+            self.end_blank(a);
+        }
+    }
+
+    /// Joins prefilled blanks (their rows in `cache`, in order) to the batch.
+    fn join(&mut self, joining: Vec<Active<'t>>, cache: KvCache<B>) {
         self.replay(|| Op::Join);
         if let Err(e) = self.cache.merge_batch(cache) {
-            fail(&self.metrics, &active.req, &e.to_string());
+            for a in joining {
+                fail(&self.metrics, &a.req, &e.to_string());
+            }
             return;
         }
-        let len = have.max(new);
+        let len = self.cache.len();
         for a in &mut self.active {
             a.slots.resize(len, -1);
         }
-        active.slots.resize(len, -1);
-        self.active.push(active);
+        for mut a in joining {
+            a.slots.resize(len, -1);
+            self.active.push(a);
+        }
         self.observe_batch();
     }
 
@@ -568,10 +700,22 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let mut leaving = Vec::new();
         let mut offset = 0;
         let mut reordered = false;
-        for mut a in std::mem::take(&mut self.active) {
+        // The strategies (sampling filters, sorts) step side by side on the thread pool.
+        let mut active = std::mem::take(&mut self.active);
+        let mut parts = Vec::with_capacity(active.len());
+        for a in &active {
             let n = a.tokens.len();
-            let part = &logits[offset * vocab..(offset + n) * vocab];
-            let parents = a.req.strategy.step(part, vocab, &mut a.tokens);
+            parts.push(&logits[offset * vocab..(offset + n) * vocab]);
+            offset += n;
+        }
+        let all_parents: Vec<Option<Vec<usize>>> = active
+            .par_iter_mut()
+            .zip(parts)
+            .map(|(a, part)| a.req.strategy.step(part, vocab, &mut a.tokens))
+            .collect();
+        offset = 0;
+        for (mut a, parents) in active.into_iter().zip(all_parents) {
+            let n = a.tokens.len();
             a.slots.push(a.counter as i64);
             a.counter += 1;
             self.after_step(&mut a);

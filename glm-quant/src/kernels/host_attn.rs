@@ -10,6 +10,7 @@
 
 use rayon::prelude::*;
 
+use super::host::Isa;
 use crate::error::{QuantError, Result};
 
 /// Most query rows the kernel is meant for (decode steps); longer inputs take the generic path.
@@ -168,8 +169,8 @@ pub fn attention_f32_reference(
 }
 
 /// The decode kernel: one rayon task per (batch row, head), scores and weighted sum with eight
-/// independent partial sums per dot product (vectorized by the compiler), the softmax
-/// normalisation applied once to the output row.
+/// independent partial sums per dot product (vectorized by the compiler for the detected
+/// instruction set, [`Isa::detect`]), the softmax normalisation applied once to the output row.
 ///
 /// # Shapes
 /// As [`attention_f32_reference`].
@@ -185,6 +186,32 @@ pub fn attention_f32(
     mask_batch: usize,
     coeff: f32,
 ) -> Result<Vec<f32>> {
+    attention_f32_with(Isa::detect(), shape, q, k, v, mask, mask_batch, coeff)
+}
+
+/// [`attention_f32`] compiled for instruction set `isa` (the same operations in the same order
+/// on every one: identical results).
+///
+/// # Shapes
+/// As [`attention_f32_reference`].
+///
+/// # Errors
+/// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`; otherwise as
+/// [`attention_f32_reference`].
+#[allow(clippy::too_many_arguments)]
+pub fn attention_f32_with(
+    isa: Isa,
+    shape: AttentionShape,
+    q: &[f32],
+    k: CacheView<'_>,
+    v: CacheView<'_>,
+    mask: &[bool],
+    mask_batch: usize,
+    coeff: f32,
+) -> Result<Vec<f32>> {
+    if !isa.is_supported() {
+        return Err(QuantError::UnsupportedIsa(isa.name()));
+    }
     check(shape, q, &k, &v, mask, mask_batch)?;
     let AttentionShape {
         batch,
@@ -198,42 +225,20 @@ pub fn attention_f32(
         return Ok(out);
     }
     let norm = (d as f32).sqrt() * coeff;
+    let task = HeadTask {
+        shape,
+        q,
+        k,
+        v,
+        mask,
+        mask_batch,
+        coeff,
+        norm,
+    };
     // Output rows of one (b, h) pair are strided by `heads·d`: collect per task, then scatter.
     let per_task: Vec<Vec<f32>> = (0..batch * heads)
         .into_par_iter()
-        .map(|bh| {
-            let (b, h) = (bh / heads, bh % heads);
-            let mut ctx = vec![0f32; seq * d];
-            let mut scores = vec![0f32; keys];
-            let mut qs = vec![0f32; d];
-            for i in 0..seq {
-                let mrow = &mask[((b % mask_batch) * seq + i) * keys..][..keys];
-                let qrow = &q[((b * seq + i) * heads + h) * d..][..d];
-                for (s, x) in qs.iter_mut().zip(qrow) {
-                    *s = x / norm;
-                }
-                let mut max = f32::NEG_INFINITY;
-                for (j, s) in scores.iter_mut().enumerate() {
-                    let dot = dot8(&qs, k.row(b, h, j, d).unwrap_or(&[]));
-                    *s = if mrow[j] { MASK_FILL } else { dot } * coeff;
-                    max = max.max(*s);
-                }
-                let mut sum = 0f32;
-                for s in scores.iter_mut() {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                let o = &mut ctx[i * d..(i + 1) * d];
-                for (j, &p) in scores.iter().enumerate() {
-                    axpy(p, v.row(b, h, j, d).unwrap_or(&[]), o);
-                }
-                let inv = 1.0 / sum;
-                for x in o.iter_mut() {
-                    *x *= inv;
-                }
-            }
-            ctx
-        })
+        .map(|bh| task.run_on(isa, bh / heads, bh % heads))
         .collect();
     for (bh, ctx) in per_task.iter().enumerate() {
         let (b, h) = (bh / heads, bh % heads);
@@ -244,8 +249,95 @@ pub fn attention_f32(
     Ok(out)
 }
 
+/// The inputs of one [`attention_f32`] call, shared by its (batch row, head) tasks.
+struct HeadTask<'a> {
+    shape: AttentionShape,
+    q: &'a [f32],
+    k: CacheView<'a>,
+    v: CacheView<'a>,
+    mask: &'a [bool],
+    mask_batch: usize,
+    coeff: f32,
+    norm: f32,
+}
+
+impl HeadTask<'_> {
+    /// [`run`](Self::run) compiled for `isa` (the same operations in the same order on every
+    /// instruction set, so the same results: the compiler only widens the loops).
+    fn run_on(&self, isa: Isa, b: usize, h: usize) -> Vec<f32> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is the detected instruction set, so the CPU has these features.
+            Isa::Avx512 | Isa::Avx512Fp16 => unsafe { self.run_avx512(b, h) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_avx2(b, h) },
+            _ => self.run(b, h),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_avx512(&self, b: usize, h: usize) -> Vec<f32> {
+        self.run(b, h)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, b: usize, h: usize) -> Vec<f32> {
+        self.run(b, h)
+    }
+
+    /// The context rows `[seq, head_dim]` of batch row `b`, head `h`. A blocked key's score is
+    /// the fill value whatever its dot product, so that product is skipped.
+    #[inline(always)]
+    fn run(&self, b: usize, h: usize) -> Vec<f32> {
+        let AttentionShape {
+            seq,
+            heads,
+            head_dim: d,
+            keys,
+            ..
+        } = self.shape;
+        let (k, v, coeff) = (&self.k, &self.v, self.coeff);
+        let mut ctx = vec![0f32; seq * d];
+        let mut scores = vec![0f32; keys];
+        let mut qs = vec![0f32; d];
+        for i in 0..seq {
+            let mrow = &self.mask[((b % self.mask_batch) * seq + i) * keys..][..keys];
+            let qrow = &self.q[((b * seq + i) * heads + h) * d..][..d];
+            for (s, x) in qs.iter_mut().zip(qrow) {
+                *s = x / self.norm;
+            }
+            let mut max = f32::NEG_INFINITY;
+            for (j, s) in scores.iter_mut().enumerate() {
+                *s = if mrow[j] {
+                    MASK_FILL
+                } else {
+                    dot8(&qs, k.row(b, h, j, d).unwrap_or(&[]))
+                } * coeff;
+                max = max.max(*s);
+            }
+            let mut sum = 0f32;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let o = &mut ctx[i * d..(i + 1) * d];
+            for (j, &p) in scores.iter().enumerate() {
+                axpy(p, v.row(b, h, j, d).unwrap_or(&[]), o);
+            }
+            let inv = 1.0 / sum;
+            for x in o.iter_mut() {
+                *x *= inv;
+            }
+        }
+        ctx
+    }
+}
+
 /// `Σ a_t b_t` with eight partial sums (lanes) added at the end.
-#[inline]
+#[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
@@ -263,7 +355,7 @@ fn dot8(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// `o += p · v`.
-#[inline]
+#[inline(always)]
 fn axpy(p: f32, v: &[f32], o: &mut [f32]) {
     for (o, y) in o.iter_mut().zip(v) {
         *o += p * y;
@@ -321,6 +413,17 @@ mod tests {
                     "[{batch}, {seq}, {heads}, {d}] × {keys} keys at {i}: {f} vs {r}"
                 );
             }
+            // Every instruction set this CPU has gives the detected one's results exactly.
+            let isas = [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Avx512Fp16];
+            let mut ran = 0;
+            for isa in isas.into_iter().filter(|i| i.is_supported()) {
+                let (kv, vv) = (view(&kb), view(&vb));
+                let got =
+                    attention_f32_with(isa, shape, &q, kv, vv, &mask, mask_batch, coeff).unwrap();
+                assert_eq!(got, fast, "{} against the detected path", isa.name());
+                ran += 1;
+            }
+            assert!(ran >= 1, "at least the scalar path");
         }
     }
 
