@@ -112,7 +112,8 @@ impl<B: Backend> GlmLinear<B> {
         let y = match &self.weight {
             LinearWeight::Float(w) => {
                 let (w, b) = (w.val(), self.bias.val());
-                // CPU decode fast path (Flex, f32, ≤ 8 rows); the generic matmul otherwise.
+                // CPU decode fast path (Flex, f32, ≤ 16 rows; OpenBLAS above with `openblas`);
+                // the generic matmul otherwise.
                 match glm_quant::kernels::try_linear_f32(x, &w, Some(&b)) {
                     Ok(y) => y,
                     Err(x) => x.matmul(w.transpose()) + b.unsqueeze::<2>(),

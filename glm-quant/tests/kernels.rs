@@ -440,25 +440,27 @@ fn f32_gemv_equals_reference_on_odd_shapes_every_isa() {
 }
 
 /// On `Flex`, the dispatching linear gives the generic matmul's result (within f32 rounding) for
-/// 1..=8 rows (skinny GEMM) and, with the `openblas` feature, for more rows (OpenBLAS); without
-/// it, more rows are declined.
+/// up to `F32_GEMV_MAX_ROWS` rows (skinny GEMM) and, with the `openblas` feature, for more rows
+/// (OpenBLAS); without it, more rows are declined.
 #[test]
 fn f32_linear_dispatch_on_flex_matches_matmul() {
+    use glm_quant::kernels::host_f32::F32_GEMV_MAX_ROWS;
     use glm_quant::kernels::try_linear_f32;
+    let most = F32_GEMV_MAX_ROWS + 2;
     let device = Default::default();
     let mut rng = Rng(0x2545_F491_4F6C_DD1D);
     let (n, k) = (37, 129);
     let w = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(n * k, 0.5), [n, k]), &device);
     let b = Tensor::<Flex, 1>::from_data(TensorData::new(rng.vec(n, 1.0), [n]), &device);
     let mut fast = 0;
-    for m in 1..=10usize {
+    for m in 1..=most {
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(m * k, 2.0), [m, k]), &device);
         let want = x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>();
         let want: Vec<f32> = want.into_data().to_vec().unwrap();
         match try_linear_f32(x, &w, Some(&b)) {
             Ok(y) => {
                 assert!(
-                    m <= 8 || cfg!(feature = "openblas"),
+                    m <= F32_GEMV_MAX_ROWS || cfg!(feature = "openblas"),
                     "m={m} without openblas"
                 );
                 assert!(std::env::var_os("GLM_NO_FAST_GEMV").is_none());
@@ -474,13 +476,17 @@ fn f32_linear_dispatch_on_flex_matches_matmul() {
                 fast += 1;
             }
             Err(_) => assert!(
-                (m > 8 && !cfg!(feature = "openblas"))
+                (m > F32_GEMV_MAX_ROWS && !cfg!(feature = "openblas"))
                     || std::env::var_os("GLM_NO_FAST_GEMV").is_some()
             ),
         }
     }
     if std::env::var_os("GLM_NO_FAST_GEMV").is_none() {
-        let expected = if cfg!(feature = "openblas") { 10 } else { 8 };
+        let expected = if cfg!(feature = "openblas") {
+            most
+        } else {
+            F32_GEMV_MAX_ROWS
+        };
         assert_eq!(fast, expected, "the fast path ran for every m it takes");
     }
 }

@@ -210,7 +210,8 @@ fn block_rows(
 /// rows.
 macro_rules! simd_module {
     ($name:ident, $feat:literal, $vec:ty, $w:literal, $zero:ident, $load:ident, $fma:ident,
-     |$hv:ident| $hsum:block, [$($mb:literal => $r:literal),*], $big_mb:literal => $big_r:literal) => {
+     |$hv:ident| $hsum:block, |$h4:ident| $hsum4:block,
+     [$($mb:literal => $r:literal),*], $big_mb:literal => $big_r:literal) => {
         #[cfg(target_arch = "x86_64")]
         mod $name {
             use std::arch::x86_64::*;
@@ -222,6 +223,11 @@ macro_rules! simd_module {
             #[target_feature(enable = $feat)]
             #[inline]
             fn hsum($hv: $vec) -> f32 $hsum
+
+            /// The horizontal sums of four vectors at once (one shuffle tree instead of four).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            fn hsum4($h4: [$vec; 4]) -> [f32; 4] $hsum4
 
             /// One tile: weight rows `w[0..R]` (row stride `k`) against `MB` activation rows of
             /// `x` (row stride `k`), columns `0..k − k mod $w`; writes `yt[r·m + g + i]`.
@@ -341,6 +347,135 @@ macro_rules! simd_module {
                 }
             }
 
+            /// Columns per chunk of [`blocked`]: a chunk of 16 activation rows (16 KiB) and of
+            /// a 6-row weight tile (6 KiB) stay in L1 together.
+            const KC: usize = 256;
+
+            /// [`grouped`] for many activation rows, in column chunks of [`KC`]: every group of
+            /// `MB` rows runs one chunk of a tile before the next chunk, its `R·MB` accumulators
+            /// kept in a buffer between chunks, so the activation rows and the tile's weight rows
+            /// are read from L1 (unchunked, `mb` long rows fall out of it: 16 rows of 2048
+            /// columns are 128 KiB). Each lane sums its columns in the same order as [`tile`],
+            /// so the results are identical.
+            ///
+            /// # Safety
+            /// As [`block_rows`].
+            #[target_feature(enable = $feat)]
+            unsafe fn blocked<const MB: usize, const R: usize>(
+                w: &[f32],
+                k: usize,
+                x: &[f32],
+                yt: &mut [f32],
+                m: usize,
+                g: usize,
+                mb: usize,
+            ) {
+                let rows = w.len() / k;
+                let kfull = k - k % $w;
+                let groups = mb.div_ceil(MB);
+                let mut acc = vec![$zero(); groups * R * MB];
+                let (wp, xp) = (w.as_ptr(), x.as_ptr());
+                let mut r = 0;
+                // SAFETY: tiles stay within the rows of `w`, groups within the `mb` rows of `x`,
+                // chunks within `0..kfull`, and the outputs within `yt`.
+                unsafe {
+                    while r < rows {
+                        let tile_rows = if r + R <= rows { R } else { 1 };
+                        acc.fill($zero());
+                        let mut j0 = 0;
+                        while j0 < kfull {
+                            let j1 = (j0 + KC).min(kfull);
+                            for q in 0..groups {
+                                let n = (mb - q * MB).min(MB);
+                                let a = &mut acc[q * R * MB..(q + 1) * R * MB];
+                                let (wt, xq) = (wp.add(r * k), xp.add(q * MB * k));
+                                macro_rules! chunk {
+                                    ($n:literal) => {
+                                        if tile_rows == R {
+                                            chunk::<$n, R>(wt, k, xq, [j0, j1], a, MB, q == 0)
+                                        } else {
+                                            chunk::<$n, 1>(wt, k, xq, [j0, j1], a, MB, q == 0)
+                                        }
+                                    };
+                                }
+                                match n {
+                                    1 => chunk!(1),
+                                    2 => chunk!(2),
+                                    3 => chunk!(3),
+                                    _ => chunk!(4),
+                                }
+                            }
+                            j0 = j1;
+                        }
+                        for q in 0..groups {
+                            let n = (mb - q * MB).min(MB);
+                            for rr in 0..tile_rows {
+                                let at = q * R * MB + rr * MB;
+                                let out = (r + rr) * m + g + q * MB;
+                                if n == 4 {
+                                    let v = [acc[at], acc[at + 1], acc[at + 2], acc[at + 3]];
+                                    yt[out..out + 4].copy_from_slice(&hsum4(v));
+                                } else {
+                                    for i in 0..n {
+                                        yt[out + i] = hsum(acc[at + i]);
+                                    }
+                                }
+                            }
+                        }
+                        r += tile_rows;
+                    }
+                }
+            }
+
+            /// Columns `j0..j1` of weight rows `w[0..R]` against `N` activation rows of `x`,
+            /// added to the accumulators `acc[rr·stride + i]`; the weight rows prefetch ahead
+            /// when `prefetch` (the first group of a chunk).
+            ///
+            /// # Safety
+            /// As [`tile`], for columns `j0..j1` (multiples of the vector width, `j1 ≤ k`).
+            #[target_feature(enable = $feat)]
+            #[inline]
+            unsafe fn chunk<const N: usize, const R: usize>(
+                w: *const f32,
+                k: usize,
+                x: *const f32,
+                [j0, j1]: [usize; 2],
+                acc: &mut [$vec],
+                stride: usize,
+                prefetch: bool,
+            ) {
+                let mut a = [[$zero(); N]; R];
+                for (rr, ar) in a.iter_mut().enumerate() {
+                    ar.copy_from_slice(&acc[rr * stride..rr * stride + N]);
+                }
+                let mut j = j0;
+                // SAFETY: loads read columns `j0..j1` of the R weight rows and N activation
+                // rows; prefetch addresses are computed with wrapping arithmetic and never
+                // dereferenced.
+                unsafe {
+                    while j < j1 {
+                        let mut xv = [$zero(); N];
+                        for (i, v) in xv.iter_mut().enumerate() {
+                            *v = $load(x.add(i * k + j));
+                        }
+                        for (rr, ar) in a.iter_mut().enumerate() {
+                            let p = w.add(rr * k + j);
+                            if prefetch {
+                                _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
+                            }
+                            let wv = $load(p);
+                            for (acc, xi) in ar.iter_mut().zip(&xv) {
+                                *acc = $fma(wv, *xi, *acc);
+                            }
+                        }
+                        j += $w;
+                    }
+                }
+                for (rr, ar) in a.iter().enumerate() {
+                    acc[rr * stride..rr * stride + N].copy_from_slice(ar);
+                }
+            }
+
             /// Every row of `w` (`[rows, k]`) against the `mb` activation rows of `x`; returns
             /// the first column not processed (`k − k mod $w`). A row count in the list runs as one
             /// group with the tile height for that many accumulators; more rows run in groups of
@@ -364,7 +499,7 @@ macro_rules! simd_module {
                     match mb {
                         $($mb => grouped::<$mb, $r>(w, k, x, yt, m, g, mb),)*
                         0 => return 0,
-                        _ => grouped::<$big_mb, $big_r>(w, k, x, yt, m, g, mb),
+                        _ => blocked::<$big_mb, $big_r>(w, k, x, yt, m, g, mb),
                     }
                 }
                 k - k % $w
@@ -387,6 +522,15 @@ simd_module!(
         let s = _mm_add_ss(s, _mm_movehdup_ps(s));
         _mm_cvtss_f32(s)
     },
+    |v| {
+        // Pairwise sums inside each 128-bit half, then the halves: [Σa, Σb, Σc, Σd].
+        let t = _mm256_hadd_ps(_mm256_hadd_ps(v[0], v[1]), _mm256_hadd_ps(v[2], v[3]));
+        let s = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+        let mut out = [0f32; 4];
+        // SAFETY: `out` holds four floats.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), s) };
+        out
+    },
     [1 => 8, 2 => 4, 3 => 3, 4 => 2, 5 => 2, 6 => 1, 7 => 1, 8 => 1],
     4 => 2
 );
@@ -400,6 +544,32 @@ simd_module!(
     _mm512_loadu_ps,
     _mm512_fmadd_ps,
     |v| { _mm512_reduce_add_ps(v) },
+    |v| {
+        // 256-bit halves of a with b and c with d, then 128-bit quarters: the quarters of
+        // `q` hold four partial sums of a, b, c and d; two in-lane rotations finish them.
+        let ab = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[0], v[1]),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[0], v[1]),
+        );
+        let cd = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b01_00_01_00>(v[2], v[3]),
+            _mm512_shuffle_f32x4::<0b11_10_11_10>(v[2], v[3]),
+        );
+        let q = _mm512_add_ps(
+            _mm512_shuffle_f32x4::<0b10_00_10_00>(ab, cd),
+            _mm512_shuffle_f32x4::<0b11_01_11_01>(ab, cd),
+        );
+        let t = _mm512_add_ps(q, _mm512_permute_ps::<0b01_00_11_10>(q));
+        let t = _mm512_add_ps(t, _mm512_permute_ps::<0b10_11_00_01>(t));
+        let firsts = _mm512_permutexvar_ps(
+            _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0),
+            t,
+        );
+        let mut out = [0f32; 4];
+        // SAFETY: `out` holds four floats.
+        unsafe { _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(firsts)) };
+        out
+    },
     // mb·R accumulators + mb activation vectors + 1 weight vector ≤ 32 zmm registers.
     [1 => 8, 2 => 8, 3 => 6, 4 => 6, 5 => 4, 6 => 4, 7 => 3],
     // 8 rows and more: groups of 4 over 6-row weight tiles (24 accumulators, 10 loads per 24
