@@ -251,13 +251,8 @@ pub struct EngineLimits {
 
 /// A request in the batch: its blank being filled and where its rows are.
 struct Active<'t> {
-    req: Request,
-    /// The sequence with the blanks filled so far (generate.py's `output`).
-    seq: Vec<u32>,
-    blanks: Vec<Vec<u32>>,
-    completion_tokens: usize,
-    sample: GenerationSample,
-    context_length: usize,
+    /// The request and its blank's inputs.
+    blank: Ready,
     /// Rows of this request: context + generated (−1 once done).
     tokens: Vec<Vec<i64>>,
     /// The sequence index of the next token to feed.
@@ -274,7 +269,7 @@ struct Active<'t> {
 /// A request's next blank, ready to prefill.
 struct Ready {
     req: Request,
-    /// The sequence with the blanks filled so far.
+    /// The sequence with the blanks filled so far (generate.py's `output`).
     seq: Vec<u32>,
     blanks: Vec<Vec<u32>>,
     completion_tokens: usize,
@@ -376,7 +371,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         self.replay(|| Op::CompactPositions(positions.clone()));
         if let Err(e) = self.cache.compact_positions(&positions) {
             for a in self.active.drain(..) {
-                fail(&self.metrics, &a.req, &e.to_string());
+                fail(&self.metrics, &a.blank.req, &e.to_string());
             }
             self.reset_batch();
             return;
@@ -545,29 +540,25 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let mut keep = Vec::with_capacity(rows);
         let mut joining = Vec::with_capacity(rows);
         let mut done = Vec::new();
-        for (i, r) in group.into_iter().enumerate() {
-            let Ready {
-                mut req,
-                seq,
-                blanks,
-                completion_tokens,
-                sample,
-                context_length: ctx,
-            } = r;
-            let mut tokens = vec![sample.tokens[..ctx].iter().map(|&t| i64::from(t)).collect()];
+        for (i, mut r) in group.into_iter().enumerate() {
+            let ctx = r.context_length;
+            let mut tokens = vec![r.sample.tokens[..ctx]
+                .iter()
+                .map(|&t| i64::from(t))
+                .collect()];
             let part = &logits[i * vocab..(i + 1) * vocab];
             // The request's rows in the prefilled cache: its one row, or beams of it.
-            let rows_of = match req.strategy.step(part, vocab, &mut tokens) {
+            let rows_of = match r.req.strategy.step(part, vocab, &mut tokens) {
                 None => vec![i],
                 Some(parents) if parents.iter().all(|&p| p == 0) => vec![i; parents.len()],
                 Some(parents) => {
                     let msg = format!("the strategy chose parents {parents:?} of one row");
-                    fail(&self.metrics, &req, &msg);
+                    fail(&self.metrics, &r.req, &msg);
                     continue;
                 }
             };
-            let stream = if req.stream {
-                TokenStream::for_codec(self.codec, ctx, req.strategy.end_tokens().to_vec())
+            let stream = if r.req.stream {
+                TokenStream::for_codec(self.codec, ctx, r.req.strategy.end_tokens().to_vec())
             } else {
                 None
             };
@@ -575,12 +566,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 .chain(std::iter::repeat_n(-1, cols - ctx))
                 .collect();
             let mut active = Active {
-                req,
-                seq,
-                blanks,
-                completion_tokens,
-                sample,
-                context_length: ctx,
+                blank: r,
                 tokens,
                 counter: ctx,
                 slots,
@@ -613,7 +599,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                 Err(e) => {
                     self.replay(|| Op::DropPending);
                     for a in joining {
-                        fail(&self.metrics, &a.req, &e.to_string());
+                        fail(&self.metrics, &a.blank.req, &e.to_string());
                     }
                 }
             }
@@ -628,7 +614,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         self.replay(|| Op::Join);
         if let Err(e) = self.cache.merge_batch(cache) {
             for a in joining {
-                fail(&self.metrics, &a.req, &e.to_string());
+                fail(&self.metrics, &a.blank.req, &e.to_string());
             }
             return;
         }
@@ -652,18 +638,18 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let mut pos = Vec::with_capacity(rows);
         let mut mask = Vec::with_capacity(rows * (len + 1));
         for a in &self.active {
-            let total = a.sample.total();
+            let total = a.blank.sample.total();
             let cur = a.counter;
             let row_mask: Vec<bool> = a
                 .slots
                 .iter()
-                .map(|&s| s < 0 || a.sample.mask[cur * total + s as usize])
-                .chain(std::iter::once(a.sample.mask[cur * total + cur]))
+                .map(|&s| s < 0 || a.blank.sample.mask[cur * total + s as usize])
+                .chain(std::iter::once(a.blank.sample.mask[cur * total + cur]))
                 .collect();
             for row in &a.tokens {
                 let t = row.get(cur).copied().unwrap_or(0);
                 tok.push(if t == DONE { 0 } else { t });
-                pos.push(i64::from(a.sample.position_ids[cur]));
+                pos.push(i64::from(a.blank.sample.position_ids[cur]));
                 mask.extend_from_slice(&row_mask);
             }
         }
@@ -687,7 +673,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             Err(e) => {
                 // A failed step fails every request of the batch; the engine starts afresh.
                 for a in self.active.drain(..) {
-                    fail(&self.metrics, &a.req, &e.to_string());
+                    fail(&self.metrics, &a.blank.req, &e.to_string());
                 }
                 self.reset_batch();
                 return;
@@ -711,7 +697,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let all_parents: Vec<Option<Vec<usize>>> = active
             .par_iter_mut()
             .zip(parts)
-            .map(|(a, part)| a.req.strategy.step(part, vocab, &mut a.tokens))
+            .map(|(a, part)| a.blank.req.strategy.step(part, vocab, &mut a.tokens))
             .collect();
         offset = 0;
         for (mut a, parents) in active.into_iter().zip(all_parents) {
@@ -719,14 +705,14 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             a.slots.push(a.counter as i64);
             a.counter += 1;
             self.after_step(&mut a);
-            let cancelled = a.req.events.is_closed();
-            let late = a.req.deadline.is_some_and(|d| Instant::now() > d);
+            let cancelled = a.blank.req.events.is_closed();
+            let late = a.blank.req.deadline.is_some_and(|d| Instant::now() > d);
             if cancelled || late || self.blank_done(&a) {
                 reordered = true;
                 if cancelled {
                     self.metrics.cancelled.fetch_add(1, Ordering::Relaxed);
                 } else if late {
-                    fail(&self.metrics, &a.req, "the request deadline passed");
+                    fail(&self.metrics, &a.blank.req, "the request deadline passed");
                 } else {
                     leaving.push(a);
                 }
@@ -749,7 +735,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
             self.replay(|| Op::SelectBatch(keep.clone()));
             if let Err(e) = self.cache.select_batch(&keep) {
                 for a in self.active.drain(..) {
-                    fail(&self.metrics, &a.req, &e.to_string());
+                    fail(&self.metrics, &a.blank.req, &e.to_string());
                 }
                 self.reset_batch();
             }
@@ -768,7 +754,7 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         let now = Instant::now();
         if a.first_token {
             self.metrics
-                .observe_ttft(now.duration_since(a.req.received));
+                .observe_ttft(now.duration_since(a.blank.req.received));
             a.first_token = false;
         } else {
             self.metrics
@@ -776,12 +762,12 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
         }
         a.last_token_at = now;
         self.metrics.tokens.fetch_add(1, Ordering::Relaxed);
-        a.completion_tokens += 1;
+        a.blank.completion_tokens += 1;
         if let Some(stream) = &mut a.stream {
             let piece = stream.push_rows(&a.tokens);
             if !piece.is_empty() {
                 a.text.push_str(&piece);
-                let cut = first_stop(&a.text, &a.req.stop);
+                let cut = first_stop(&a.text, &a.blank.req.stop);
                 let send = match cut {
                     Some(at) => {
                         a.stopped = true;
@@ -791,42 +777,50 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
                     None => piece,
                 };
                 if !send.is_empty() {
-                    let _ = a.req.events.send((a.req.index, Event::Piece(send)));
+                    let _ = a
+                        .blank
+                        .req
+                        .events
+                        .send((a.blank.req.index, Event::Piece(send)));
                 }
             }
-        } else if a.req.stream && self.codec.tokenizer().is_none() {
+        } else if a.blank.req.stream && self.codec.tokenizer().is_none() {
             // Integer-id text: each new token of row 0 is a piece.
-            let ends = a.req.strategy.end_tokens();
+            let ends = a.blank.req.strategy.end_tokens();
             if let Some(&t) = a.tokens.first().and_then(|row| row.last()) {
                 if t >= 0 && !ends.contains(&(t as u32)) {
-                    let _ = a.req.events.send((
-                        a.req.index,
+                    let _ = a.blank.req.events.send((
+                        a.blank.req.index,
                         Event::Piece(format!("{} ", self.codec.detokenize(&[t as u32]))),
                     ));
                 }
             }
         }
-        if a.stream.is_none() && !a.req.stop.is_empty() {
+        if a.stream.is_none() && !a.blank.req.stop.is_empty() {
             // Without streaming, stop strings are checked on the decoded fill.
             let fill = current_fill(a);
             let text = self.codec.detokenize(&fill);
-            a.stopped = first_stop(&text, &a.req.stop).is_some();
+            a.stopped = first_stop(&text, &a.blank.req.stop).is_some();
         }
     }
 
     fn blank_done(&self, a: &Active<'t>) -> bool {
-        a.stopped || a.req.strategy.is_done() || a.counter >= a.sample.total() - 1
+        a.stopped || a.blank.req.strategy.is_done() || a.counter >= a.blank.sample.total() - 1
     }
 
     /// The blank is filled: splice it in (beam 0) and go on with the next blank, or finish.
     fn end_blank(&mut self, a: Active<'t>) {
         let Active {
-            mut req,
-            seq,
-            mut blanks,
-            completion_tokens,
+            blank:
+                Ready {
+                    mut req,
+                    seq,
+                    mut blanks,
+                    completion_tokens,
+                    context_length,
+                    ..
+                },
             tokens,
-            context_length,
             stopped,
             ..
         } = a;
@@ -900,12 +894,12 @@ impl<'t, B: Backend> Engine<'_, 't, B> {
 
 /// Beam 0's generated tokens so far (end tokens and −1 dropped).
 fn current_fill(a: &Active<'_>) -> Vec<u32> {
-    let ends = a.req.strategy.end_tokens();
+    let ends = a.blank.req.strategy.end_tokens();
     a.tokens
         .first()
         .map(|row| {
             row.iter()
-                .skip(a.context_length)
+                .skip(a.blank.context_length)
                 .take_while(|&&t| t >= 0 && !ends.contains(&(t as u32)))
                 .map(|&t| t as u32)
                 .collect()

@@ -230,11 +230,12 @@ macro_rules! simd_module {
             fn hsum4($h4: [$vec; 4]) -> [f32; 4] $hsum4
 
             /// One tile: weight rows `w[0..R]` (row stride `k`) against `MB` activation rows of
-            /// `x` (row stride `k`), columns `0..k − k mod $w`; writes `yt[r·m + g + i]`.
+            /// `x` (row stride `k`), columns `0..k − k mod $w` in one [`chunk`]; writes
+            /// `yt[r·m + g + i]`.
             ///
             /// # Safety
             /// The CPU has the target features; `w` holds `R·k` values, `x` `MB·k`, and
-            /// `yt[(R−1)·m + g + MB − 1]` exists.
+            /// `yt[(R−1)·m + g + MB − 1]` exists; `R·MB ≤ 32`.
             #[target_feature(enable = $feat)]
             #[inline]
             unsafe fn tile<const MB: usize, const R: usize>(
@@ -245,42 +246,22 @@ macro_rules! simd_module {
                 m: usize,
                 g: usize,
             ) {
-                let mut a = [[$zero(); MB]; R];
-                let mut j = 0;
-                // SAFETY (whole block): loads read columns < k of the R weight rows and the MB
-                // activation rows; prefetch addresses are computed with wrapping arithmetic and
-                // never dereferenced.
-                unsafe {
-                    while j + $w <= k {
-                        let mut xv = [$zero(); MB];
-                        for (i, v) in xv.iter_mut().enumerate() {
-                            *v = $load(x.add(i * k + j));
-                        }
-                        for (r, ar) in a.iter_mut().enumerate() {
-                            let p = w.add(r * k + j);
-                            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH) as *const i8);
-                            let wv = $load(p);
-                            for (acc, xi) in ar.iter_mut().zip(&xv) {
-                                *acc = $fma(wv, *xi, *acc);
-                            }
-                        }
-                        j += $w;
-                    }
-                }
-                for (r, ar) in a.iter().enumerate() {
-                    for (i, acc) in ar.iter().enumerate() {
-                        yt[r * m + g + i] = hsum(*acc);
+                let mut acc = [$zero(); 32];
+                let acc = &mut acc[..R * MB];
+                // SAFETY: as documented; the chunk covers the whole row.
+                unsafe { chunk::<MB, R>(w, k, x, [0, k - k % $w], acc, MB, true) };
+                for r in 0..R {
+                    for i in 0..MB {
+                        yt[r * m + g + i] = hsum(acc[r * MB + i]);
                     }
                 }
             }
 
             /// Every row of `w` (`[rows, k]`) in tiles of `R` rows (the tail one row at a
-            /// time) against the `mb` activation rows of `x`, taken in groups of `MB` (the last
-            /// group smaller) within each tile, so a tile's weight rows come from memory once and
-            /// from L1 for the following groups.
+            /// time) against the `MB` activation rows of `x`.
             ///
             /// # Safety
-            /// As [`block_rows`].
+            /// As [`block_rows`], with `mb == MB`.
             #[target_feature(enable = $feat)]
             #[allow(clippy::int_plus_one)] // `r + R <= rows` reads as "R more rows fit".
             unsafe fn grouped<const MB: usize, const R: usize>(
@@ -290,59 +271,20 @@ macro_rules! simd_module {
                 yt: &mut [f32],
                 m: usize,
                 g: usize,
-                mb: usize,
             ) {
                 let rows = w.len() / k;
                 let (wp, xp) = (w.as_ptr(), x.as_ptr());
-                let (full, rest) = (mb / MB, mb % MB);
-                // SAFETY: every tile stays within the rows of `w`, the `mb` rows of `x` and the
+                // SAFETY: every tile stays within the rows of `w`, the `MB` rows of `x` and the
                 // slots of `yt`.
                 unsafe {
                     let mut r = 0;
                     while r + R <= rows {
-                        groups::<MB, R>(wp.add(r * k), k, xp, &mut yt[r * m..], m, g, full, rest);
+                        tile::<MB, R>(wp.add(r * k), k, xp, &mut yt[r * m..], m, g);
                         r += R;
                     }
                     while r < rows {
-                        groups::<MB, 1>(wp.add(r * k), k, xp, &mut yt[r * m..], m, g, full, rest);
+                        tile::<MB, 1>(wp.add(r * k), k, xp, &mut yt[r * m..], m, g);
                         r += 1;
-                    }
-                }
-            }
-
-            /// One tile of `R` weight rows at `w` against `full` groups of `MB` activation rows
-            /// of `x` and then the `rest < MB` rows after them.
-            ///
-            /// # Safety
-            /// As [`tile`] for `full·MB + rest` activation rows.
-            #[target_feature(enable = $feat)]
-            #[inline]
-            #[allow(clippy::too_many_arguments)]
-            unsafe fn groups<const MB: usize, const R: usize>(
-                w: *const f32,
-                k: usize,
-                x: *const f32,
-                yt: &mut [f32],
-                m: usize,
-                g: usize,
-                full: usize,
-                rest: usize,
-            ) {
-                // SAFETY: the groups cover `full·MB + rest` rows of `x`, within the caller's.
-                unsafe {
-                    for q in 0..full {
-                        tile::<MB, R>(w, k, x.add(q * MB * k), yt, m, g + q * MB);
-                    }
-                    let (xr, gr) = (x.add(full * MB * k), g + full * MB);
-                    match rest {
-                        0 => {}
-                        1 => tile::<1, R>(w, k, xr, yt, m, gr),
-                        2 => tile::<2, R>(w, k, xr, yt, m, gr),
-                        3 => tile::<3, R>(w, k, xr, yt, m, gr),
-                        4 => tile::<4, R>(w, k, xr, yt, m, gr),
-                        5 => tile::<5, R>(w, k, xr, yt, m, gr),
-                        6 => tile::<6, R>(w, k, xr, yt, m, gr),
-                        _ => tile::<7, R>(w, k, xr, yt, m, gr),
                     }
                 }
             }
@@ -432,7 +374,9 @@ macro_rules! simd_module {
             /// when `prefetch` (the first group of a chunk).
             ///
             /// # Safety
-            /// As [`tile`], for columns `j0..j1` (multiples of the vector width, `j1 ≤ k`).
+            /// The CPU has the target features; `w` holds `R` rows and `x` `N` rows of stride
+            /// `k`; `j0..j1` are columns (multiples of the vector width, `j1 ≤ k`); `acc` holds
+            /// `(R − 1)·stride + N` vectors.
             #[target_feature(enable = $feat)]
             #[inline]
             unsafe fn chunk<const N: usize, const R: usize>(
@@ -497,7 +441,7 @@ macro_rules! simd_module {
                 // SAFETY: as documented above; `grouped` keeps within the same bounds.
                 unsafe {
                     match mb {
-                        $($mb => grouped::<$mb, $r>(w, k, x, yt, m, g, mb),)*
+                        $($mb => grouped::<$mb, $r>(w, k, x, yt, m, g),)*
                         0 => return 0,
                         _ => blocked::<$big_mb, $big_r>(w, k, x, yt, m, g, mb),
                     }
