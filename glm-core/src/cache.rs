@@ -55,6 +55,14 @@ impl<B: Backend> Slot<B> {
     fn row_capacity(&self) -> usize {
         self.k.dims()[0]
     }
+
+    /// Positions to grow to when `needed` must fit: geometric growth (amortised O(1) copies per
+    /// appended position), at least `reserve`.
+    fn grown_capacity(&self, needed: usize, reserve: usize) -> usize {
+        needed
+            .max(self.capacity() + self.capacity() / 2 + 16)
+            .max(reserve)
+    }
 }
 
 /// The KV cache of a whole model: one [`LayerKv`] per layer once the first call has run.
@@ -165,11 +173,10 @@ impl<B: Backend> KvCache<B> {
         };
         let needed = slot.len + new;
         if slot.capacity() < needed {
-            // Geometric growth: amortised O(1) copies per appended position.
-            let grown = needed
-                .max(slot.capacity() + slot.capacity() / 2 + 16)
-                .max(self.reserve);
-            let rows = slot.row_capacity();
+            let (rows, grown) = (
+                slot.row_capacity(),
+                slot.grown_capacity(needed, self.reserve),
+            );
             grow(&mut slot, rows, grown);
         }
         let at = slot.len;
@@ -278,7 +285,7 @@ impl<B: Backend> KvCache<B> {
                 )));
             }
         }
-        let len = self.len().max(other.len());
+        let (len, reserve) = (self.len().max(other.len()), self.reserve);
         for (entry, b) in self.layers.iter_mut().zip(&other.layers) {
             // Taken out of the slot so that its buffers are uniquely owned (written in place).
             let (Some(mut a), Some(b)) = (entry.take(), b.as_ref()) else {
@@ -293,8 +300,7 @@ impl<B: Backend> KvCache<B> {
                     a.row_capacity()
                 };
                 let cap = if a.capacity() < len {
-                    len.max(a.capacity() + a.capacity() / 2 + 16)
-                        .max(self.reserve)
+                    a.grown_capacity(len, reserve)
                 } else {
                     a.capacity()
                 };

@@ -295,11 +295,10 @@ pub(crate) fn run<B: Backend>(
         active: Vec::new(),
         cache: model.new_cache(),
     };
-    engine.reset_batch();
     let mut open = true;
     loop {
-        // Admission at the step boundary: wait when idle, else take what fits.
-        // Everything waiting that fits is prefilled together.
+        // Admission at the step boundary: wait when idle, else take what fits; everything taken
+        // is prefilled together.
         let mut arrived = Vec::new();
         if engine.active.is_empty() {
             if !open {

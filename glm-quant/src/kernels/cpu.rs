@@ -273,9 +273,10 @@ fn cache_view(t: &FlexTensor, d: usize) -> Option<CacheView<'_>> {
 }
 
 /// Writes `block` (`[n, heads, new, head_dim]`, any layout) into batch rows `row..row + n` and
-/// positions `at..at + new` of `buffer` (`[batch, heads, capacity, head_dim]`, contiguous) in
-/// place when `B` is `Flex`, the buffer is uniquely owned and both share a float dtype; gives both
-/// back otherwise (burn-flex 0.21's `slice_assign` always copies the whole destination first).
+/// positions `at..at + new` of `buffer` (`[batch, heads, capacity, head_dim]`) in place through
+/// [`try_edit_bytes`] when `B` is `Flex`, the buffer is uniquely owned and contiguous and both
+/// share a float dtype; gives both back otherwise (burn-flex 0.21's `slice_assign` always copies
+/// the whole destination first).
 pub(crate) fn try_write_block<B: Backend>(
     buffer: Tensor<B, 4>,
     row: usize,
@@ -284,83 +285,44 @@ pub(crate) fn try_write_block<B: Backend>(
 ) -> Result<Tensor<B, 4>, (Tensor<B, 4>, Tensor<B, 4>)> {
     let [b, h, cap, d] = buffer.dims();
     let [n, bh, new, bd] = block.dims();
-    let dtype = buffer.dtype();
     if TypeId::of::<B>() != TypeId::of::<Flex>()
-        || !matches!(dtype, DType::F32 | DType::F16 | DType::BF16)
-        || block.dtype() != dtype
+        || block.dtype() != buffer.dtype()
         || row.checked_add(n).is_none_or(|end| end > b)
         || [bh, bd] != [h, d]
         || at.checked_add(new).is_none_or(|end| end > cap)
     {
         return Err((buffer, block));
     }
-    if n == 0 || new == 0 || h == 0 || d == 0 {
-        return Ok(buffer);
+    let Some(src) = flex::<B, 4>(block.clone()).map(contiguous) else {
+        return Err((buffer, block));
+    };
+    let src: &[u8] = match block.dtype() {
+        DType::F32 => src.as_slice::<f32>().map(bytemuck::cast_slice),
+        DType::F16 => src.as_slice::<half::f16>().map(bytemuck::cast_slice),
+        DType::BF16 => src.as_slice::<half::bf16>().map(bytemuck::cast_slice),
+        _ => None,
     }
-    // The buffer is consumed (not cloned) so that its storage can be uniquely owned.
-    let back = |t: FlexTensor| -> Tensor<B, 4> {
-        from_flex(t).unwrap_or_else(|| unreachable!("B is Flex"))
-    };
-    let (Some(mut dst), Some(src)) = (flex::<B, 4>(buffer), flex::<B, 4>(block.clone())) else {
-        unreachable!("float tensors of Flex")
-    };
-    let src = contiguous(src);
-    let whole = dst.is_contiguous() && dst.layout().start_offset() == 0;
-    let place = BlockPlace {
-        shape: [b, h, cap, d],
-        row,
-        rows: n,
-        at,
-        new,
-    };
-    let written = whole
-        && match dtype {
-            DType::F32 => copy_block::<f32>(&mut dst, &src, place),
-            DType::F16 => copy_block::<half::f16>(&mut dst, &src, place),
-            _ => copy_block::<half::bf16>(&mut dst, &src, place),
-        };
-    if written {
-        Ok(back(dst))
-    } else {
-        Err((back(dst), block))
+    .unwrap_or(&[]);
+    let mut written = false;
+    let edited = try_edit_bytes(buffer, |out, size| {
+        // Chunk i of the block is its (row i / h, head i % h): `new` positions of `d` values.
+        let chunk = new * d * size;
+        if chunk == 0 || src.len() < n * h * chunk {
+            return;
+        }
+        for (i, part) in src.chunks_exact(chunk).take(n * h).enumerate() {
+            let start = ((row * h + i) * cap + at) * d * size;
+            match out.get_mut(start..start + chunk) {
+                Some(dst) => dst.copy_from_slice(part),
+                None => return,
+            }
+        }
+        written = true;
+    });
+    match edited {
+        Ok(buffer) if written || n * new * h * d == 0 => Ok(buffer),
+        Ok(buffer) | Err(buffer) => Err((buffer, block)),
     }
-}
-
-/// Where [`copy_block`] writes: batch rows `row..row + rows`, positions `at..at + new` of a
-/// `shape` buffer.
-#[derive(Clone, Copy)]
-struct BlockPlace {
-    shape: [usize; 4],
-    row: usize,
-    rows: usize,
-    at: usize,
-    new: usize,
-}
-
-/// Copies `src` (`[rows, h, new, d]`, contiguous) into `dst` at `place`; `false` (nothing
-/// written) when `dst` is shared or a slice is short.
-fn copy_block<E: burn::tensor::Element + bytemuck::Pod>(
-    dst: &mut FlexTensor,
-    src: &FlexTensor,
-    place: BlockPlace,
-) -> bool {
-    let [b, h, cap, d] = place.shape;
-    let Some(src) = src.as_slice::<E>() else {
-        return false;
-    };
-    let Some(out) = dst.try_storage_mut::<E>() else {
-        return false;
-    };
-    let chunk = place.new * d;
-    if out.len() < b * h * cap * d || src.len() < place.rows * h * chunk {
-        return false;
-    }
-    for (i, part) in src.chunks_exact(chunk).take(place.rows * h).enumerate() {
-        // Chunk i is (row i / h, head i % h) of the block.
-        let start = ((place.row * h + i) * cap + place.at) * d;
-        out[start..start + chunk].copy_from_slice(part);
-    }
-    true
 }
 
 /// Runs `edit` on the bytes of `buffer` in place (row-major, its element size in bytes passed
