@@ -440,8 +440,9 @@ fn f32_gemv_equals_reference_on_odd_shapes_every_isa() {
 }
 
 /// On `Flex`, the dispatching linear gives the generic matmul's result (within f32 rounding) for
-/// up to `F32_GEMV_MAX_ROWS` rows (skinny GEMM) and, with the `openblas` feature, for more rows
-/// (OpenBLAS); without it, more rows are declined.
+/// up to `F32_GEMV_MAX_ROWS` rows (skinny GEMM) and for more rows with the `openblas` feature
+/// (glm-quant's own GEMM on AVX-512 up to 256 rows, OpenBLAS above) or on an AVX-512 CPU (own
+/// GEMM); otherwise more rows are declined.
 #[test]
 fn f32_linear_dispatch_on_flex_matches_matmul() {
     use glm_quant::kernels::host_f32::F32_GEMV_MAX_ROWS;
@@ -452,17 +453,18 @@ fn f32_linear_dispatch_on_flex_matches_matmul() {
     let (n, k) = (37, 129);
     let w = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(n * k, 0.5), [n, k]), &device);
     let b = Tensor::<Flex, 1>::from_data(TensorData::new(rng.vec(n, 1.0), [n]), &device);
+    let own = matches!(Isa::detect(), Isa::Avx512 | Isa::Avx512Fp16)
+        && std::env::var("GLM_PREFILL_GEMM").as_deref() != Ok("openblas");
+    let takes_many = cfg!(feature = "openblas") || own;
     let mut fast = 0;
-    for m in 1..=most {
+    let rows: Vec<usize> = (1..=most).chain([300]).collect();
+    for &m in &rows {
         let x = Tensor::<Flex, 2>::from_data(TensorData::new(rng.vec(m * k, 2.0), [m, k]), &device);
         let want = x.clone().matmul(w.clone().transpose()) + b.clone().unsqueeze::<2>();
         let want: Vec<f32> = want.into_data().to_vec().unwrap();
         match try_linear_f32(x, &w, Some(&b)) {
             Ok(y) => {
-                assert!(
-                    m <= F32_GEMV_MAX_ROWS || cfg!(feature = "openblas"),
-                    "m={m} without openblas"
-                );
+                assert!(m <= F32_GEMV_MAX_ROWS || takes_many, "m={m}");
                 assert!(std::env::var_os("GLM_NO_FAST_GEMV").is_none());
                 assert_eq!(y.dims(), [m, n]);
                 let y: Vec<f32> = y.into_data().to_vec().unwrap();
@@ -476,14 +478,14 @@ fn f32_linear_dispatch_on_flex_matches_matmul() {
                 fast += 1;
             }
             Err(_) => assert!(
-                (m > F32_GEMV_MAX_ROWS && !cfg!(feature = "openblas"))
+                (m > F32_GEMV_MAX_ROWS && !takes_many)
                     || std::env::var_os("GLM_NO_FAST_GEMV").is_some()
             ),
         }
     }
     if std::env::var_os("GLM_NO_FAST_GEMV").is_none() {
-        let expected = if cfg!(feature = "openblas") {
-            most
+        let expected = if takes_many {
+            rows.len()
         } else {
             F32_GEMV_MAX_ROWS
         };

@@ -3,6 +3,13 @@
 //! declarations. On the 2-core development machine OpenBLAS runs the prefill shapes at
 //! 215–280 GFLOP/s (as the original's MKL), the `gemm` crate behind burn-flex at about half.
 //!
+//! Threads: OpenBLAS's own pool is set to one thread and each product is split by columns
+//! (weight rows) over rayon's pool, every worker calling single-threaded `sgemm` on its share.
+//! With OpenBLAS's threads, a prefill had one more busy thread than cores: its worker spun in
+//! `sched_yield` through every non-GEMM pass of the forward (LayerNorm, attention, element-wise
+//! work on rayon's workers) and took the core from them. `GLM_BLAS_THREADS=openblas` keeps
+//! OpenBLAS's threading instead (read once per process, for comparisons).
+//!
 //! The reference is [`gemv_f32_reference`](super::host_f32::gemv_f32_reference) (plain loops);
 //! the test `blas_gemm_matches_the_reference_on_odd_shapes` compares them.
 
@@ -12,7 +19,44 @@ use super::host_f32::check_shapes;
 use crate::error::{QuantError, Result};
 
 #[link(name = "openblas")]
-unsafe extern "C" {}
+unsafe extern "C" {
+    fn openblas_set_num_threads(num_threads: std::ffi::c_int);
+}
+
+/// Whether products split over rayon's pool with OpenBLAS single-threaded (the default), set up
+/// once per process (`GLM_BLAS_THREADS=openblas`: OpenBLAS's own threads).
+fn split_over_rayon() -> bool {
+    static SPLIT: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SPLIT.get_or_init(|| {
+        let split = std::env::var("GLM_BLAS_THREADS").as_deref() != Ok("openblas");
+        if split {
+            // SAFETY: plain setter of OpenBLAS's thread count, called once before any product.
+            unsafe { openblas_set_num_threads(1) };
+        }
+        split
+    })
+}
+
+/// Fewest weight rows one worker's share of a split product gets (smaller products run whole).
+const MIN_SPLIT_COLUMNS: usize = 64;
+
+/// The output pointer shared by the workers of a split product (each writes its own columns).
+#[derive(Clone, Copy)]
+struct OutPtr(*mut f32);
+// SAFETY: the workers write disjoint column ranges of the output (see `gemm_block`).
+unsafe impl Send for OutPtr {}
+unsafe impl Sync for OutPtr {}
+
+impl OutPtr {
+    /// The element `i` places after the start.
+    ///
+    /// # Safety
+    /// `i` lies within the output.
+    unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(i) }
+    }
+}
 
 /// `y = x · Wᵀ + b` with one `cblas_sgemm` call (the bias is the initial `y`, `β = 1`).
 ///
@@ -91,27 +135,48 @@ fn gemm_block(
         return Ok(());
     }
     let beta = if accumulate { 1.0 } else { 0.0 };
-    // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k) (checked by the
-    // callers); the output block starts at column `first` of the [m, ldy] y (ldc = ldy) and
-    // spans n ≤ ldy − first columns (checked above); k = 0 leaves y = β·y.
-    unsafe {
-        cblas_sgemm(
-            CBLAS_LAYOUT::CblasRowMajor,
-            CBLAS_TRANSPOSE::CblasNoTrans,
-            CBLAS_TRANSPOSE::CblasTrans,
-            mi,
-            ni,
-            ki,
-            1.0,
-            x.as_ptr(),
-            ki.max(1),
-            w.as_ptr(),
-            ki.max(1),
-            beta,
-            y.as_mut_ptr().add(first),
-            ldi.max(1),
-        );
+    let out = OutPtr(y.as_mut_ptr());
+    // One call on columns `c0..c0 + cn` of the block (weight rows `c0..c0 + cn` of `w`).
+    let call = |c0: usize, cn: usize| {
+        // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k) (checked by the
+        // callers); rows c0..c0 + cn ≤ n of w start at c0·k; the output block starts at column
+        // `first + c0` of the [m, ldy] y (ldc = ldy) and spans cn ≤ ldy − first − c0 columns
+        // (checked above); k = 0 leaves y = β·y. Concurrent calls write disjoint columns.
+        unsafe {
+            cblas_sgemm(
+                CBLAS_LAYOUT::CblasRowMajor,
+                CBLAS_TRANSPOSE::CblasNoTrans,
+                CBLAS_TRANSPOSE::CblasTrans,
+                mi,
+                cn as i32,
+                ki,
+                1.0,
+                x.as_ptr(),
+                ki.max(1),
+                w.as_ptr().add(c0 * k),
+                ki.max(1),
+                beta,
+                out.at(first + c0),
+                ldi.max(1),
+            );
+        }
+    };
+    let workers = rayon::current_num_threads();
+    if !split_over_rayon() || workers < 2 || n < 2 * MIN_SPLIT_COLUMNS {
+        call(0, ni as usize);
+        return Ok(());
     }
+    // Shares of whole 16-column groups (the kernels' register width), one per worker.
+    let share = n.div_ceil(workers).div_ceil(16) * 16;
+    let share = share.max(MIN_SPLIT_COLUMNS);
+    rayon::scope(|s| {
+        let mut c0 = 0;
+        while c0 < n {
+            let cn = share.min(n - c0);
+            s.spawn(move |_| call(c0, cn));
+            c0 += cn;
+        }
+    });
     Ok(())
 }
 

@@ -14,11 +14,11 @@ use burn_flex::FlexTensor;
 
 use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
-#[cfg(feature = "openblas")]
 use super::host::{host_dequantize_rows_with, Isa};
 use super::host_attn::{attention_f32, AttentionShape, CacheView, ATTENTION_MAX_QUERY_ROWS};
 use super::host_elem::{geglu_f32, qkv_rotary_f32};
 use super::host_f32::{gemv_f32, F32_GEMV_MAX_ROWS};
+use super::host_gemm::{gemm_f32, gemm_f32_rows_with};
 use crate::weight::QuantLayout;
 
 /// The `Flex` tensor behind a float tensor of any rank (`None` for another backend or a
@@ -54,6 +54,25 @@ fn from_flex<B: Backend, const D: usize>(t: FlexTensor) -> Option<Tensor<B, D>> 
 
 fn to_backend<B: Backend, const D: usize>(data: TensorData) -> Option<Tensor<B, D>> {
     from_flex(FlexTensor::from_data(data))
+}
+
+/// Most rows a product runs through glm-quant's own GEMM when OpenBLAS is there too: up to here
+/// skipping OpenBLAS's copy of the weight wins (glm-small, 128 rows: prefill 56–59 against
+/// 61–63 ms), from 512 rows on its kernel is faster (205–215 against 228–240 ms).
+pub const OWN_GEMM_MAX_ROWS_WITH_BLAS: usize = 256;
+
+/// Whether a product of `m` rows (more than the skinny kernels take) runs glm-quant's own GEMM
+/// ([`host_gemm`](super::host_gemm), weights read in place): on AVX-512 CPUs, for every `m`
+/// without the `openblas` feature and up to [`OWN_GEMM_MAX_ROWS_WITH_BLAS`] with it, unless
+/// `GLM_PREFILL_GEMM=openblas` (read once per process, for comparisons). Otherwise OpenBLAS with
+/// the `openblas` feature, the backend's GEMM without.
+pub(crate) fn own_prefill_gemm(m: usize) -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    let own = *OWN.get_or_init(|| {
+        matches!(Isa::detect(), Isa::Avx512 | Isa::Avx512Fp16)
+            && std::env::var("GLM_PREFILL_GEMM").as_deref() != Ok("openblas")
+    });
+    own && (!cfg!(feature = "openblas") || m <= OWN_GEMM_MAX_ROWS_WITH_BLAS)
 }
 
 /// Runs the fused kernel when `B` is `Flex`; gives `x` back otherwise.
@@ -100,6 +119,15 @@ fn run<B: Backend>(
         let mut y = vec![0f32; m * out];
         host_gemv(&matrix, xt.as_slice::<f32>()?, m, &mut y).ok()?;
         to_backend::<B, 2>(TensorData::new(y, [m, out]))
+    } else if own_prefill_gemm(m) {
+        // Prefill: each task of the GEMM dequantizes its block of rows into a reused buffer.
+        let xt = contiguous(flex_float::<B>(x)?);
+        let fill = |first: usize, dst: &mut [f32]| {
+            host_dequantize_rows_with(Isa::detect(), &matrix, first, dst)
+        };
+        let k = layout.in_features;
+        let y = gemm_f32_rows_with(Isa::detect(), xt.as_slice::<f32>()?, &fill, None, m, out, k);
+        to_backend::<B, 2>(TensorData::new(y.ok()?, [m, out]))
     } else if cfg!(feature = "openblas") {
         // Prefill: blocks of rows dequantized into one reused buffer, multiplied by OpenBLAS.
         let xt = contiguous(flex_float::<B>(x)?);
@@ -133,7 +161,7 @@ pub(crate) fn try_linear_f32<B: Backend>(
     if m == 0 || k != kw || !f32_only {
         return Err(x);
     }
-    if m > F32_GEMV_MAX_ROWS && !cfg!(feature = "openblas") {
+    if m > F32_GEMV_MAX_ROWS && !cfg!(feature = "openblas") && !own_prefill_gemm(m) {
         return Err(x);
     }
     match run_f32::<B>(x.clone(), w, bias, m, n, k) {
@@ -173,14 +201,17 @@ fn run_f32<B: Backend>(
         None => None,
     };
     let (xs, ws) = (xt.as_slice::<f32>()?, wt.as_slice::<f32>()?);
-    #[cfg(feature = "openblas")]
-    let y = if m > F32_GEMV_MAX_ROWS {
-        super::blas::sgemm_nt(xs, ws, b, m, n, k)
-    } else {
+    let y = if m <= F32_GEMV_MAX_ROWS {
         gemv_f32(xs, ws, b, m, n, k)
+    } else if own_prefill_gemm(m) {
+        gemm_f32(xs, ws, b, m, n, k)
+    } else {
+        #[cfg(feature = "openblas")]
+        let y = super::blas::sgemm_nt(xs, ws, b, m, n, k);
+        #[cfg(not(feature = "openblas"))]
+        let y = gemv_f32(xs, ws, b, m, n, k);
+        y
     };
-    #[cfg(not(feature = "openblas"))]
-    let y = gemv_f32(xs, ws, b, m, n, k);
     to_backend::<B, 2>(TensorData::new(y.ok()?, [m, n]))
 }
 

@@ -4,6 +4,7 @@
 //!   has it, portable scalar code otherwise, detected or chosen per call with
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
 //! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
+//! - [`host_gemm`]: the f32 GEMM for prefill, weights read in place (activations packed instead);
 //! - `blas` (feature `openblas`): the prefill GEMM through the system OpenBLAS;
 //! - [`host_attn`]: decode attention over the KV cache (one task per batch row and head);
 //! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
@@ -20,6 +21,7 @@ pub mod host;
 pub mod host_attn;
 pub mod host_elem;
 pub mod host_f32;
+pub mod host_gemm;
 pub mod reference;
 
 #[cfg(feature = "flex")]

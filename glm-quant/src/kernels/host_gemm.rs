@@ -1,0 +1,632 @@
+//! f32 GEMM on host memory for many activation rows (prefill): `y = x · Wᵀ (+ b)` with `W` in
+//! its own row-major `[n, k]` layout, never repacked.
+//!
+//! A blocked GEMM (OpenBLAS, MKL) first copies every weight into its kernel's panel layout; at
+//! prefill sizes (`m` a few hundred rows) that copy reads and writes the whole weight once per
+//! call and cost about as much CPU time as the multiplications (OpenBLAS's `sgemm_incopy`: 24 %
+//! of a glm-small prefill against 33 % for its kernel). Here the activations are packed instead
+//! (they are the small operand: `m·k` against `n·k`), in panels of [`MR`] rows, column by column
+//! (`[k][MR]`); the kernel runs along `k`, loading one activation column of the panel (two
+//! AVX-512 vectors) and broadcasting one value from each of [`NR`] weight rows read side by side,
+//! straight from their row-major storage: `MR × NR` accumulators (24 vectors). The weight rows of
+//! a tile stay in L1 across all panels; columns go in chunks of [`KC`] so a panel's chunk stays
+//! in L1 too. The products land transposed (`[rows][m]`, one vector store per 16 activation rows)
+//! and are written into `y` (plus the bias) at the end of each task.
+//!
+//! Rows of `W` are split across rayon's pool in blocks of [`NR`]-row tiles; each task owns its
+//! output columns. A quantized weight goes through the same kernel: each task dequantizes its own
+//! block of rows into a per-thread buffer first ([`gemm_f32_rows_with`]), so no dequantized copy
+//! of the whole weight exists and the dequantization runs on every thread.
+//!
+//! AVX-512 runs the kernel above; AVX2 and the portable path run the same loop nest with plain
+//! code (compiled with the AVX2 features for the former). The reference is
+//! [`gemv_f32_reference`](super::host_f32::gemv_f32_reference); summation order differs (each
+//! output sums its columns in order, chunk after chunk, as the reference does, but with fused
+//! multiply-adds), so results match it within f32 rounding.
+
+use rayon::prelude::*;
+
+use super::host::Isa;
+use super::host_f32::check_shapes;
+use crate::error::{QuantError, Result};
+
+/// Activation rows per packed panel (two AVX-512 vectors).
+pub const MR: usize = 32;
+
+/// Weight rows per tile (24 accumulators with [`MR`]).
+pub const NR: usize = 12;
+
+/// Columns per chunk: a panel's chunk (32 KiB) and a tile's rows (12 KiB) stay in L1.
+pub const KC: usize = 128;
+
+/// Tiles per task (rows of `W` per rayon task: `NR · TILES_PER_TASK`).
+const TILES_PER_TASK: usize = 4;
+
+/// Where the weight rows come from.
+enum Rows<'a> {
+    /// Row-major f32 `[n, k]`.
+    Dense(&'a [f32]),
+    /// Rows written into the given buffer (`[rows, k]`) on demand, starting at the given row.
+    Fill(&'a (dyn Fn(usize, &mut [f32]) -> Result<()> + Sync)),
+}
+
+/// [`gemm_f32_with`] on the detected instruction set ([`Isa::detect`]).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[n, k]`, `bias`: `[n]` → `[m, n]`
+///
+/// # Errors
+/// As [`gemm_f32_with`].
+pub fn gemm_f32(
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    gemm_f32_with(Isa::detect(), x, w, bias, m, n, k)
+}
+
+/// The multi-threaded `y = x · Wᵀ + b` on instruction set `isa`, for any `m` (meant for more
+/// rows than [`F32_GEMV_MAX_ROWS`](super::host_f32::F32_GEMV_MAX_ROWS)).
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `w`: `[n, k]`, `bias`: `[n]` → `[m, n]`
+///
+/// # Errors
+/// [`QuantError::UnsupportedIsa`] when this CPU cannot run `isa`; [`QuantError::ShapeMismatch`]
+/// when a slice does not have its shape.
+pub fn gemm_f32_with(
+    isa: Isa,
+    x: &[f32],
+    w: &[f32],
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    check_shapes(x, w, bias, m, n, k)?;
+    run(isa, x, Rows::Dense(w), bias, m, n, k)
+}
+
+/// [`gemm_f32_with`] with weight rows produced on demand: `fill(first, dst)` writes rows
+/// `first .. first + dst.len() / k` of `W` into `dst` (`[rows, k]`), e.g. dequantizing them.
+/// Each task fills its own block of rows into a buffer reused by its thread.
+///
+/// # Shapes
+/// - `x`: `[m, k]`, `W`: `[n, k]`, `bias`: `[n]` → `[m, n]`
+///
+/// # Errors
+/// As [`gemm_f32_with`], and the first error `fill` returns.
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_rows_with(
+    isa: Isa,
+    x: &[f32],
+    fill: &(dyn Fn(usize, &mut [f32]) -> Result<()> + Sync),
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    let bad = |tensor: &str, expected: Vec<usize>, found: usize| QuantError::ShapeMismatch {
+        tensor: tensor.into(),
+        expected,
+        found: vec![found],
+    };
+    if m.checked_mul(k) != Some(x.len()) {
+        return Err(bad("x", vec![m, k], x.len()));
+    }
+    if let Some(b) = bias {
+        if b.len() != n {
+            return Err(bad("bias", vec![n], b.len()));
+        }
+    }
+    run(isa, x, Rows::Fill(fill), bias, m, n, k)
+}
+
+/// `x` (`[m, k]`) as panels of [`MR`] rows, each `[k][MR]` (column by column), rows past `m`
+/// zero.
+fn pack_panels(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+    let panels = m.div_ceil(MR);
+    let mut packed = vec![0f32; panels * k * MR];
+    packed
+        .par_chunks_mut((k * MR).max(1))
+        .enumerate()
+        .for_each(|(p, panel)| {
+            let rows = (m - p * MR).min(MR);
+            let xs = &x[p * MR * k..(p * MR + rows) * k];
+            // Column by column: contiguous writes, the panel's rows read side by side.
+            for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
+                for (i, v) in col.iter_mut().enumerate().take(rows) {
+                    *v = xs[i * k + j];
+                }
+            }
+        });
+    packed
+}
+
+/// The output pointer shared by the tasks (each writes its own columns).
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: tasks write disjoint columns of the output (see `run`).
+unsafe impl Send for Out {}
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// # Safety
+    /// `i` lies within the output and no other thread writes it.
+    unsafe fn write(self, i: usize, v: f32) {
+        // SAFETY: as the caller promises.
+        unsafe { *self.0.add(i) = v };
+    }
+}
+
+fn run(
+    isa: Isa,
+    x: &[f32],
+    rows: Rows<'_>,
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    if !isa.is_supported() {
+        return Err(QuantError::UnsupportedIsa(isa.name()));
+    }
+    let size = m.checked_mul(n).ok_or_else(|| QuantError::ShapeMismatch {
+        tensor: "y".into(),
+        expected: vec![m, n],
+        found: vec![usize::MAX],
+    })?;
+    if m == 0 || n == 0 || k == 0 {
+        let mut y = vec![0f32; size];
+        if let Some(b) = bias {
+            y.chunks_exact_mut(n).for_each(|row| row.copy_from_slice(b));
+        }
+        return Ok(y);
+    }
+    // Every element is written exactly once below (each task writes all `m` rows of its
+    // columns) before the length is set.
+    let mut y: Vec<f32> = Vec::with_capacity(size);
+    let packed = pack_panels(x, m, k);
+    let mp = m.div_ceil(MR) * MR;
+    let per_task = NR * TILES_PER_TASK;
+    let out = Out(y.as_mut_ptr());
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
+            const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
+    }
+    (0..n.div_ceil(per_task))
+        .into_par_iter()
+        .try_for_each(|t| -> Result<()> {
+            let first = t * per_task;
+            let count = per_task.min(n - first);
+            SCRATCH.with(|cell| -> Result<()> {
+                let mut scratch = cell.borrow_mut();
+                let (ct, wbuf) = &mut *scratch;
+                // Written by the first column chunk before anything reads it.
+                if ct.len() < count * mp {
+                    ct.resize(count * mp, 0.0);
+                }
+                let ct = &mut ct[..count * mp];
+                let wrows: &[f32] = match &rows {
+                    Rows::Dense(w) => &w[first * k..(first + count) * k],
+                    Rows::Fill(fill) => {
+                        wbuf.resize(count * k, 0.0);
+                        fill(first, &mut wbuf[..count * k])?;
+                        &wbuf[..count * k]
+                    }
+                };
+                block(isa, &packed, mp, k, wrows, count, ct);
+                // SAFETY: this task alone writes columns first .. first + count of the
+                // [m, n] output.
+                unsafe { write_out(isa, ct, mp, m, count, bias, out, n, first) };
+                Ok(())
+            })
+        })?;
+    // SAFETY: the tasks wrote all `m·n` elements (every task covers its columns for every row,
+    // and the tasks cover every column); capacity is `m·n`.
+    unsafe { y.set_len(size) };
+    Ok(y)
+}
+
+/// `y[i, first + r] = ct[r·mp + i] + bias[first + r]` for `r < count`, `i < m`.
+///
+/// # Safety
+/// `out` points at the `[m, n]` output, `first + count ≤ n`, `ct.len() == count·mp`, `mp ≥ m`,
+/// and no other thread writes columns `first .. first + count`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn write_out(
+    isa: Isa,
+    ct: &[f32],
+    mp: usize,
+    m: usize,
+    count: usize,
+    bias: Option<&[f32]>,
+    out: Out,
+    n: usize,
+    first: usize,
+) {
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if matches!(isa, Isa::Avx512 | Isa::Avx512Fp16) {
+        // SAFETY: the CPU supports AVX-512 (checked in `run`); bounds as documented.
+        done = unsafe { avx512::write_out(ct, mp, m, count, bias, out.0, n, first) };
+    }
+    let _ = isa;
+    for r in done..count {
+        let b = bias.map_or(0.0, |b| b[first + r]);
+        let row = &ct[r * mp..r * mp + m];
+        for (i, v) in row.iter().enumerate() {
+            // SAFETY: i < m and first + r < n: inside the output, in this task's columns.
+            unsafe { out.write(i * n + first + r, v + b) };
+        }
+    }
+}
+
+/// `ct[r·mp + i] = Σ_j w[r, j] · x[i, j]` for the `count` rows of `w` (`[count, k]`) and every
+/// packed activation row `i < mp`.
+fn block(isa: Isa, packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &mut [f32]) {
+    debug_assert!(packed.len() == mp * k && w.len() == count * k && ct.len() == count * mp);
+    match isa {
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx512 | Isa::Avx512Fp16 => {
+            // SAFETY: `run` checked that the CPU supports `isa`; the slices have the shapes
+            // above.
+            unsafe { avx512::block(packed, mp, k, w, count, ct) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Isa::Avx2 => {
+            // SAFETY: as above.
+            unsafe { portable_avx2(packed, mp, k, w, count, ct) }
+        }
+        _ => portable(packed, mp, k, w, count, ct),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn portable_avx2(
+    packed: &[f32],
+    mp: usize,
+    k: usize,
+    w: &[f32],
+    count: usize,
+    ct: &mut [f32],
+) {
+    portable(packed, mp, k, w, count, ct)
+}
+
+/// The loop nest of the AVX-512 kernel in plain code: chunks of [`KC`] columns, tiles of 4
+/// weight rows, one panel at a time.
+#[inline(always)]
+fn portable(packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &mut [f32]) {
+    const R: usize = 4;
+    let mut j0 = 0;
+    while j0 < k {
+        let j1 = (j0 + KC).min(k);
+        let mut r0 = 0;
+        while r0 < count {
+            let rn = R.min(count - r0);
+            for p in 0..mp / MR {
+                let panel = &packed[p * k * MR..(p + 1) * k * MR];
+                let mut acc = [[0f32; MR]; R];
+                if j0 > 0 {
+                    for (rr, a) in acc.iter_mut().enumerate().take(rn) {
+                        a.copy_from_slice(&ct[(r0 + rr) * mp + p * MR..][..MR]);
+                    }
+                }
+                for j in j0..j1 {
+                    let xc = &panel[j * MR..(j + 1) * MR];
+                    for (rr, a) in acc.iter_mut().enumerate().take(rn) {
+                        let wv = w[(r0 + rr) * k + j];
+                        for (a, xv) in a.iter_mut().zip(xc) {
+                            *a += xv * wv;
+                        }
+                    }
+                }
+                for (rr, a) in acc.iter().enumerate().take(rn) {
+                    ct[(r0 + rr) * mp + p * MR..][..MR].copy_from_slice(a);
+                }
+            }
+            r0 += rn;
+        }
+        j0 = j1;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use std::arch::x86_64::*;
+
+    use super::{KC, MR, NR};
+
+    /// The weight tile to fetch into L2 while this one computes: `NR` rows from `next` (row
+    /// stride `k`, never dereferenced), one cache line per row every 16 columns whose index
+    /// modulo `every` is `phase` (the panels of a tile share the lines out).
+    #[derive(Clone, Copy)]
+    pub(super) struct Prefetch {
+        next: *const f32,
+        every: usize,
+        phase: usize,
+    }
+
+    /// `MR × R` products over columns `j0..j1`: panel chunk `xp` (`[j1 − j0][MR]`), weight rows
+    /// at `w` (row stride `k`, starting at column `j0`), accumulated into `c` (`[R][ldc]`, `MR`
+    /// values per row) when `accumulate`, written otherwise.
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `xp` holds `len·MR` floats, each weight row `len` from `w`,
+    /// and `c` `R` rows of `MR` floats at stride `ldc`.
+    #[target_feature(enable = "avx512f,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro<const R: usize>(
+        xp: *const f32,
+        w: *const f32,
+        k: usize,
+        len: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        prefetch: Prefetch,
+    ) {
+        let mut a0 = [_mm512_setzero_ps(); R];
+        let mut a1 = [_mm512_setzero_ps(); R];
+        // SAFETY: every access stays within the ranges the caller guarantees; prefetch
+        // addresses use wrapping arithmetic and are never dereferenced.
+        unsafe {
+            if accumulate {
+                for r in 0..R {
+                    a0[r] = _mm512_loadu_ps(c.add(r * ldc));
+                    a1[r] = _mm512_loadu_ps(c.add(r * ldc + 16));
+                }
+            }
+            for j in 0..len {
+                let x0 = _mm512_loadu_ps(xp.add(j * MR));
+                let x1 = _mm512_loadu_ps(xp.add(j * MR + 16));
+                if j % 16 == 0 && (j / 16) % prefetch.every == prefetch.phase {
+                    for r in 0..NR {
+                        let p = prefetch.next.wrapping_add(r * k + j);
+                        _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                    }
+                }
+                for r in 0..R {
+                    let b = _mm512_set1_ps(*w.add(r * k + j));
+                    a0[r] = _mm512_fmadd_ps(x0, b, a0[r]);
+                    a1[r] = _mm512_fmadd_ps(x1, b, a1[r]);
+                }
+            }
+            for r in 0..R {
+                _mm512_storeu_ps(c.add(r * ldc), a0[r]);
+                _mm512_storeu_ps(c.add(r * ldc + 16), a1[r]);
+            }
+        }
+    }
+
+    /// Transposes the 16 vectors `v` (rows) in registers: afterwards `v[c]` holds column `c`.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    fn transpose16(v: &mut [__m512; 16]) {
+        // Pairs of rows interleaved, then quads, within each 128-bit lane: `u[4g + p]` holds,
+        // in lane L, column 4L + p of rows 4g .. 4g + 4.
+        let mut t = [_mm512_setzero_ps(); 16];
+        for a in 0..8 {
+            t[2 * a] = _mm512_unpacklo_ps(v[2 * a], v[2 * a + 1]);
+            t[2 * a + 1] = _mm512_unpackhi_ps(v[2 * a], v[2 * a + 1]);
+        }
+        let mut u = [_mm512_setzero_ps(); 16];
+        for g in 0..4 {
+            let q = &t[4 * g..4 * g + 4];
+            u[4 * g] = _mm512_shuffle_ps::<0x44>(q[0], q[2]);
+            u[4 * g + 1] = _mm512_shuffle_ps::<0xEE>(q[0], q[2]);
+            u[4 * g + 2] = _mm512_shuffle_ps::<0x44>(q[1], q[3]);
+            u[4 * g + 3] = _mm512_shuffle_ps::<0xEE>(q[1], q[3]);
+        }
+        // Lane L of the four groups' vectors for phase p gathered into column 4L + p.
+        for p in 0..4 {
+            let (u0, u1, u2, u3) = (u[p], u[4 + p], u[8 + p], u[12 + p]);
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u0, u1);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u0, u1);
+            let v2 = _mm512_shuffle_f32x4::<0x88>(u2, u3);
+            let v3 = _mm512_shuffle_f32x4::<0xDD>(u2, u3);
+            v[p] = _mm512_shuffle_f32x4::<0x88>(v0, v2);
+            v[4 + p] = _mm512_shuffle_f32x4::<0x88>(v1, v3);
+            v[8 + p] = _mm512_shuffle_f32x4::<0xDD>(v0, v2);
+            v[12 + p] = _mm512_shuffle_f32x4::<0xDD>(v1, v3);
+        }
+    }
+
+    /// [`super::write_out`] for the first `count − count mod 16` rows, 16 × 16 blocks
+    /// transposed in registers; returns the rows written.
+    ///
+    /// # Safety
+    /// As [`super::write_out`], and the CPU has AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn write_out(
+        ct: &[f32],
+        mp: usize,
+        m: usize,
+        count: usize,
+        bias: Option<&[f32]>,
+        out: *mut f32,
+        n: usize,
+        first: usize,
+    ) -> usize {
+        let full = count - count % 16;
+        let cp = ct.as_ptr();
+        // SAFETY: rows r0 .. r0 + 16 ≤ count of `ct` hold `mp` ≥ i0 + 16 values (mp is a
+        // multiple of 16); stores go to rows i < m and columns first + r0 .. + 16 ≤ n.
+        unsafe {
+            for r0 in (0..full).step_by(16) {
+                let b = match bias {
+                    Some(b) => _mm512_loadu_ps(b.as_ptr().add(first + r0)),
+                    None => _mm512_setzero_ps(),
+                };
+                for i0 in (0..m).step_by(16) {
+                    let mut v = [_mm512_setzero_ps(); 16];
+                    for (rr, x) in v.iter_mut().enumerate() {
+                        *x = _mm512_loadu_ps(cp.add((r0 + rr) * mp + i0));
+                    }
+                    transpose16(&mut v);
+                    for (c, x) in v.iter().enumerate().take(m - i0) {
+                        _mm512_storeu_ps(out.add((i0 + c) * n + first + r0), _mm512_add_ps(*x, b));
+                    }
+                }
+            }
+        }
+        full
+    }
+
+    /// As [`super::portable`], with [`NR`]-row tiles through [`micro`].
+    ///
+    /// # Safety
+    /// The CPU has AVX-512F and FMA; `packed.len() == mp·k`, `w.len() == count·k`,
+    /// `ct.len() == count·mp`, `mp` a multiple of [`MR`].
+    #[target_feature(enable = "avx512f,fma")]
+    pub(super) unsafe fn block(
+        packed: &[f32],
+        mp: usize,
+        k: usize,
+        w: &[f32],
+        count: usize,
+        ct: &mut [f32],
+    ) {
+        let (xp, wp, cp) = (packed.as_ptr(), w.as_ptr(), ct.as_mut_ptr());
+        let panels = mp / MR;
+        let mut j0 = 0;
+        // SAFETY: tiles stay within the `count` rows of `w`, chunks within `0..k`, panels
+        // within `packed`, outputs within `ct`.
+        unsafe {
+            while j0 < k {
+                let len = KC.min(k - j0);
+                let mut r0 = 0;
+                while r0 < count {
+                    let rn = NR.min(count - r0);
+                    for p in 0..panels {
+                        let x = xp.add(p * k * MR + j0 * MR);
+                        let wt = wp.add(r0 * k + j0);
+                        let c = cp.add(r0 * mp + p * MR);
+                        let acc = j0 > 0;
+                        // The next tile of this chunk, or the first tile of the next chunk.
+                        let next = if r0 + NR < count {
+                            wt.wrapping_add(NR * k)
+                        } else {
+                            wp.wrapping_add(j0 + KC)
+                        };
+                        let pf = Prefetch {
+                            next,
+                            every: panels,
+                            phase: p,
+                        };
+                        macro_rules! go {
+                            ($r:literal) => {
+                                micro::<$r>(x, wt, k, len, c, mp, acc, pf)
+                            };
+                        }
+                        match rn {
+                            12 => go!(12),
+                            11 => go!(11),
+                            10 => go!(10),
+                            9 => go!(9),
+                            8 => go!(8),
+                            7 => go!(7),
+                            6 => go!(6),
+                            5 => go!(5),
+                            4 => go!(4),
+                            3 => go!(3),
+                            2 => go!(2),
+                            _ => go!(1),
+                        }
+                    }
+                    r0 += rn;
+                }
+                j0 += len;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::host_f32::gemv_f32_reference;
+
+    fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
+            .collect();
+        let b = (0..n).map(|i| i as f32 - 3.0).collect();
+        (x, w, b)
+    }
+
+    #[test]
+    fn every_isa_matches_the_reference_on_odd_shapes() {
+        // Products of these values are multiples of 1/8 and the sums stay far below 2^20, so
+        // every summation order gives the same f32: the comparison is exact.
+        for (m, n, k) in [
+            (1, 1, 1),
+            (17, 7, 33),
+            (33, 13, 300),
+            (64, 25, 257),
+            (70, 49, 513),
+            (5, 3, 0),
+            (40, 100, 16),
+        ] {
+            let (x, w, b) = operands(m, n, k);
+            for bias in [None, Some(b.as_slice())] {
+                let want = gemv_f32_reference(&x, &w, bias, m, n, k).unwrap();
+                for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+                    let got = gemm_f32_with(isa, &x, &w, bias, m, n, k).unwrap();
+                    assert_eq!(got.len(), want.len());
+                    assert_eq!(got, want, "{} [{m}, {k}]·[{n}, {k}]ᵀ", isa.name());
+                    let fill = |first: usize, dst: &mut [f32]| -> Result<()> {
+                        dst.copy_from_slice(&w[first * k..first * k + dst.len()]);
+                        Ok(())
+                    };
+                    let got = gemm_f32_rows_with(isa, &x, &fill, bias, m, n, k).unwrap();
+                    assert_eq!(got, want, "{} rows [{m}, {k}]·[{n}, {k}]ᵀ", isa.name());
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn random_values_agree_with_the_reference_within_rounding() {
+        let (m, n, k) = (45, 30, 700);
+        let mut s = 1u32;
+        let mut next = || {
+            s = s.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            (s >> 8) as f32 / (1u32 << 24) as f32 - 0.5
+        };
+        let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
+        let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
+        let want = gemv_f32_reference(&x, &w, None, m, n, k).unwrap();
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            let got = gemm_f32_with(isa, &x, &w, None, m, n, k).unwrap();
+            assert_eq!(got.len(), want.len());
+            for (i, (g, r)) in got.iter().zip(&want).enumerate() {
+                assert!((g - r).abs() <= 1e-4, "{} y[{i}] {g} vs {r}", isa.name());
+            }
+        }
+    }
+
+    #[test]
+    fn bad_shapes_and_failing_fills_are_errors() {
+        assert!(gemm_f32(&[0.0; 3], &[0.0; 4], None, 1, 2, 2).is_err());
+        assert!(gemm_f32(&[0.0; 2], &[0.0; 4], Some(&[0.0]), 1, 2, 2).is_err());
+        let fail = |_: usize, _: &mut [f32]| -> Result<()> {
+            Err(QuantError::ShapeMismatch {
+                tensor: "w".into(),
+                expected: vec![1],
+                found: vec![0],
+            })
+        };
+        assert!(gemm_f32_rows_with(Isa::Scalar, &[1.0; 4], &fail, None, 2, 2, 2).is_err());
+    }
+}
