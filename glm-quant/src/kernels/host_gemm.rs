@@ -37,7 +37,7 @@ pub const MR: usize = 32;
 pub const NR: usize = 12;
 
 /// Columns per chunk: a panel's chunk (32 KiB) and a tile's rows (12 KiB) stay in L1.
-pub const KC: usize = 128;
+pub const KC: usize = 256;
 
 /// Tiles per task (rows of `W` per rayon task: `NR · TILES_PER_TASK`).
 const TILES_PER_TASK: usize = 4;
@@ -218,10 +218,16 @@ fn run(
                         &wbuf[..count * k]
                     }
                 };
-                block(isa, &packed, mp, k, wrows, count, ct);
+                let dest = Dest {
+                    out,
+                    n,
+                    m,
+                    first,
+                    bias,
+                };
                 // SAFETY: this task alone writes columns first .. first + count of the
                 // [m, n] output.
-                unsafe { write_out(isa, ct, mp, m, count, bias, out, n, first) };
+                unsafe { block(isa, &packed, mp, k, wrows, count, ct, dest) };
                 Ok(())
             })
         })?;
@@ -231,34 +237,47 @@ fn run(
     Ok(y)
 }
 
-/// `y[i, first + r] = ct[r·mp + i] + bias[first + r]` for `r < count`, `i < m`.
+/// Where a task's products go: columns `first ..` of the `[m, n]` output, plus the bias.
+#[derive(Clone, Copy)]
+struct Dest<'a> {
+    out: Out,
+    n: usize,
+    m: usize,
+    first: usize,
+    bias: Option<&'a [f32]>,
+}
+
+/// `y[i, first + r] = ct[r·mp + i] + bias[first + r]` for `r < count`, `lo ≤ i < hi`.
 ///
 /// # Safety
-/// `out` points at the `[m, n]` output, `first + count ≤ n`, `ct.len() == count·mp`, `mp ≥ m`,
-/// and no other thread writes columns `first .. first + count`.
-#[allow(clippy::too_many_arguments)]
+/// `dest.out` points at the `[m, n]` output, `first + count ≤ n`, `ct.len() == count·mp`,
+/// `lo` a multiple of 16, `hi ≤ m ≤ mp`, and no other thread writes columns
+/// `first .. first + count`.
 unsafe fn write_out(
     isa: Isa,
     ct: &[f32],
     mp: usize,
-    m: usize,
+    [lo, hi]: [usize; 2],
     count: usize,
-    bias: Option<&[f32]>,
-    out: Out,
-    n: usize,
-    first: usize,
+    dest: Dest<'_>,
 ) {
     let mut done = 0;
     #[cfg(target_arch = "x86_64")]
     if matches!(isa, Isa::Avx512 | Isa::Avx512Fp16) {
         // SAFETY: the CPU supports AVX-512 (checked in `run`); bounds as documented.
-        done = unsafe { avx512::write_out(ct, mp, m, count, bias, out.0, n, first) };
+        done = unsafe { avx512::write_out(ct, mp, [lo, hi], count, dest) };
     }
     let _ = isa;
+    let Dest {
+        out,
+        n,
+        first,
+        bias,
+        ..
+    } = dest;
     for r in done..count {
         let b = bias.map_or(0.0, |b| b[first + r]);
-        let row = &ct[r * mp..r * mp + m];
-        for (i, v) in row.iter().enumerate() {
+        for (i, v) in ct[r * mp..r * mp + hi].iter().enumerate().skip(lo) {
             // SAFETY: i < m and first + r < n: inside the output, in this task's columns.
             unsafe { out.write(i * n + first + r, v + b) };
         }
@@ -266,22 +285,41 @@ unsafe fn write_out(
 }
 
 /// `ct[r·mp + i] = Σ_j w[r, j] · x[i, j]` for the `count` rows of `w` (`[count, k]`) and every
-/// packed activation row `i < mp`.
-fn block(isa: Isa, packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &mut [f32]) {
+/// packed activation row `i < mp`, each finished panel written out to `dest` ([`write_out`]).
+///
+/// # Safety
+/// As [`write_out`] for every row `i < m`; the CPU supports `isa`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn block(
+    isa: Isa,
+    packed: &[f32],
+    mp: usize,
+    k: usize,
+    w: &[f32],
+    count: usize,
+    ct: &mut [f32],
+    dest: Dest<'_>,
+) {
     debug_assert!(packed.len() == mp * k && w.len() == count * k && ct.len() == count * mp);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Fp16 => {
             // SAFETY: `run` checked that the CPU supports `isa`; the slices have the shapes
-            // above.
-            unsafe { avx512::block(packed, mp, k, w, count, ct) }
+            // above; the output as the caller promises.
+            unsafe { avx512::block(packed, mp, k, w, count, ct, dest) }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: as above.
-            unsafe { portable_avx2(packed, mp, k, w, count, ct) }
+            unsafe { portable_avx2(packed, mp, k, w, count, ct) };
+            // SAFETY: as the caller promises.
+            unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
         }
-        _ => portable(packed, mp, k, w, count, ct),
+        _ => {
+            portable(packed, mp, k, w, count, ct);
+            // SAFETY: as the caller promises.
+            unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
+        }
     }
 }
 
@@ -340,16 +378,14 @@ fn portable(packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &m
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{KC, MR, NR};
+    use super::{Dest, Isa, KC, MR, NR};
 
-    /// The weight tile to fetch into L2 while this one computes: `NR` rows from `next` (row
-    /// stride `k`, never dereferenced), one cache line per row every 16 columns whose index
-    /// modulo `every` is `phase` (the panels of a tile share the lines out).
+    /// The weight tile to fetch into L2 while this one computes, when `on`: `NR` rows from
+    /// `next` (row stride `k`, never dereferenced), one cache line per row every 16 columns.
     #[derive(Clone, Copy)]
     pub(super) struct Prefetch {
         next: *const f32,
-        every: usize,
-        phase: usize,
+        on: bool,
     }
 
     /// `MR × R` products over columns `j0..j1`: panel chunk `xp` (`[j1 − j0][MR]`), weight rows
@@ -386,7 +422,7 @@ mod avx512 {
             for j in 0..len {
                 let x0 = _mm512_loadu_ps(xp.add(j * MR));
                 let x1 = _mm512_loadu_ps(xp.add(j * MR + 16));
-                if j % 16 == 0 && (j / 16) % prefetch.every == prefetch.phase {
+                if prefetch.on && j % 16 == 0 {
                     for r in 0..NR {
                         let p = prefetch.next.wrapping_add(r * k + j);
                         _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
@@ -444,35 +480,40 @@ mod avx512 {
     /// # Safety
     /// As [`super::write_out`], and the CPU has AVX-512F.
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn write_out(
         ct: &[f32],
         mp: usize,
-        m: usize,
+        [lo, hi]: [usize; 2],
         count: usize,
-        bias: Option<&[f32]>,
-        out: *mut f32,
-        n: usize,
-        first: usize,
+        dest: Dest<'_>,
     ) -> usize {
+        let Dest {
+            out,
+            n,
+            first,
+            bias,
+            ..
+        } = dest;
         let full = count - count % 16;
         let cp = ct.as_ptr();
         // SAFETY: rows r0 .. r0 + 16 ≤ count of `ct` hold `mp` ≥ i0 + 16 values (mp is a
-        // multiple of 16); stores go to rows i < m and columns first + r0 .. + 16 ≤ n.
+        // multiple of 16, so is i0); stores go to rows i < hi ≤ m and columns
+        // first + r0 .. + 16 ≤ n.
         unsafe {
             for r0 in (0..full).step_by(16) {
                 let b = match bias {
                     Some(b) => _mm512_loadu_ps(b.as_ptr().add(first + r0)),
                     None => _mm512_setzero_ps(),
                 };
-                for i0 in (0..m).step_by(16) {
+                for i0 in (lo..hi).step_by(16) {
                     let mut v = [_mm512_setzero_ps(); 16];
                     for (rr, x) in v.iter_mut().enumerate() {
                         *x = _mm512_loadu_ps(cp.add((r0 + rr) * mp + i0));
                     }
                     transpose16(&mut v);
-                    for (c, x) in v.iter().enumerate().take(m - i0) {
-                        _mm512_storeu_ps(out.add((i0 + c) * n + first + r0), _mm512_add_ps(*x, b));
+                    for (c, x) in v.iter().enumerate().take(hi - i0) {
+                        let at = out.0.add((i0 + c) * n + first + r0);
+                        _mm512_storeu_ps(at, _mm512_add_ps(*x, b));
                     }
                 }
             }
@@ -480,12 +521,15 @@ mod avx512 {
         full
     }
 
-    /// As [`super::portable`], with [`NR`]-row tiles through [`micro`].
+    /// As [`super::portable`], with [`NR`]-row tiles through [`micro`]; each panel is written
+    /// out as soon as its last chunk is done, so the output's stores drain while the next panel
+    /// computes.
     ///
     /// # Safety
     /// The CPU has AVX-512F and FMA; `packed.len() == mp·k`, `w.len() == count·k`,
-    /// `ct.len() == count·mp`, `mp` a multiple of [`MR`].
+    /// `ct.len() == count·mp`, `mp` a multiple of [`MR`]; `dest` as [`super::write_out`].
     #[target_feature(enable = "avx512f,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub(super) unsafe fn block(
         packed: &[f32],
         mp: usize,
@@ -493,8 +537,9 @@ mod avx512 {
         w: &[f32],
         count: usize,
         ct: &mut [f32],
+        dest: Dest<'_>,
     ) {
-        let (xp, wp, cp) = (packed.as_ptr(), w.as_ptr(), ct.as_mut_ptr());
+        let (xp, wp) = (packed.as_ptr(), w.as_ptr());
         let panels = mp / MR;
         let mut j0 = 0;
         // SAFETY: tiles stay within the `count` rows of `w`, chunks within `0..k`, panels
@@ -502,11 +547,15 @@ mod avx512 {
         unsafe {
             while j0 < k {
                 let len = KC.min(k - j0);
-                let mut r0 = 0;
-                while r0 < count {
-                    let rn = NR.min(count - r0);
-                    for p in 0..panels {
-                        let x = xp.add(p * k * MR + j0 * MR);
+                // Panel by panel (its chunk stays in L1), the tiles of this task's rows in turn
+                // (all of them in L2 after the first panel, which fetches them from memory and
+                // prefetches each next tile while it computes one).
+                for p in 0..panels {
+                    let x = xp.add(p * k * MR + j0 * MR);
+                    let cp = ct.as_mut_ptr();
+                    let mut r0 = 0;
+                    while r0 < count {
+                        let rn = NR.min(count - r0);
                         let wt = wp.add(r0 * k + j0);
                         let c = cp.add(r0 * mp + p * MR);
                         let acc = j0 > 0;
@@ -516,11 +565,7 @@ mod avx512 {
                         } else {
                             wp.wrapping_add(j0 + KC)
                         };
-                        let pf = Prefetch {
-                            next,
-                            every: panels,
-                            phase: p,
-                        };
+                        let pf = Prefetch { next, on: p == 0 };
                         macro_rules! go {
                             ($r:literal) => {
                                 micro::<$r>(x, wt, k, len, c, mp, acc, pf)
@@ -540,8 +585,14 @@ mod avx512 {
                             2 => go!(2),
                             _ => go!(1),
                         }
+                        r0 += rn;
                     }
-                    r0 += rn;
+                    if j0 + len == k {
+                        let rows = [p * MR, ((p + 1) * MR).min(dest.m)];
+                        if rows[0] < rows[1] {
+                            super::write_out(Isa::Avx512, ct, mp, rows, count, dest);
+                        }
+                    }
                 }
                 j0 += len;
             }
