@@ -31,9 +31,8 @@ pub struct SelfAttention<B: Backend> {
 impl<B: Backend> SelfAttention<B> {
     /// Attention over `a` with the forward's shared `input` (rotary angles, mask, KV cache;
     /// dropout on the probabilities and the output projection when it holds one). Without
-    /// dropout, on the CPU backend (`Flex`, f32) with at most 8 query rows (decode), scores,
-    /// softmax and context run as one host kernel per (batch row, head) reading the KV cache in
-    /// place ([`try_attention_f32`](glm_quant::kernels::try_attention_f32)); every other case
+    /// dropout, on the CPU backend (`Flex`, f32), scores, softmax and context run as one host
+    /// kernel per (batch row, head) reading the KV cache in place (decode and prefill) ([`try_attention_f32`](glm_quant::kernels::try_attention_f32)); every other case
     /// runs the generic tensor ops.
     ///
     /// On a tensor-parallel rank the layer holds `num_heads` of the heads, and the output
@@ -72,7 +71,7 @@ impl<B: Backend> SelfAttention<B> {
 
         let coeff = (self.layer_id + 1) as f64;
         if input.dropout.is_none() {
-            // CPU decode (`Flex`, f32, ≤ 8 query rows): one kernel per (row, head) over the cache.
+            // CPU (`Flex`, f32): one kernel per (batch row, head) over the cache.
             if let Some(context) =
                 glm_quant::kernels::try_attention_f32(&q, &k, &v, &input.mask, coeff as f32)
             {

@@ -15,7 +15,7 @@ use burn_flex::FlexTensor;
 use super::downcast;
 use super::host::{host_dequantize, host_gemv, HostMatrix, FUSED_MAX_ROWS};
 use super::host::{host_dequantize_rows_with, Isa};
-use super::host_attn::{attention_f32, AttentionShape, CacheView, ATTENTION_MAX_QUERY_ROWS};
+use super::host_attn::{attention_f32, AttentionShape, CacheView};
 use super::host_elem::{geglu_f32, qkv_rotary_f32};
 use super::host_f32::{gemv_f32, F32_GEMV_MAX_ROWS};
 use super::host_gemm::{gemm_f32, gemm_f32_rows_with};
@@ -230,9 +230,9 @@ pub(crate) fn try_geglu_f32<B: Backend>(u: Tensor<B, 2>) -> Result<Tensor<B, 2>,
     run().ok_or(u)
 }
 
-/// Runs the decode attention of [`host_attn`](super::host_attn) when `B` is `Flex`, everything is
-/// f32 with at most [`ATTENTION_MAX_QUERY_ROWS`] query rows, and the cache views have unit stride
-/// along the head dimension; `None` otherwise.
+/// Runs the attention kernel of [`host_attn`](super::host_attn) (decode and prefill) when `B` is
+/// `Flex`, everything is f32, and the cache views have unit stride along the head dimension;
+/// `None` otherwise.
 pub(crate) fn try_attention_f32<B: Backend>(
     q: &Tensor<B, 4>,
     k: &Tensor<B, 4>,
@@ -251,7 +251,6 @@ pub(crate) fn try_attention_f32<B: Backend>(
         .all(|&t| t == DType::F32);
     if !f32_only
         || seq == 0
-        || seq > ATTENTION_MAX_QUERY_ROWS
         || [kb, kh, kd] != [batch, heads, d]
         || v.dims() != k.dims()
         || !(mb == 1 || mb == batch)

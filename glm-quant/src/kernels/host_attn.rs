@@ -13,7 +13,9 @@ use rayon::prelude::*;
 use super::host::Isa;
 use crate::error::{QuantError, Result};
 
-/// Most query rows the kernel is meant for (decode steps); longer inputs take the generic path.
+/// Most query rows the kernel takes one at a time with dot products along the head (decode
+/// steps); more rows (prefill) go through [`HeadTask::run_prefill`]: the head's keys transposed
+/// once, every score row accumulated column by column.
 pub const ATTENTION_MAX_QUERY_ROWS: usize = 8;
 
 /// Score given to blocked positions before the coefficient is applied (the original's −10000).
@@ -265,6 +267,9 @@ impl HeadTask<'_> {
     /// [`run`](Self::run) compiled for `isa` (the same operations in the same order on every
     /// instruction set, so the same results: the compiler only widens the loops).
     fn run_on(&self, isa: Isa, b: usize, h: usize) -> Vec<f32> {
+        if self.shape.seq > ATTENTION_MAX_QUERY_ROWS {
+            return self.run_prefill_on(isa, b, h);
+        }
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `isa` is the detected instruction set, so the CPU has these features.
@@ -286,6 +291,95 @@ impl HeadTask<'_> {
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2(&self, b: usize, h: usize) -> Vec<f32> {
         self.run(b, h)
+    }
+
+    /// [`run_prefill`](Self::run_prefill) compiled for `isa`.
+    fn run_prefill_on(&self, isa: Isa, b: usize, h: usize) -> Vec<f32> {
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is the detected instruction set, so the CPU has these features.
+            Isa::Avx512 | Isa::Avx512Fp16 => unsafe { self.run_prefill_avx512(b, h) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 => unsafe { self.run_prefill_avx2(b, h) },
+            _ => self.run_prefill(b, h),
+        }
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn run_prefill_avx512(&self, b: usize, h: usize) -> Vec<f32> {
+        self.run_prefill(b, h)
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_prefill_avx2(&self, b: usize, h: usize) -> Vec<f32> {
+        self.run_prefill(b, h)
+    }
+
+    /// The context rows of batch row `b`, head `h` for many query rows, two at a time: the keys
+    /// are transposed once (`[head_dim, keys]`), the score rows accumulated column by column
+    /// (`s += q_t · kᵀ_t` over blocks of 64 keys held in registers, fused multiply-adds), the
+    /// softmax exponentials are [`exp_f32`] (vectorized; within [`EXP_MAX_REL_ERROR`] of
+    /// libm's), the probabilities normalised, and the context summed over the keys in blocks of
+    /// 64 output columns held in registers.
+    #[inline(always)]
+    fn run_prefill(&self, b: usize, h: usize) -> Vec<f32> {
+        let AttentionShape {
+            seq,
+            heads,
+            head_dim: d,
+            keys,
+            ..
+        } = self.shape;
+        let (k, v, coeff) = (&self.k, &self.v, self.coeff);
+        let mut kt = vec![0f32; d * keys];
+        for j in 0..keys {
+            for (t, &x) in k.row(b, h, j, d).unwrap_or(&[]).iter().enumerate() {
+                kt[t * keys + j] = x;
+            }
+        }
+        // The head's value rows, contiguous `[keys, d]`.
+        let mut vs = vec![0f32; keys * d];
+        for (j, dst) in vs.chunks_exact_mut(d).enumerate() {
+            // `check` verified every row exists; a missing one would stay zero.
+            if let Some(row) = v.row(b, h, j, d) {
+                dst.copy_from_slice(row);
+            }
+        }
+        let mut ctx = vec![0f32; seq * d];
+        let mut scores = vec![0f32; 2 * keys];
+        let mut qs = vec![0f32; 2 * d];
+        let mut i = 0;
+        while i < seq {
+            // Two query rows at a time (eight accumulator chains in the products), the last
+            // one alone when `seq` is odd.
+            let rows = (seq - i).min(2);
+            for r in 0..rows {
+                let qrow = &self.q[((b * seq + i + r) * heads + h) * d..][..d];
+                for (s, x) in qs[r * d..(r + 1) * d].iter_mut().zip(qrow) {
+                    *s = x / self.norm;
+                }
+            }
+            if rows == 2 {
+                scores_into::<2>(&qs, d, &kt, keys, &mut scores);
+            } else {
+                scores_into::<1>(&qs[..d], d, &kt, keys, &mut scores[..keys]);
+            }
+            for r in 0..rows {
+                let mrow = &self.mask[((b % self.mask_batch) * seq + i + r) * keys..][..keys];
+                softmax_row(&mut scores[r * keys..(r + 1) * keys], mrow, coeff);
+            }
+            let o = &mut ctx[i * d..(i + rows) * d];
+            if rows == 2 {
+                context_into::<2>(&scores, keys, &vs, d, o);
+            } else {
+                context_into::<1>(&scores[..keys], keys, &vs, d, o);
+            }
+            i += rows;
+        }
+        ctx
     }
 
     /// The context rows `[seq, head_dim]` of batch row `b`, head `h`. A blocked key's score is
@@ -336,6 +430,146 @@ impl HeadTask<'_> {
     }
 }
 
+/// Largest relative error of [`exp_f32`] against libm's `expf` on `[−87.3, 0]` (measured by
+/// the test `exp_matches_libm_within_the_documented_bound`, with margin).
+pub const EXP_MAX_REL_ERROR: f32 = 4e-7;
+
+/// `eˣ` for `x ≤ 0` (softmax arguments after subtracting the maximum) in plain arithmetic that
+/// vectorizes: `x = n·ln 2 + r` (Cody–Waite, `|r| ≤ ln 2 / 2`), a degree-6 Taylor polynomial for
+/// `eʳ`, `2ⁿ` built from its exponent bits. Arguments below −87.3 (where `eˣ` leaves the normal
+/// range) give `e^−87.3` ≈ 1.2e−38 instead of a subnormal or zero: far below a softmax's
+/// resolution, as the original's fill value −10000 already is.
+#[inline(always)]
+pub fn exp_f32(x: f32) -> f32 {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    // Adding and subtracting 1.5·2²³ rounds to the nearest integer (ties to even).
+    const ROUND: f32 = 12_582_912.0;
+    let x = x.clamp(-87.3, 0.0);
+    let n = (x * LOG2E + ROUND) - ROUND;
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let p = 1.0
+        + r * (1.0
+            + r * (0.5
+                + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
+    // n ∈ [−126, 0]: a normal power of two.
+    let bits = ((n as i32 + 127) as u32) << 23;
+    p * f32::from_bits(bits)
+}
+
+/// Row `r < R` of the query rows `qs` (`[R, d]`): `scores[r·keys + j] = Σ_t qs[r, t] ·
+/// kt[t·keys + j]`, blocks of 64 keys accumulated in registers over every `t`, then 16, then
+/// one at a time.
+#[inline(always)]
+fn scores_into<const R: usize>(qs: &[f32], d: usize, kt: &[f32], keys: usize, scores: &mut [f32]) {
+    #[inline(always)]
+    fn block<const R: usize, const W: usize>(
+        qs: &[f32],
+        d: usize,
+        kt: &[f32],
+        keys: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let mut acc = [[0f32; W]; R];
+        for t in 0..d {
+            let row = &kt[t * keys + j0..t * keys + j0 + W];
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let x = qs[r * d + t];
+                for (a, &y) in ar.iter_mut().zip(row) {
+                    *a = x.mul_add(y, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            out[r * keys + j0..r * keys + j0 + W].copy_from_slice(ar);
+        }
+    }
+    let mut j0 = 0;
+    while j0 + 64 <= keys {
+        block::<R, 64>(qs, d, kt, keys, j0, scores);
+        j0 += 64;
+    }
+    while j0 + 16 <= keys {
+        block::<R, 16>(qs, d, kt, keys, j0, scores);
+        j0 += 16;
+    }
+    while j0 < keys {
+        block::<R, 1>(qs, d, kt, keys, j0, scores);
+        j0 += 1;
+    }
+}
+
+/// One score row turned into probabilities in place: blocked keys set to the fill value, times
+/// `coeff`, `exp(s − max)` ([`exp_f32`]), divided by their sum (so the context is a plain
+/// weighted sum). Maximum and sum over 16 lanes (vectorized).
+#[inline(always)]
+fn softmax_row(row: &mut [f32], blocked: &[bool], coeff: f32) {
+    let mut lanes = [f32::NEG_INFINITY; 16];
+    for (chunk, bl) in row.chunks_mut(16).zip(blocked.chunks(16)) {
+        for ((s, &b), m) in chunk.iter_mut().zip(bl).zip(lanes.iter_mut()) {
+            *s = if b { MASK_FILL } else { *s } * coeff;
+            *m = if *s > *m { *s } else { *m };
+        }
+    }
+    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sums = [0f32; 16];
+    for chunk in row.chunks_mut(16) {
+        for (s, acc) in chunk.iter_mut().zip(sums.iter_mut()) {
+            *s = exp_f32(*s - max);
+            *acc += *s;
+        }
+    }
+    let inv = 1.0 / sums.iter().sum::<f32>();
+    for s in row.iter_mut() {
+        *s *= inv;
+    }
+}
+
+/// Row `r < R` of the probability rows `p` (`[R, keys]`): `o[r·d + c] = Σ_j p[r, j] ·
+/// vs[j·d + c]`, blocks of 64 output columns accumulated in registers over every key, then 16,
+/// then one at a time.
+#[inline(always)]
+fn context_into<const R: usize>(p: &[f32], keys: usize, vs: &[f32], d: usize, o: &mut [f32]) {
+    #[inline(always)]
+    fn block<const R: usize, const W: usize>(
+        p: &[f32],
+        keys: usize,
+        vs: &[f32],
+        d: usize,
+        c0: usize,
+        o: &mut [f32],
+    ) {
+        let mut acc = [[0f32; W]; R];
+        for j in 0..keys {
+            let row = &vs[j * d + c0..j * d + c0 + W];
+            for (r, ar) in acc.iter_mut().enumerate() {
+                let pj = p[r * keys + j];
+                for (a, &y) in ar.iter_mut().zip(row) {
+                    *a = pj.mul_add(y, *a);
+                }
+            }
+        }
+        for (r, ar) in acc.iter().enumerate() {
+            o[r * d + c0..r * d + c0 + W].copy_from_slice(ar);
+        }
+    }
+    let mut c0 = 0;
+    while c0 + 64 <= d {
+        block::<R, 64>(p, keys, vs, d, c0, o);
+        c0 += 64;
+    }
+    while c0 + 16 <= d {
+        block::<R, 16>(p, keys, vs, d, c0, o);
+        c0 += 16;
+    }
+    while c0 < d {
+        block::<R, 1>(p, keys, vs, d, c0, o);
+        c0 += 1;
+    }
+}
+
 /// `Σ a_t b_t` with eight partial sums (lanes) added at the end.
 #[inline(always)]
 fn dot8(a: &[f32], b: &[f32]) -> f32 {
@@ -379,6 +613,9 @@ mod tests {
             (1, 1, 3, 5, 7, 9, 1),
             (2, 3, 2, 17, 11, 16, 2),
             (3, 1, 4, 64, 40, 64, 1),
+            // More query rows than decode takes: the prefill path.
+            (2, 9, 3, 64, 9, 12, 2),
+            (1, 40, 2, 20, 47, 50, 1),
         ] {
             let shape = AttentionShape {
                 batch,
@@ -425,6 +662,20 @@ mod tests {
             }
             assert!(ran >= 1, "at least the scalar path");
         }
+    }
+
+    #[test]
+    fn exp_matches_libm_within_the_documented_bound() {
+        let mut worst = 0f32;
+        for i in 0..=873_000 {
+            let x = -(i as f32) * 1e-4;
+            let (got, want) = (exp_f32(x), x.exp());
+            worst = worst.max(((got - want) / want).abs());
+        }
+        assert!(worst <= EXP_MAX_REL_ERROR, "worst relative error {worst}");
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(-10000.0) > 0.0 && exp_f32(-10000.0) < 2e-38);
+        assert!(exp_f32(f32::NEG_INFINITY) < 2e-38);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
 //! - [`host_gemm`]: the f32 GEMM for prefill, weights read in place (activations packed instead);
 //! - `blas` (feature `openblas`): the prefill GEMM through the system OpenBLAS;
-//! - [`host_attn`]: decode attention over the KV cache (one task per batch row and head);
+//! - [`host_attn`]: attention over the KV cache, decode and prefill (one task per batch row and head);
 //! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
 //! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
 //!   ([`try_linear_f32`] for float linears);
@@ -74,10 +74,10 @@ pub fn try_geglu_f32<B: burn::tensor::backend::Backend>(
 }
 
 /// GLM-130B's attention (scaled by `1/(√d·coeff)`, masked to −10000, times `coeff`, f32 softmax,
-/// weighted sum of values) through the decode kernel of [`host_attn`] when the backend is `Flex`,
-/// everything is f32 and there are at most
-/// [`ATTENTION_MAX_QUERY_ROWS`](host_attn::ATTENTION_MAX_QUERY_ROWS) query rows; `None` (the
-/// caller runs its generic path) otherwise, and always when `GLM_NO_FAST_GEMV` is set.
+/// weighted sum of values) through the kernel of [`host_attn`] (one task per batch row and head;
+/// decode rows one at a time, prefill rows against the head's transposed keys) when the backend
+/// is `Flex` and everything is f32; `None` (the caller runs its generic path) otherwise, and
+/// always when `GLM_NO_FAST_GEMV` is set.
 ///
 /// # Shapes
 /// - `q`: `[batch, seq, heads, head_dim]`; `k`, `v`: `[batch, heads, keys, head_dim]` (views of
