@@ -318,12 +318,13 @@ impl HeadTask<'_> {
         self.run_prefill(b, h)
     }
 
-    /// The context rows of batch row `b`, head `h` for many query rows, two at a time: the keys
-    /// are transposed once (`[head_dim, keys]`), the score rows accumulated column by column
-    /// (`s += q_t · kᵀ_t` over blocks of 64 keys held in registers, fused multiply-adds), the
-    /// softmax exponentials are [`exp_f32`] (vectorized; within [`EXP_MAX_REL_ERROR`] of
-    /// libm's), the probabilities normalised, and the context summed over the keys in blocks of
-    /// 64 output columns held in registers.
+    /// The context rows of batch row `b`, head `h` for many query rows, in chunks of
+    /// [`PREFILL_ROWS`] rows taken two at a time: the keys are transposed once (`[head_dim,
+    /// keys]`), the score rows accumulated column by column (`s += q_t · kᵀ_t` over blocks of
+    /// 64 keys held in registers, fused multiply-adds), the softmax exponentials are
+    /// [`exp_f32`] (vectorized; within [`EXP_MAX_REL_ERROR`] of libm's), the probabilities
+    /// normalised, and the context summed over blocks of keys into blocks of 64 output columns
+    /// held in registers.
     #[inline(always)]
     fn run_prefill(&self, b: usize, h: usize) -> Vec<f32> {
         let AttentionShape {
@@ -334,10 +335,12 @@ impl HeadTask<'_> {
             ..
         } = self.shape;
         let (k, v, coeff) = (&self.k, &self.v, self.coeff);
-        let mut kt = vec![0f32; d * keys];
+        // Rows of the transposed keys padded by one cache line (no set aliasing between them).
+        let ks = keys + 16;
+        let mut kt = vec![0f32; d * ks];
         for j in 0..keys {
             for (t, &x) in k.row(b, h, j, d).unwrap_or(&[]).iter().enumerate() {
-                kt[t * keys + j] = x;
+                kt[t * ks + j] = x;
             }
         }
         // The head's value rows, contiguous `[keys, d]`.
@@ -349,35 +352,35 @@ impl HeadTask<'_> {
             }
         }
         let mut ctx = vec![0f32; seq * d];
-        let mut scores = vec![0f32; 2 * keys];
-        let mut qs = vec![0f32; 2 * d];
-        let mut i = 0;
-        while i < seq {
-            // Two query rows at a time (eight accumulator chains in the products), the last
-            // one alone when `seq` is odd.
-            let rows = (seq - i).min(2);
+        let mut qs = vec![0f32; PREFILL_ROWS * d];
+        let mut scores = vec![0f32; PREFILL_ROWS * keys];
+        for i0 in (0..seq).step_by(PREFILL_ROWS) {
+            let rows = (seq - i0).min(PREFILL_ROWS);
             for r in 0..rows {
-                let qrow = &self.q[((b * seq + i + r) * heads + h) * d..][..d];
+                let qrow = &self.q[((b * seq + i0 + r) * heads + h) * d..][..d];
                 for (s, x) in qs[r * d..(r + 1) * d].iter_mut().zip(qrow) {
                     *s = x / self.norm;
                 }
             }
-            if rows == 2 {
-                scores_into::<2>(&qs, d, &kt, keys, &mut scores);
-            } else {
-                scores_into::<1>(&qs[..d], d, &kt, keys, &mut scores[..keys]);
-            }
+            scores_into(
+                &qs[..rows * d],
+                d,
+                &kt,
+                ks,
+                keys,
+                &mut scores[..rows * keys],
+            );
             for r in 0..rows {
-                let mrow = &self.mask[((b % self.mask_batch) * seq + i + r) * keys..][..keys];
+                let mrow = &self.mask[((b % self.mask_batch) * seq + i0 + r) * keys..][..keys];
                 softmax_row(&mut scores[r * keys..(r + 1) * keys], mrow, coeff);
             }
-            let o = &mut ctx[i * d..(i + rows) * d];
-            if rows == 2 {
-                context_into::<2>(&scores, keys, &vs, d, o);
-            } else {
-                context_into::<1>(&scores[..keys], keys, &vs, d, o);
-            }
-            i += rows;
+            context_into(
+                &scores[..rows * keys],
+                keys,
+                &vs,
+                d,
+                &mut ctx[i0 * d..(i0 + rows) * d],
+            );
         }
         ctx
     }
@@ -449,14 +452,16 @@ pub fn exp_f32(x: f32) -> f32 {
     // Adding and subtracting 1.5·2²³ rounds to the nearest integer (ties to even).
     const ROUND: f32 = 12_582_912.0;
     let xc = x.clamp(LOWEST, 0.0);
-    let n = (xc * LOG2E + ROUND) - ROUND;
+    let t = xc * LOG2E + ROUND;
+    let n = t - ROUND;
     let r = (xc - n * LN2_HI) - n * LN2_LO;
     let p = 1.0
         + r * (1.0
             + r * (0.5
                 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0))))));
-    // n ∈ [−126, 0]: a normal power of two.
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // n ∈ [−126, 0] sits in the low bits of `t` (t = 1.5·2²³ + n exactly): 2ⁿ's exponent field
+    // is n + 127 ∈ [1, 127] (integer arithmetic only, no float-to-int conversion).
+    let bits = t.to_bits().wrapping_sub(ROUND.to_bits()).wrapping_add(127) << 23;
     let e = p * f32::from_bits(bits);
     if x < LOWEST {
         0.0
@@ -465,23 +470,32 @@ pub fn exp_f32(x: f32) -> f32 {
     }
 }
 
-/// Row `r < R` of the query rows `qs` (`[R, d]`): `scores[r·keys + j] = Σ_t qs[r, t] ·
-/// kt[t·keys + j]`, blocks of 64 keys accumulated in registers over every `t`, then 16, then
-/// one at a time.
+/// Query rows per chunk of the prefill path: the chunk's score rows (`PREFILL_ROWS · keys`)
+/// and a block of 64 transposed keys stay in L1 while every row pair of the chunk uses them.
+const PREFILL_ROWS: usize = 32;
+
+/// Keys per block of the prefill path's weighted sum (a block of value rows stays in L1).
+const KEY_BLOCK: usize = 64;
+
+/// Every query row `r` of `qs` (`[rows, d]`): `scores[r·keys + j] = Σ_t qs[r, t] ·
+/// kt[t·ks + j]` (`kt`: `[d, ks]`, `ks ≥ keys`). Blocks of 64 keys (then 16, then one), each used by every pair of rows
+/// in turn, the pair's products accumulated in registers over every `t`.
 #[inline(always)]
-fn scores_into<const R: usize>(qs: &[f32], d: usize, kt: &[f32], keys: usize, scores: &mut [f32]) {
+fn scores_into(qs: &[f32], d: usize, kt: &[f32], ks: usize, keys: usize, scores: &mut [f32]) {
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn block<const R: usize, const W: usize>(
         qs: &[f32],
         d: usize,
         kt: &[f32],
+        ks: usize,
         keys: usize,
         j0: usize,
         out: &mut [f32],
     ) {
         let mut acc = [[0f32; W]; R];
         for t in 0..d {
-            let row = &kt[t * keys + j0..t * keys + j0 + W];
+            let row = &kt[t * ks + j0..t * ks + j0 + W];
             for (r, ar) in acc.iter_mut().enumerate() {
                 let x = qs[r * d + t];
                 for (a, &y) in ar.iter_mut().zip(row) {
@@ -493,17 +507,38 @@ fn scores_into<const R: usize>(qs: &[f32], d: usize, kt: &[f32], keys: usize, sc
             out[r * keys + j0..r * keys + j0 + W].copy_from_slice(ar);
         }
     }
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn rows<const W: usize>(
+        qs: &[f32],
+        d: usize,
+        kt: &[f32],
+        ks: usize,
+        keys: usize,
+        j0: usize,
+        out: &mut [f32],
+    ) {
+        let n = qs.len() / d;
+        let mut r = 0;
+        while r + 2 <= n {
+            block::<2, W>(&qs[r * d..], d, kt, ks, keys, j0, &mut out[r * keys..]);
+            r += 2;
+        }
+        if r < n {
+            block::<1, W>(&qs[r * d..], d, kt, ks, keys, j0, &mut out[r * keys..]);
+        }
+    }
     let mut j0 = 0;
     while j0 + 64 <= keys {
-        block::<R, 64>(qs, d, kt, keys, j0, scores);
+        rows::<64>(qs, d, kt, ks, keys, j0, scores);
         j0 += 64;
     }
     while j0 + 16 <= keys {
-        block::<R, 16>(qs, d, kt, keys, j0, scores);
+        rows::<16>(qs, d, kt, ks, keys, j0, scores);
         j0 += 16;
     }
     while j0 < keys {
-        block::<R, 1>(qs, d, kt, keys, j0, scores);
+        rows::<1>(qs, d, kt, ks, keys, j0, scores);
         j0 += 1;
     }
 }
@@ -513,22 +548,39 @@ fn scores_into<const R: usize>(qs: &[f32], d: usize, kt: &[f32], keys: usize, sc
 /// weighted sum). Maximum and sum over 16 lanes (vectorized).
 #[inline(always)]
 fn softmax_row(row: &mut [f32], blocked: &[bool], coeff: f32) {
+    let full = row.len() - row.len() % 16;
+    let (body, tail) = row.split_at_mut(full);
+    let (bbody, btail) = blocked.split_at(full);
+    let fill = |s: &mut f32, b: bool| *s = if b { MASK_FILL } else { *s } * coeff;
     let mut lanes = [f32::NEG_INFINITY; 16];
-    for (chunk, bl) in row.chunks_mut(16).zip(blocked.chunks(16)) {
-        for ((s, &b), m) in chunk.iter_mut().zip(bl).zip(lanes.iter_mut()) {
-            *s = if b { MASK_FILL } else { *s } * coeff;
-            *m = if *s > *m { *s } else { *m };
+    for (chunk, bl) in body.chunks_exact_mut(16).zip(bbody.chunks_exact(16)) {
+        for l in 0..16 {
+            fill(&mut chunk[l], bl[l]);
+            lanes[l] = if chunk[l] > lanes[l] {
+                chunk[l]
+            } else {
+                lanes[l]
+            };
         }
     }
-    let max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut max = lanes.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    for (s, &b) in tail.iter_mut().zip(btail) {
+        fill(s, b);
+        max = max.max(*s);
+    }
     let mut sums = [0f32; 16];
-    for chunk in row.chunks_mut(16) {
-        for (s, acc) in chunk.iter_mut().zip(sums.iter_mut()) {
-            *s = exp_f32(*s - max);
-            *acc += *s;
+    for chunk in body.chunks_exact_mut(16) {
+        for l in 0..16 {
+            chunk[l] = exp_f32(chunk[l] - max);
+            sums[l] += chunk[l];
         }
     }
-    let inv = 1.0 / sums.iter().sum::<f32>();
+    let mut sum = sums.iter().sum::<f32>();
+    for s in tail.iter_mut() {
+        *s = exp_f32(*s - max);
+        sum += *s;
+    }
+    let inv = 1.0 / sum;
     for s in row.iter_mut() {
         // A weight below the normal range is flushed to zero (no subnormal operands below).
         let p = *s * inv;
@@ -536,22 +588,30 @@ fn softmax_row(row: &mut [f32], blocked: &[bool], coeff: f32) {
     }
 }
 
-/// Row `r < R` of the probability rows `p` (`[R, keys]`): `o[r·d + c] = Σ_j p[r, j] ·
-/// vs[j·d + c]`, blocks of 64 output columns accumulated in registers over every key, then 16,
-/// then one at a time.
+/// Every probability row `r` of `p` (`[rows, keys]`): `o[r·d + c] = Σ_j p[r, j] · vs[j·d + c]`.
+/// Blocks of 64 output columns (then 16, then one) and of [`KEY_BLOCK`] keys, each block of
+/// value rows used by every pair of rows in turn; a pair's sums are held in registers over the
+/// block's keys and carried in `o` between blocks (keys summed in ascending order).
 #[inline(always)]
-fn context_into<const R: usize>(p: &[f32], keys: usize, vs: &[f32], d: usize, o: &mut [f32]) {
+fn context_into(p: &[f32], keys: usize, vs: &[f32], d: usize, o: &mut [f32]) {
     #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
     fn block<const R: usize, const W: usize>(
         p: &[f32],
         keys: usize,
+        [j0, j1]: [usize; 2],
         vs: &[f32],
         d: usize,
         c0: usize,
         o: &mut [f32],
     ) {
         let mut acc = [[0f32; W]; R];
-        for j in 0..keys {
+        if j0 > 0 {
+            for (r, ar) in acc.iter_mut().enumerate() {
+                ar.copy_from_slice(&o[r * d + c0..r * d + c0 + W]);
+            }
+        }
+        for j in j0..j1 {
             let row = &vs[j * d + c0..j * d + c0 + W];
             for (r, ar) in acc.iter_mut().enumerate() {
                 let pj = p[r * keys + j];
@@ -564,17 +624,39 @@ fn context_into<const R: usize>(p: &[f32], keys: usize, vs: &[f32], d: usize, o:
             o[r * d + c0..r * d + c0 + W].copy_from_slice(ar);
         }
     }
+    #[inline(always)]
+    fn cols<const W: usize>(
+        p: &[f32],
+        keys: usize,
+        vs: &[f32],
+        d: usize,
+        c0: usize,
+        o: &mut [f32],
+    ) {
+        let n = o.len() / d;
+        for j0 in (0..keys).step_by(KEY_BLOCK) {
+            let js = [j0, (j0 + KEY_BLOCK).min(keys)];
+            let mut r = 0;
+            while r + 2 <= n {
+                block::<2, W>(&p[r * keys..], keys, js, vs, d, c0, &mut o[r * d..]);
+                r += 2;
+            }
+            if r < n {
+                block::<1, W>(&p[r * keys..], keys, js, vs, d, c0, &mut o[r * d..]);
+            }
+        }
+    }
     let mut c0 = 0;
     while c0 + 64 <= d {
-        block::<R, 64>(p, keys, vs, d, c0, o);
+        cols::<64>(p, keys, vs, d, c0, o);
         c0 += 64;
     }
     while c0 + 16 <= d {
-        block::<R, 16>(p, keys, vs, d, c0, o);
+        cols::<16>(p, keys, vs, d, c0, o);
         c0 += 16;
     }
     while c0 < d {
-        block::<R, 1>(p, keys, vs, d, c0, o);
+        cols::<1>(p, keys, vs, d, c0, o);
         c0 += 1;
     }
 }
