@@ -112,8 +112,8 @@ impl<B: Backend> GlmLinear<B> {
         let y = match &self.weight {
             LinearWeight::Float(w) => {
                 let (w, b) = (w.val(), self.bias.val());
-                // CPU decode fast path (Flex, f32, ≤ 16 rows; OpenBLAS above with `openblas`);
-                // the generic matmul otherwise.
+                // CPU fast path (Flex, f32: the skinny GEMM up to 16 rows, the own prefill GEMM
+                // or OpenBLAS above); the generic matmul otherwise.
                 match glm_quant::kernels::try_linear_f32(x, &w, Some(&b)) {
                     Ok(y) => y,
                     Err(x) => x.matmul(w.transpose()) + b.unsqueeze::<2>(),

@@ -615,8 +615,8 @@ impl<B: Backend> GlmModel<B> {
         let vocab = self.config.vocab_size;
         let x = normed.reshape([batch * seq, hidden]);
         let w = self.word_embeddings.val();
-        // CPU decode fast path (Flex, f32, ≤ 16 rows; OpenBLAS above with `openblas`); the generic
-        // matmul otherwise.
+        // CPU fast path (Flex, f32: the skinny GEMM up to 16 rows, the own prefill GEMM or
+        // OpenBLAS above); the generic matmul otherwise.
         let y = match glm_quant::kernels::try_linear_f32(x, &w, None) {
             Ok(y) => y,
             Err(x) => x.matmul(w.transpose()),

@@ -7,7 +7,7 @@
 //!     [--reference results.jsonl] [--membw membw.jsonl] [--out ours.jsonl] [--last-row-only]
 //!     [--prompt-len P] [--new-tokens N] [--warmup W] [--reps R] [--no-batch4]
 //!     [--format f32|int8|int4] [--tensor-parallel N]
-//! cargo bench -p glm-infer --features openblas --bench generation -- …   # prefill through OpenBLAS
+//! cargo bench -p glm-infer --features openblas --bench generation -- …   # large prefill products through OpenBLAS
 //! ```
 //! One generation = the forward calls of GLM-130B's `batch_filling_sequence`: a prefill over the P
 //! prompt tokens (LM head on all P rows like the original, unless `--last-row-only`) whose last

@@ -143,8 +143,8 @@ fn run<B: Backend>(
 }
 
 /// Runs the f32 skinny GEMM of [`host_f32`](super::host_f32) when `B` is `Flex`, `x` and `w` are
-/// f32 and `x` has at most [`F32_GEMV_MAX_ROWS`] rows, OpenBLAS for more rows with the `openblas`
-/// feature; gives `x` back otherwise.
+/// f32 and `x` has at most [`F32_GEMV_MAX_ROWS`] rows; more rows through the own GEMM
+/// ([`own_prefill_gemm`]) or OpenBLAS with the `openblas` feature; gives `x` back otherwise.
 pub(crate) fn try_linear_f32<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,
@@ -185,8 +185,8 @@ fn linear_operands<B: Backend>(
     Some((xt, wt, bt))
 }
 
-/// The skinny GEMM (decode) or, with the `openblas` feature and more than
-/// [`F32_GEMV_MAX_ROWS`] rows, OpenBLAS (prefill).
+/// The skinny GEMM (decode) or, for more than [`F32_GEMV_MAX_ROWS`] rows (prefill), the own GEMM
+/// ([`own_prefill_gemm`]) or OpenBLAS.
 fn run_f32<B: Backend>(
     x: Tensor<B, 2>,
     w: &Tensor<B, 2>,

@@ -1,7 +1,9 @@
-//! Decode attention on host slices: GLM-130B's scaled, masked, f32-softmax attention for a few
-//! query rows over the KV cache, one task per (batch row, head), reading the cache where it lies
-//! (any row stride, e.g. a narrowed view of a buffer with room to grow) and writing the context
-//! directly in `[batch, seq, heads·head_dim]` order (no transpose copy).
+//! Attention on host slices: GLM-130B's scaled, masked, f32-softmax attention over the KV cache,
+//! one task per (batch row, head), reading the cache where it lies (any row stride, e.g. a
+//! narrowed view of a buffer with room to grow) and writing the context in
+//! `[batch, seq, heads·head_dim]` order. Up to [`ATTENTION_MAX_QUERY_ROWS`] query rows (decode)
+//! go one at a time with dot products; more (prefill) against the head's transposed keys in
+//! register blocks, with a vectorized [`exp_f32`].
 //!
 //! Per query row `q` and head, as `SelfAttentionWithFP32SoftmaxMixin.attention_fn` computes it:
 //! `s_j = (q / (√d · c)) · k_j`, masked positions set to −10000, `s_j · c`, softmax in f32,
@@ -14,8 +16,8 @@ use super::host::Isa;
 use crate::error::{QuantError, Result};
 
 /// Most query rows the kernel takes one at a time with dot products along the head (decode
-/// steps); more rows (prefill) go through [`HeadTask::run_prefill`]: the head's keys transposed
-/// once, every score row accumulated column by column.
+/// steps); more rows (prefill) go through its blocked path: the head's keys transposed once,
+/// the score rows accumulated column by column in register blocks.
 pub const ATTENTION_MAX_QUERY_ROWS: usize = 8;
 
 /// Score given to blocked positions before the coefficient is applied (the original's −10000).

@@ -5,7 +5,8 @@
 //!   [`host::Isa`]; multi-threaded with rayon), usable without burn;
 //! - [`host_f32`]: the f32 skinny GEMM for decode (same ISA dispatch and threading as [`host`]);
 //! - [`host_gemm`]: the f32 GEMM for prefill, weights read in place (activations packed instead);
-//! - `blas` (feature `openblas`): the prefill GEMM through the system OpenBLAS;
+//! - `blas` (feature `openblas`): the prefill GEMM through the system OpenBLAS (products of more
+//!   rows than [`host_gemm`] takes);
 //! - [`host_attn`]: attention over the KV cache, decode and prefill (one task per batch row and head);
 //! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
 //! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
@@ -31,8 +32,9 @@ pub(crate) mod cpu;
 pub mod cube;
 
 /// `y = x · Wᵀ (+ b)` through the f32 skinny GEMM of [`host_f32`] when the backend is `Flex`, every
-/// tensor is f32 and `x` has at most [`host_f32::F32_GEMV_MAX_ROWS`] rows (decode), or — with
-/// the `openblas` feature — through OpenBLAS's `sgemm` for more rows (prefill); `Err(x)` (the
+/// tensor is f32 and `x` has at most [`host_f32::F32_GEMV_MAX_ROWS`] rows (decode), or for more
+/// rows (prefill) through [`host_gemm`] on AVX-512 CPUs (up to 256 rows with the
+/// `openblas` feature, every row count without it) or OpenBLAS's `sgemm`; `Err(x)` (the
 /// caller runs its generic path) otherwise, and always when the environment variable
 /// `GLM_NO_FAST_GEMV` is set (read once per process, to compare against the generic path).
 ///
