@@ -465,9 +465,11 @@ fn blocked_dequant_gemm(w: &HostMatrix<'_>, x: &[f32], m: usize) -> Option<Vec<f
     // the GEMM; measured faster than 2 MiB blocks on glm-base).
     let rows = ((8 << 20) / (4 * k)).clamp(16, out.max(16));
     let mut y = vec![0f32; m * out];
-    BLOCK.with(|cell| {
-        let mut buf = cell.borrow_mut();
-        buf.resize(rows * k, 0.0);
+    // The buffer is taken out while the products run on the pool (and put back after): a call
+    // this thread picks up meanwhile finds none borrowed.
+    let mut buf = BLOCK.with(|cell| cell.take());
+    buf.resize(rows * k, 0.0);
+    let result = (|| {
         let mut first = 0;
         while first < out {
             let n = rows.min(out - first);
@@ -477,7 +479,9 @@ fn blocked_dequant_gemm(w: &HostMatrix<'_>, x: &[f32], m: usize) -> Option<Vec<f
             first += n;
         }
         Some(())
-    })?;
+    })();
+    BLOCK.with(|cell| cell.replace(buf));
+    result?;
     Some(y)
 }
 

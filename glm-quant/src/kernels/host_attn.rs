@@ -266,12 +266,10 @@ struct HeadTask<'a> {
 }
 
 impl HeadTask<'_> {
-    /// [`run`](Self::run) compiled for `isa` (the same operations in the same order on every
-    /// instruction set, so the same results: the compiler only widens the loops).
+    /// [`body`](Self::body) compiled for `isa` (the same operations in the same order on every
+    /// instruction set, so the same results: the compiler only widens the loops, and fused
+    /// multiply-adds are explicit `mul_add`s everywhere).
     fn run_on(&self, isa: Isa, b: usize, h: usize) -> Vec<f32> {
-        if self.shape.seq > ATTENTION_MAX_QUERY_ROWS {
-            return self.run_prefill_on(isa, b, h);
-        }
         match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `isa` is the detected instruction set, so the CPU has these features.
@@ -279,45 +277,31 @@ impl HeadTask<'_> {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
             Isa::Avx2 => unsafe { self.run_avx2(b, h) },
-            _ => self.run(b, h),
+            _ => self.body(b, h),
         }
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn run_avx512(&self, b: usize, h: usize) -> Vec<f32> {
-        self.run(b, h)
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, b: usize, h: usize) -> Vec<f32> {
-        self.run(b, h)
-    }
-
-    /// [`run_prefill`](Self::run_prefill) compiled for `isa`.
-    fn run_prefill_on(&self, isa: Isa, b: usize, h: usize) -> Vec<f32> {
-        match isa {
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: `isa` is the detected instruction set, so the CPU has these features.
-            Isa::Avx512 | Isa::Avx512Fp16 => unsafe { self.run_prefill_avx512(b, h) },
-            #[cfg(target_arch = "x86_64")]
-            // SAFETY: as above.
-            Isa::Avx2 => unsafe { self.run_prefill_avx2(b, h) },
-            _ => self.run_prefill(b, h),
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn run_prefill_avx512(&self, b: usize, h: usize) -> Vec<f32> {
-        self.run_prefill(b, h)
+        self.body(b, h)
     }
 
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
-    unsafe fn run_prefill_avx2(&self, b: usize, h: usize) -> Vec<f32> {
-        self.run_prefill(b, h)
+    unsafe fn run_avx2(&self, b: usize, h: usize) -> Vec<f32> {
+        self.body(b, h)
+    }
+
+    /// Decode rows one at a time ([`run`](Self::run)), more through
+    /// [`run_prefill`](Self::run_prefill).
+    #[inline(always)]
+    fn body(&self, b: usize, h: usize) -> Vec<f32> {
+        if self.shape.seq > ATTENTION_MAX_QUERY_ROWS {
+            self.run_prefill(b, h)
+        } else {
+            self.run(b, h)
+        }
     }
 
     /// The context rows of batch row `b`, head `h` for many query rows, in chunks of

@@ -202,14 +202,14 @@ fn run(
         .try_for_each(|t| -> Result<()> {
             let first = t * per_task;
             let count = per_task.min(n - first);
-            SCRATCH.with(|cell| -> Result<()> {
-                let mut scratch = cell.borrow_mut();
-                let (ct, wbuf) = &mut *scratch;
-                // Written by the first column chunk before anything reads it.
-                if ct.len() < count * mp {
-                    ct.resize(count * mp, 0.0);
-                }
-                let ct = &mut ct[..count * mp];
+            // The thread's buffers are taken out while the task runs (and put back after), so a
+            // task this thread picks up while `fill` waits on the pool finds none borrowed.
+            let (mut ct, mut wbuf) = SCRATCH.with(|cell| cell.take());
+            // Written by the first column chunk before anything reads it.
+            if ct.len() < count * mp {
+                ct.resize(count * mp, 0.0);
+            }
+            let result = (|| -> Result<()> {
                 let wrows: &[f32] = match &rows {
                     Rows::Dense(w) => &w[first * k..(first + count) * k],
                     Rows::Fill(fill) => {
@@ -227,9 +227,22 @@ fn run(
                 };
                 // SAFETY: this task alone writes columns first .. first + count of the
                 // [m, n] output.
-                unsafe { block(isa, &packed, mp, k, wrows, count, ct, dest) };
+                unsafe {
+                    block(
+                        isa,
+                        &packed,
+                        mp,
+                        k,
+                        wrows,
+                        count,
+                        &mut ct[..count * mp],
+                        dest,
+                    )
+                };
                 Ok(())
-            })
+            })();
+            SCRATCH.with(|cell| cell.replace((ct, wbuf)));
+            result
         })?;
     // SAFETY: the tasks wrote all `m·n` elements (every task covers its columns for every row,
     // and the tasks cover every column); capacity is `m·n`.
@@ -664,6 +677,30 @@ mod tests {
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert!((g - r).abs() <= 1e-4, "{} y[{i}] {g} vs {r}", isa.name());
             }
+        }
+    }
+
+    #[test]
+    fn a_fill_that_runs_gemms_itself_does_not_trip_over_the_thread_buffers() {
+        // While `fill` runs, its thread may take up other tasks of the pool (here: GEMMs of its
+        // own, nested and in parallel); the task's buffers must not be borrowed meanwhile.
+        let (m, n, k) = (40, 200, 64);
+        let (x, w, _) = operands(m, n, k);
+        let want = gemv_f32_reference(&x, &w, None, m, n, k).unwrap();
+        let fill = |first: usize, dst: &mut [f32]| -> Result<()> {
+            let inner = gemm_f32_with(Isa::Scalar, &x[..17 * k], &w[..5 * k], None, 17, 5, k)?;
+            assert_eq!(inner.len(), 17 * 5);
+            (0..3).into_par_iter().try_for_each(|_| -> Result<()> {
+                let all = gemm_f32(&x, &w, None, m, n, k)?;
+                assert_eq!(all.len(), m * n);
+                Ok(())
+            })?;
+            dst.copy_from_slice(&w[first * k..first * k + dst.len()]);
+            Ok(())
+        };
+        for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+            let got = gemm_f32_rows_with(isa, &x, &fill, None, m, n, k).unwrap();
+            assert_eq!(got, want, "{}", isa.name());
         }
     }
 
