@@ -62,6 +62,16 @@ fn main() {
                 "m={m:4} n={n:5} k={k:5}: ours {:6.1} GFLOP/s",
                 flop / ours / 1e9
             );
+            // The decode kernel on the same product, for the row counts it takes.
+            if m <= glm_quant::kernels::host_f32::F32_GEMV_MAX_ROWS {
+                let skinny = median_secs(15, || {
+                    std::hint::black_box(
+                        glm_quant::kernels::host_f32::gemv_f32(&x, w, None, m, n, k)
+                            .expect("shapes"),
+                    );
+                });
+                print!("   skinny {:6.1} GFLOP/s", flop / skinny / 1e9);
+            }
             #[cfg(feature = "openblas")]
             {
                 let blas = median_secs(15, || {
