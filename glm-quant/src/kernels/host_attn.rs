@@ -463,68 +463,105 @@ const PREFILL_ROWS: usize = 32;
 /// Keys per block of the prefill path's weighted sum (a block of value rows stays in L1).
 const KEY_BLOCK: usize = 64;
 
-/// Every query row `r` of `qs` (`[rows, d]`): `scores[r·keys + j] = Σ_t qs[r, t] ·
-/// kt[t·ks + j]` (`kt`: `[d, ks]`, `ks ≥ keys`). Blocks of 64 keys (then 16, then one), each used by every pair of rows
-/// in turn, the pair's products accumulated in registers over every `t`.
+/// `R` rows of a product held in registers: `out[r·ldo + c] (+)= Σ_{i ∈ i0..i1} a[r·lda + i] ·
+/// b[i·ldb + c]` for `c < W` (`b` and `out` start at the block's first column), `i` ascending,
+/// fused multiply-adds; added to what `out` holds when `accumulate`. The one inner loop of the
+/// prefill path's scores (`a` = queries, `b` = transposed keys) and weighted sums (`a` =
+/// probabilities, `b` = value rows).
 #[inline(always)]
-fn scores_into(qs: &[f32], d: usize, kt: &[f32], ks: usize, keys: usize, scores: &mut [f32]) {
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn block<const R: usize, const W: usize>(
-        qs: &[f32],
-        d: usize,
-        kt: &[f32],
-        ks: usize,
-        keys: usize,
-        j0: usize,
-        out: &mut [f32],
-    ) {
-        let mut acc = [[0f32; W]; R];
-        for t in 0..d {
-            let row = &kt[t * ks + j0..t * ks + j0 + W];
-            for (r, ar) in acc.iter_mut().enumerate() {
-                let x = qs[r * d + t];
-                for (a, &y) in ar.iter_mut().zip(row) {
-                    *a = x.mul_add(y, *a);
-                }
+#[allow(clippy::too_many_arguments)]
+fn block<const R: usize, const W: usize>(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    [i0, i1]: [usize; 2],
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+) {
+    let mut acc = [[0f32; W]; R];
+    if accumulate {
+        for (r, ar) in acc.iter_mut().enumerate() {
+            ar.copy_from_slice(&out[r * ldo..r * ldo + W]);
+        }
+    }
+    for i in i0..i1 {
+        let row = &b[i * ldb..i * ldb + W];
+        for (r, ar) in acc.iter_mut().enumerate() {
+            let x = a[r * lda + i];
+            for (v, &y) in ar.iter_mut().zip(row) {
+                *v = x.mul_add(y, *v);
             }
         }
-        for (r, ar) in acc.iter().enumerate() {
-            out[r * keys + j0..r * keys + j0 + W].copy_from_slice(ar);
-        }
     }
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn rows<const W: usize>(
-        qs: &[f32],
-        d: usize,
-        kt: &[f32],
-        ks: usize,
-        keys: usize,
-        j0: usize,
-        out: &mut [f32],
-    ) {
-        let n = qs.len() / d;
-        let mut r = 0;
-        while r + 2 <= n {
-            block::<2, W>(&qs[r * d..], d, kt, ks, keys, j0, &mut out[r * keys..]);
-            r += 2;
-        }
-        if r < n {
-            block::<1, W>(&qs[r * d..], d, kt, ks, keys, j0, &mut out[r * keys..]);
-        }
+    for (r, ar) in acc.iter().enumerate() {
+        out[r * ldo..r * ldo + W].copy_from_slice(ar);
     }
+}
+
+/// [`block`] over every row of `a` (`rows = out.len() / ldo` of them), two at a time (eight
+/// accumulator chains), the last alone when their number is odd.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn block_rows<const W: usize>(
+    a: &[f32],
+    lda: usize,
+    b: &[f32],
+    ldb: usize,
+    span: [usize; 2],
+    out: &mut [f32],
+    ldo: usize,
+    accumulate: bool,
+) {
+    let n = a.len() / lda;
+    let mut r = 0;
+    while r + 2 <= n {
+        block::<2, W>(
+            &a[r * lda..],
+            lda,
+            b,
+            ldb,
+            span,
+            &mut out[r * ldo..],
+            ldo,
+            accumulate,
+        );
+        r += 2;
+    }
+    if r < n {
+        block::<1, W>(
+            &a[r * lda..],
+            lda,
+            b,
+            ldb,
+            span,
+            &mut out[r * ldo..],
+            ldo,
+            accumulate,
+        );
+    }
+}
+
+/// Every query row `r` of `qs` (`[rows, d]`): `scores[r·keys + j] = Σ_t qs[r, t] ·
+/// kt[t·ks + j]` (`kt`: `[d, ks]`, `ks ≥ keys`). Blocks of 64 keys (then 16, then one), each
+/// used by every pair of rows in turn, the pair's products accumulated in registers over every
+/// `t`.
+#[inline(always)]
+fn scores_into(qs: &[f32], d: usize, kt: &[f32], ks: usize, keys: usize, scores: &mut [f32]) {
+    // Widths as separate loops (not a table of function pointers: those would not inline into
+    // the caller's instruction set).
     let mut j0 = 0;
     while j0 + 64 <= keys {
-        rows::<64>(qs, d, kt, ks, keys, j0, scores);
+        block_rows::<64>(qs, d, &kt[j0..], ks, [0, d], &mut scores[j0..], keys, false);
         j0 += 64;
     }
     while j0 + 16 <= keys {
-        rows::<16>(qs, d, kt, ks, keys, j0, scores);
+        block_rows::<16>(qs, d, &kt[j0..], ks, [0, d], &mut scores[j0..], keys, false);
         j0 += 16;
     }
     while j0 < keys {
-        rows::<1>(qs, d, kt, ks, keys, j0, scores);
+        block_rows::<1>(qs, d, &kt[j0..], ks, [0, d], &mut scores[j0..], keys, false);
         j0 += 1;
     }
 }
@@ -580,69 +617,28 @@ fn softmax_row(row: &mut [f32], blocked: &[bool], coeff: f32) {
 /// block's keys and carried in `o` between blocks (keys summed in ascending order).
 #[inline(always)]
 fn context_into(p: &[f32], keys: usize, vs: &[f32], d: usize, o: &mut [f32]) {
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn block<const R: usize, const W: usize>(
-        p: &[f32],
-        keys: usize,
-        [j0, j1]: [usize; 2],
-        vs: &[f32],
-        d: usize,
-        c0: usize,
-        o: &mut [f32],
-    ) {
-        let mut acc = [[0f32; W]; R];
-        if j0 > 0 {
-            for (r, ar) in acc.iter_mut().enumerate() {
-                ar.copy_from_slice(&o[r * d + c0..r * d + c0 + W]);
-            }
-        }
-        for j in j0..j1 {
-            let row = &vs[j * d + c0..j * d + c0 + W];
-            for (r, ar) in acc.iter_mut().enumerate() {
-                let pj = p[r * keys + j];
-                for (a, &y) in ar.iter_mut().zip(row) {
-                    *a = pj.mul_add(y, *a);
-                }
-            }
-        }
-        for (r, ar) in acc.iter().enumerate() {
-            o[r * d + c0..r * d + c0 + W].copy_from_slice(ar);
-        }
-    }
-    #[inline(always)]
-    fn cols<const W: usize>(
-        p: &[f32],
-        keys: usize,
-        vs: &[f32],
-        d: usize,
-        c0: usize,
-        o: &mut [f32],
-    ) {
-        let n = o.len() / d;
-        for j0 in (0..keys).step_by(KEY_BLOCK) {
-            let js = [j0, (j0 + KEY_BLOCK).min(keys)];
-            let mut r = 0;
-            while r + 2 <= n {
-                block::<2, W>(&p[r * keys..], keys, js, vs, d, c0, &mut o[r * d..]);
-                r += 2;
-            }
-            if r < n {
-                block::<1, W>(&p[r * keys..], keys, js, vs, d, c0, &mut o[r * d..]);
-            }
-        }
-    }
+    let spans = || {
+        (0..keys)
+            .step_by(KEY_BLOCK)
+            .map(|j0| [j0, (j0 + KEY_BLOCK).min(keys)])
+    };
     let mut c0 = 0;
     while c0 + 64 <= d {
-        cols::<64>(p, keys, vs, d, c0, o);
+        for span in spans() {
+            block_rows::<64>(p, keys, &vs[c0..], d, span, &mut o[c0..], d, span[0] > 0);
+        }
         c0 += 64;
     }
     while c0 + 16 <= d {
-        cols::<16>(p, keys, vs, d, c0, o);
+        for span in spans() {
+            block_rows::<16>(p, keys, &vs[c0..], d, span, &mut o[c0..], d, span[0] > 0);
+        }
         c0 += 16;
     }
     while c0 < d {
-        cols::<1>(p, keys, vs, d, c0, o);
+        for span in spans() {
+            block_rows::<1>(p, keys, &vs[c0..], d, span, &mut o[c0..], d, span[0] > 0);
+        }
         c0 += 1;
     }
 }
