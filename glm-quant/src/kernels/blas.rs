@@ -40,24 +40,6 @@ fn split_over_rayon() -> bool {
 /// Fewest weight rows one worker's share of a split product gets (smaller products run whole).
 const MIN_SPLIT_COLUMNS: usize = 64;
 
-/// The output pointer shared by the workers of a split product (each writes its own columns).
-#[derive(Clone, Copy)]
-struct OutPtr(*mut f32);
-// SAFETY: the workers write disjoint column ranges of the output (see `gemm_block`).
-unsafe impl Send for OutPtr {}
-unsafe impl Sync for OutPtr {}
-
-impl OutPtr {
-    /// The element `i` places after the start.
-    ///
-    /// # Safety
-    /// `i` lies within the output.
-    unsafe fn at(self, i: usize) -> *mut f32 {
-        // SAFETY: as the caller promises.
-        unsafe { self.0.add(i) }
-    }
-}
-
 /// `y = x · Wᵀ + b` with one `cblas_sgemm` call (the bias is the initial `y`, `β = 1`).
 ///
 /// # Shapes
@@ -135,7 +117,8 @@ fn gemm_block(
         return Ok(());
     }
     let beta = if accumulate { 1.0 } else { 0.0 };
-    let out = OutPtr(y.as_mut_ptr());
+    // The workers write disjoint column ranges of the output.
+    let out = super::SharedOut(y.as_mut_ptr());
     // One call on columns `c0..c0 + cn` of the block (weight rows `c0..c0 + cn` of `w`).
     let call = |c0: usize, cn: usize| {
         // SAFETY: x is [m, k] (lda = k), w is [n, k] read transposed (ldb = k) (checked by the

@@ -28,6 +28,7 @@ use rayon::prelude::*;
 
 use super::host::Isa;
 use super::host_f32::check_shapes;
+use super::SharedOut;
 use crate::error::{QuantError, Result};
 
 /// Activation rows per packed panel (two AVX-512 vectors).
@@ -146,22 +147,6 @@ fn pack_panels(x: &[f32], m: usize, k: usize) -> Vec<f32> {
     packed
 }
 
-/// The output pointer shared by the tasks (each writes its own columns).
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-// SAFETY: tasks write disjoint columns of the output (see `run`).
-unsafe impl Send for Out {}
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// # Safety
-    /// `i` lies within the output and no other thread writes it.
-    unsafe fn write(self, i: usize, v: f32) {
-        // SAFETY: as the caller promises.
-        unsafe { *self.0.add(i) = v };
-    }
-}
-
 fn run(
     isa: Isa,
     x: &[f32],
@@ -192,7 +177,8 @@ fn run(
     let packed = pack_panels(x, m, k);
     let mp = m.div_ceil(MR) * MR;
     let per_task = NR * TILES_PER_TASK;
-    let out = Out(y.as_mut_ptr());
+    // Each task writes its own columns of the output.
+    let out = SharedOut(y.as_mut_ptr());
     thread_local! {
         static SCRATCH: std::cell::RefCell<(Vec<f32>, Vec<f32>)> =
             const { std::cell::RefCell::new((Vec::new(), Vec::new())) };
@@ -253,7 +239,7 @@ fn run(
 /// Where a task's products go: columns `first ..` of the `[m, n]` output, plus the bias.
 #[derive(Clone, Copy)]
 struct Dest<'a> {
-    out: Out,
+    out: SharedOut,
     n: usize,
     m: usize,
     first: usize,
@@ -292,7 +278,7 @@ unsafe fn write_out(
         let b = bias.map_or(0.0, |b| b[first + r]);
         for (i, v) in ct[r * mp..r * mp + hi].iter().enumerate().skip(lo) {
             // SAFETY: i < m and first + r < n: inside the output, in this task's columns.
-            unsafe { out.write(i * n + first + r, v + b) };
+            unsafe { *out.at(i * n + first + r) = v + b };
         }
     }
 }
@@ -525,7 +511,7 @@ mod avx512 {
                     }
                     transpose16(&mut v);
                     for (c, x) in v.iter().enumerate().take(hi - i0) {
-                        let at = out.0.add((i0 + c) * n + first + r0);
+                        let at = out.at((i0 + c) * n + first + r0);
                         _mm512_storeu_ps(at, _mm512_add_ps(*x, b));
                     }
                 }

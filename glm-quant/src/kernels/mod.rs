@@ -28,6 +28,26 @@ pub mod reference;
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
 
+/// An output buffer shared by the threads of one product, each writing its own disjoint columns
+/// (the OpenBLAS split in `blas`, the tasks of [`host_gemm`]).
+#[derive(Clone, Copy)]
+pub(crate) struct SharedOut(pub(crate) *mut f32);
+// SAFETY: every user writes disjoint elements of the output from each thread (its own columns)
+// and reads none of another thread's.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+impl SharedOut {
+    /// The element `i` places after the start.
+    ///
+    /// # Safety
+    /// `i` lies within the output.
+    pub(crate) unsafe fn at(self, i: usize) -> *mut f32 {
+        // SAFETY: as the caller promises.
+        unsafe { self.0.add(i) }
+    }
+}
+
 #[cfg(feature = "cubecl")]
 pub mod cube;
 
