@@ -166,6 +166,7 @@ fn gemm_block(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::exact_operands;
     use crate::kernels::host_f32::gemv_f32_reference;
 
     #[test]
@@ -177,13 +178,7 @@ mod tests {
             (130, 31, 257),
             (3, 2, 0),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
-                .collect();
-            let bias: Vec<f32> = (0..n).map(|i| i as f32 - 3.0).collect();
+            let (x, w, bias) = exact_operands(m, n, k);
             for b in [None, Some(bias.as_slice())] {
                 let want = gemv_f32_reference(&x, &w, b, m, n, k).unwrap();
                 let got = sgemm_nt(&x, &w, b, m, n, k).unwrap();
@@ -200,12 +195,7 @@ mod tests {
     #[test]
     fn blocks_written_into_their_columns_assemble_the_whole_product() {
         let (m, n, k) = (11, 23, 17);
-        let x: Vec<f32> = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
-            .collect();
-        let w: Vec<f32> = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
-            .collect();
+        let (x, w, _) = exact_operands(m, n, k);
         let want = gemv_f32_reference(&x, &w, None, m, n, k).unwrap();
         let mut y = vec![f32::NAN; m * n];
         for (first, rows) in [(0, 5), (5, 9), (14, 9)] {

@@ -602,18 +602,8 @@ mod avx512 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::kernels::exact_operands as operands;
     use crate::kernels::host_f32::gemv_f32_reference;
-
-    fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-        let x = (0..m * k)
-            .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
-            .collect();
-        let w = (0..n * k)
-            .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
-            .collect();
-        let b = (0..n).map(|i| i as f32 - 3.0).collect();
-        (x, w, b)
-    }
 
     #[test]
     fn every_isa_matches_the_reference_on_odd_shapes() {

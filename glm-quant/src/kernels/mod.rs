@@ -28,6 +28,21 @@ pub mod reference;
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
 
+/// Operands `x` (`[m, k]`), `w` (`[n, k]`) and a bias (`[n]`) whose products are multiples of
+/// 1/8 and whose sums stay far below 2²⁰ for the tests' sizes, so every summation order gives
+/// the same f32: GEMM kernels can be compared with the reference exactly.
+#[cfg(test)]
+pub(crate) fn exact_operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let x = (0..m * k)
+        .map(|i| ((i * 7 % 13) as f32 - 6.0) * 0.25)
+        .collect();
+    let w = (0..n * k)
+        .map(|i| ((i * 5 % 11) as f32 - 5.0) * 0.5)
+        .collect();
+    let b = (0..n).map(|i| i as f32 - 3.0).collect();
+    (x, w, b)
+}
+
 /// An output buffer shared by the threads of one product, each writing its own disjoint columns
 /// (the OpenBLAS split in `blas`, the tasks of [`host_gemm`]).
 #[derive(Clone, Copy)]
