@@ -89,6 +89,11 @@ impl<B: Backend> GlmModel<B> {
         &self.config
     }
 
+    /// The rotary tables every layer uses.
+    pub fn rotary(&self) -> &Rotary<B> {
+        &self.rotary
+    }
+
     /// The tensor-parallel rank this model is, if it holds one shard of a
     /// [`TensorParallel`](crate::parallel::TensorParallel) group.
     pub fn tensor_parallel_rank(&self) -> Option<&TpRank> {

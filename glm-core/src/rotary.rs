@@ -169,6 +169,15 @@ pub struct Rotary<B: Backend> {
 }
 
 impl<B: Backend> Rotary<B> {
+    /// The cosine and sine tables, one row per position (each angle twice: `[θ | θ]`), as the
+    /// model applies them; for host-side code that rotates on its own (glm-train's CPU step).
+    ///
+    /// # Shapes
+    /// - output: `([max_positions, dim], [max_positions, dim])`
+    pub fn tables(&self) -> (Tensor<B, 2>, Tensor<B, 2>) {
+        (self.cos.clone(), self.sin.clone())
+    }
+
     /// Rotates `x` by the angles of `position_ids`: the plain reference of the fast path
     /// ([`angles`](Self::angles) + [`apply_bshd`](Self::apply_bshd), which the model runs), written
     /// as the original (`x·cos + rotate_half(x)·sin` with `rotate_half` by narrow / negate / cat);

@@ -52,6 +52,8 @@ pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod error;
+#[cfg(feature = "flex")]
+pub mod host;
 pub mod init;
 pub mod objective;
 pub mod optim;

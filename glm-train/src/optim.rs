@@ -99,6 +99,10 @@ const NORM_CHUNK: usize = 65_536;
 /// in a varying order, and a resumed run would then differ from an uninterrupted one in the last
 /// bits of the clip factor.
 pub fn global_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> f64 {
+    #[cfg(feature = "flex")]
+    if let Some(norm) = host::global_norm(grads) {
+        return norm;
+    }
     let mut partials = Vec::new();
     for g in grads {
         let n = g.dims()[0];
@@ -150,6 +154,10 @@ impl<B: Backend> AdamW<B> {
             let c = max / (norm + 1e-6);
             if c < 1.0 {
                 coef = c;
+                #[cfg(feature = "flex")]
+                if host::scale_in_place(grads, c) {
+                    return ClipStats { norm, coef };
+                }
                 for g in grads.iter_mut() {
                     *g = g.clone().mul_scalar(c);
                 }
@@ -176,7 +184,40 @@ impl<B: Backend> AdamW<B> {
         let bc1 = 1.0 - b1.powi(t);
         let bc2_sqrt = (1.0 - b2.powi(t)).sqrt();
         let step_size = lr / bc1;
+        #[cfg(feature = "flex")]
+        {
+            let decays: Vec<bool> = (0..grads.len()).map(|i| self.decays(i)).collect();
+            let constants = host::Constants {
+                decay: (1.0 - lr * self.config.weight_decay) as f32,
+                b1: b1 as f32,
+                one_minus_b1: (1.0 - b1) as f32,
+                b2: b2 as f32,
+                one_minus_b2: (1.0 - b2) as f32,
+                bc2_sqrt: bc2_sqrt as f32,
+                eps: self.config.eps as f32,
+                step_size: step_size as f32,
+                weight_decay: self.config.weight_decay > 0.0,
+            };
+            let done = host::adamw(self, grads, &decays, &constants);
+            // Parameters the host pass could not take (none for f32 `Flex` tensors) get the
+            // generic update below.
+            for (i, g) in grads.iter().enumerate() {
+                if !done.get(i).copied().unwrap_or(false) {
+                    self.step_param(i, g, lr, bc2_sqrt, step_size);
+                }
+            }
+            return;
+        }
+        #[allow(unreachable_code)]
         for (i, g) in grads.iter().enumerate() {
+            self.step_param(i, g, lr, bc2_sqrt, step_size);
+        }
+    }
+
+    /// The generic AdamW update of parameter `i` (tensor ops of any backend).
+    fn step_param(&mut self, i: usize, g: &Tensor<B, 1>, lr: f64, bc2_sqrt: f64, step_size: f64) {
+        let (b1, b2) = (self.config.beta1, self.config.beta2);
+        {
             let mut p = self.master[i].clone();
             if self.decays(i) && self.config.weight_decay > 0.0 {
                 p = p.mul_scalar(1.0 - lr * self.config.weight_decay);
@@ -192,5 +233,154 @@ impl<B: Backend> AdamW<B> {
             self.m[i] = m;
             self.v[i] = v;
         }
+    }
+}
+
+/// The optimizer's passes in place on `Flex` host buffers: one fused multi-threaded pass per
+/// parameter for AdamW (the generic path runs a dozen tensor ops, each a pass with a fresh
+/// buffer), the global norm as f64 sums of squares. Same formulas and f32 operation order as
+/// the generic path; `None` / `false` when the tensors are not f32 `Flex` tensors.
+#[cfg(feature = "flex")]
+mod host {
+    use std::any::TypeId;
+
+    use burn::backend::Flex;
+    use burn::tensor::{backend::Backend, Tensor};
+    use glm_quant::kernels::flex_host::HostF32;
+    use rayon::prelude::*;
+
+    use super::AdamW;
+
+    /// Elements per task of the element-wise passes.
+    const CHUNK: usize = 1 << 14;
+
+    /// The scalars of one AdamW update, rounded to f32 as the generic path's scalar ops do.
+    pub(super) struct Constants {
+        pub decay: f32,
+        pub b1: f32,
+        pub one_minus_b1: f32,
+        pub b2: f32,
+        pub one_minus_b2: f32,
+        pub bc2_sqrt: f32,
+        pub eps: f32,
+        pub step_size: f32,
+        pub weight_decay: bool,
+    }
+
+    fn is_flex<B: Backend>() -> bool {
+        TypeId::of::<B>() == TypeId::of::<Flex>()
+    }
+
+    /// Takes `t` out of its place (an empty tensor left there) as a host buffer.
+    fn take<B: Backend>(t: &mut Tensor<B, 1>) -> Option<HostF32> {
+        let empty = HostF32::tensor_from_vec::<B, 1>(Vec::new(), [0])?;
+        let taken = std::mem::replace(t, empty);
+        match HostF32::from_tensor(taken) {
+            Ok(h) => Some(h),
+            Err(back) => {
+                *t = back;
+                None
+            }
+        }
+    }
+
+    /// Puts a host buffer back as a tensor.
+    fn put<B: Backend>(t: &mut Tensor<B, 1>, h: HostF32) {
+        if let Some(back) = h.into_tensor::<B, 1>() {
+            *t = back;
+        }
+    }
+
+    /// `√(Σ g²)` over every gradient, f64 sums per chunk.
+    pub(super) fn global_norm<B: Backend>(grads: &[Tensor<B, 1>]) -> Option<f64> {
+        if !is_flex::<B>() {
+            return None;
+        }
+        let mut total = 0f64;
+        for g in grads {
+            let h = HostF32::from_tensor(g.clone()).ok()?;
+            total += h
+                .as_slice()
+                .par_chunks(CHUNK)
+                .map(|c| c.iter().map(|&x| f64::from(x) * f64::from(x)).sum::<f64>())
+                .sum::<f64>();
+        }
+        Some(total.sqrt())
+    }
+
+    /// `g ← g·c` for every gradient in place; `false` (nothing changed) for another backend.
+    pub(super) fn scale_in_place<B: Backend>(grads: &mut [Tensor<B, 1>], c: f64) -> bool {
+        if !is_flex::<B>() {
+            return false;
+        }
+        let c = c as f32;
+        for g in grads.iter_mut() {
+            let Some(mut h) = take(g) else {
+                *g = g.clone().mul_scalar(c);
+                continue;
+            };
+            h.as_mut_slice()
+                .par_chunks_mut(CHUNK)
+                .for_each(|x| x.iter_mut().for_each(|v| *v *= c));
+            put(g, h);
+        }
+        true
+    }
+
+    /// One AdamW update of every parameter in place; which parameters it updated (none when
+    /// the optimizer's tensors are not `Flex`).
+    pub(super) fn adamw<B: Backend>(
+        opt: &mut AdamW<B>,
+        grads: &[Tensor<B, 1>],
+        decays: &[bool],
+        k: &Constants,
+    ) -> Vec<bool> {
+        let n = opt.master.len();
+        let mut done = vec![false; n];
+        if !is_flex::<B>() || grads.len() != n || opt.m.len() != n || opt.v.len() != n {
+            return done;
+        }
+        for i in 0..n {
+            let Ok(g) = HostF32::from_tensor(grads[i].clone()) else {
+                continue;
+            };
+            let Some(mut p) = take(&mut opt.master[i]) else {
+                continue;
+            };
+            let Some(mut m) = take(&mut opt.m[i]) else {
+                put(&mut opt.master[i], p);
+                continue;
+            };
+            let Some(mut v) = take(&mut opt.v[i]) else {
+                put(&mut opt.master[i], p);
+                put(&mut opt.m[i], m);
+                continue;
+            };
+            let decay = decays.get(i).copied().unwrap_or(true) && k.weight_decay;
+            p.as_mut_slice()
+                .par_chunks_mut(CHUNK)
+                .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
+                .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
+                .zip(g.as_slice().par_chunks(CHUNK))
+                .for_each(|(((p, m), v), g)| {
+                    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                        let mut pv = *p;
+                        if decay {
+                            pv *= k.decay;
+                        }
+                        let mv = *m * k.b1 + g * k.one_minus_b1;
+                        let vv = *v * k.b2 + g * g * k.one_minus_b2;
+                        let denom = vv.sqrt() / k.bc2_sqrt + k.eps;
+                        *p = pv - mv / denom * k.step_size;
+                        *m = mv;
+                        *v = vv;
+                    }
+                });
+            put(&mut opt.master[i], p);
+            put(&mut opt.m[i], m);
+            put(&mut opt.v[i], v);
+            done[i] = true;
+        }
+        done
     }
 }

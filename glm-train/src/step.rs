@@ -108,6 +108,28 @@ fn loss_sum_checked<B: Backend>(
     Some(picked.sum().neg())
 }
 
+/// Loss sum and gradients of `batch` through the CPU host step ([`crate::host`]) when it applies.
+#[cfg(feature = "flex")]
+fn host_grads<B: AutodiffBackend>(
+    model: &GlmModel<B>,
+    batch: &Batch,
+    factor: f64,
+    forward: &ForwardConfig,
+) -> Option<(f64, Vec<Tensor<B::InnerBackend, 1>>)> {
+    crate::host::loss_and_grads(model, batch, factor, forward)
+}
+
+/// Without `Flex` every step runs burn's autodiff.
+#[cfg(not(feature = "flex"))]
+fn host_grads<B: AutodiffBackend>(
+    _model: &GlmModel<B>,
+    _batch: &Batch,
+    _factor: f64,
+    _forward: &ForwardConfig,
+) -> Option<(f64, Vec<Tensor<B::InnerBackend, 1>>)> {
+    None
+}
+
 /// What one data-parallel worker returns: its loss sum and its summed gradients.
 type WorkerResult<B> = (f64, Option<Vec<Tensor<B, 1>>>);
 
@@ -263,13 +285,21 @@ impl<B: AutodiffBackend> TrainState<B> {
         let mut acc: Option<Vec<Tensor<B::InnerBackend, 1>>> = None;
         let mut loss = 0.0f64;
         for batch in batches {
-            let Some(sum) = loss_sum_checked(model, batch, forward) else {
-                continue;
+            let grads = match host_grads(model, batch, factor, forward) {
+                Some((sum, grads)) => {
+                    loss += sum;
+                    grads
+                }
+                None => {
+                    let Some(sum) = loss_sum_checked(model, batch, forward) else {
+                        continue;
+                    };
+                    let value: f32 = sum.clone().detach().into_scalar().elem();
+                    loss += value as f64;
+                    let g = sum.mul_scalar(factor).backward();
+                    param_grads::<B, _>(model, &g)
+                }
             };
-            let value: f32 = sum.clone().detach().into_scalar().elem();
-            loss += value as f64;
-            let g = sum.mul_scalar(factor).backward();
-            let grads = param_grads::<B, _>(model, &g);
             acc = Some(match acc {
                 None => grads,
                 Some(a) => a.into_iter().zip(grads).map(|(x, y)| x + y).collect(),

@@ -51,6 +51,7 @@ pub fn erf_f32_reference(x: f32) -> f32 {
 }
 
 /// The rational approximation of `erf` (scalar code of the SIMD paths' formula).
+#[inline]
 pub fn erf_f32(x: f32) -> f32 {
     let c = x.clamp(-ERF_CLAMP, ERF_CLAMP);
     let t = c * c;

@@ -11,6 +11,7 @@
 //! - [`host_elem`]: element-wise kernels of the forward pass (vectorized `erf`, the fused GeGLU gate);
 //! - `cpu` (feature `flex`): runs [`host`] and [`host_f32`] in place on `Flex` tensors
 //!   ([`try_linear_f32`] for float linears);
+//! - `flex_host` (feature `flex`): f32 `Flex` tensors as host slices, for host code elsewhere;
 //! - `cube` (feature `cubecl`): one CubeCL kernel for wgpu and CUDA.
 //!
 //! Every kernel reproduces the dequantized weight `f16(q · scale)` exactly; only the summation
@@ -27,6 +28,8 @@ pub mod reference;
 
 #[cfg(feature = "flex")]
 pub(crate) mod cpu;
+#[cfg(feature = "flex")]
+pub mod flex_host;
 
 /// Operands `x` (`[m, k]`), `w` (`[n, k]`) and a bias (`[n]`) whose products are multiples of
 /// 1/8 and whose sums stay far below 2²⁰ for the tests' sizes, so every summation order gives
