@@ -32,7 +32,7 @@ use glm_core::GlmModel;
 use glm_quant::kernels::flex_host::HostF32;
 use glm_quant::kernels::host_attn::exp_f32;
 use glm_quant::kernels::host_elem::{erf_f32, geglu_f32};
-use glm_quant::kernels::host_gemm::gemm_f32;
+use glm_quant::kernels::host_gemm::{gemm_f32, gemm_f32_stored, Stored};
 use rayon::prelude::*;
 
 use crate::batch::Batch;
@@ -500,48 +500,28 @@ fn gemm(
 /// Most rows of `x` one call of glm-quant's GEMM gets (its packed rows stay in L2).
 const GEMM_ROW_BLOCK: usize = 512;
 
-/// `dy · W`: the input gradient of a linear.
+/// `dy · W`: the input gradient of a linear (`W` read as the kernel's transposed operand).
 ///
 /// # Shapes
 /// - `dy`: `[m, n]`, `w`: `[n, k]` → `[m, k]`
 fn gemm_nn(dy: &[f32], w: &[f32], m: usize, n: usize, k: usize) -> HostResult<Vec<f32>> {
-    gemm(dy, &transpose(w, n, k), None, m, k, n)
+    if m == 0 || k == 0 {
+        return Ok(vec![0f32; m * k]);
+    }
+    gemm_f32_stored(dy, Stored::AsIs, w, Stored::Transposed, None, m, k, n)
+        .map_err(|e| e.to_string())
 }
 
-/// `dyᵀ · x`: the weight gradient of a linear.
+/// `dyᵀ · x`: the weight gradient of a linear (both operands read transposed).
 ///
 /// # Shapes
 /// - `dy`: `[m, n]`, `x`: `[m, k]` → `[n, k]`
 fn gemm_tn(dy: &[f32], x: &[f32], m: usize, n: usize, k: usize) -> HostResult<Vec<f32>> {
-    gemm(&transpose(dy, m, n), &transpose(x, m, k), None, n, k, m)
-}
-
-/// Rows per block of [`transpose`].
-const TRANSPOSE_BLOCK: usize = 32;
-
-/// The transpose of a row-major `[rows, cols]` matrix, in blocks over rayon's pool.
-fn transpose(x: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    let mut out = vec![0f32; rows * cols];
-    if rows == 0 || cols == 0 {
-        return out;
+    if n == 0 || k == 0 {
+        return Ok(vec![0f32; n * k]);
     }
-    // Each task writes TRANSPOSE_BLOCK whole output rows (input columns).
-    out.par_chunks_mut(TRANSPOSE_BLOCK * rows)
-        .enumerate()
-        .for_each(|(bi, block)| {
-            let c0 = bi * TRANSPOSE_BLOCK;
-            let nc = block.len() / rows;
-            for r0 in (0..rows).step_by(TRANSPOSE_BLOCK) {
-                let r1 = (r0 + TRANSPOSE_BLOCK).min(rows);
-                for c in 0..nc {
-                    let dst = &mut block[c * rows..(c + 1) * rows];
-                    for r in r0..r1 {
-                        dst[r] = x[r * cols + c0 + c];
-                    }
-                }
-            }
-        });
-    out
+    gemm_f32_stored(dy, Stored::Transposed, x, Stored::Transposed, None, n, k, m)
+        .map_err(|e| e.to_string())
 }
 
 /// Column sums of a row-major `[rows, cols]` matrix (rows in order, per column).
@@ -644,7 +624,7 @@ fn layernorm_backward(
 }
 
 /// `gelu(x)` and `gelu'(x)` with the exact (erf) GELU.
-#[inline]
+#[inline(always)]
 fn gelu_and_slope(x: f32) -> (f32, f32) {
     const INV_SQRT2: f32 = std::f32::consts::FRAC_1_SQRT_2;
     // 1 / √(2π)
@@ -659,20 +639,45 @@ fn gelu_and_slope(x: f32) -> (f32, f32) {
 /// # Shapes
 /// - `u`: `[rows, 2·inner]`, `dg`: `[rows, inner]` → `[rows, 2·inner]`
 fn geglu_backward(u: &[f32], dg: &[f32], inner: usize) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    let fma =
+        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma");
     let mut du = vec![0f32; u.len()];
     du.par_chunks_mut(2 * inner)
         .zip(u.par_chunks(2 * inner))
         .zip(dg.par_chunks(inner))
         .for_each(|((du, u), dg)| {
-            let (du1, du2) = du.split_at_mut(inner);
-            let (u1, u2) = u.split_at(inner);
-            for i in 0..inner {
-                let (gelu, slope) = gelu_and_slope(u2[i]);
-                du1[i] = dg[i] * gelu;
-                du2[i] = dg[i] * u1[i] * slope;
+            #[cfg(target_arch = "x86_64")]
+            if fma {
+                // SAFETY: the CPU has AVX2 and FMA (checked above).
+                unsafe { geglu_backward_row_fma(du, u, dg, inner) };
+                return;
             }
+            geglu_backward_row(du, u, dg, inner);
         });
     du
+}
+
+/// One row of [`geglu_backward`] compiled with FMA (erf's polynomial in fused multiply-adds
+/// instead of calls to libm's `fmaf`).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn geglu_backward_row_fma(du: &mut [f32], u: &[f32], dg: &[f32], inner: usize) {
+    geglu_backward_row(du, u, dg, inner)
+}
+
+#[inline(always)]
+fn geglu_backward_row(du: &mut [f32], u: &[f32], dg: &[f32], inner: usize) {
+    let (du1, du2) = du.split_at_mut(inner);
+    let (u1, u2) = u.split_at(inner);
+    for ((((d1, d2), &a), &b), &g) in du1.iter_mut().zip(du2).zip(u1).zip(u2).zip(dg) {
+        let (gelu, slope) = gelu_and_slope(b);
+        *d1 = g * gelu;
+        *d2 = g * a * slope;
+    }
 }
 
 /// The row's summed cross-entropy against `target`, and the row turned into its gradient
@@ -772,8 +777,7 @@ fn attention_forward(
             {
                 softmax_row(prow, srow, mrow, coeff);
             }
-            let vt = transpose(&v[at..at + seq * hd], seq, hd);
-            o.copy_from_slice(&gemm(p, &vt, None, seq, hd, seq)?);
+            o.copy_from_slice(&gemm_nn(p, &v[at..at + seq * hd], seq, seq, hd)?);
             Ok(())
         })?;
     Ok((probs, out))
@@ -845,14 +849,7 @@ fn attention_backward(
             }
             // dP = dC · Vᵀ, dV = Pᵀ · dC.
             let mut dp = gemm(&dc, v, None, seq, seq, hd)?;
-            let dv = gemm(
-                &transpose(p, seq, seq),
-                &transpose(&dc, seq, hd),
-                None,
-                seq,
-                hd,
-                seq,
-            )?;
+            let dv = gemm_tn(p, &dc, seq, seq, hd)?;
             // dS = P ⊙ (dP − Σ dP⊙P), times c (the product of scaled queries and keys was
             // multiplied by c before the softmax).
             for (dr, pr) in dp.chunks_exact_mut(seq).zip(p.chunks_exact(seq)) {
@@ -862,16 +859,9 @@ fn attention_backward(
                 }
             }
             // scores = q̃ · kᵀ with q̃ = q / scale: dq = (G · k) / scale, dk = Gᵀ · q̃.
-            let dq = gemm(&dp, &transpose(k, seq, hd), None, seq, hd, seq)?;
+            let dq = gemm_nn(&dp, k, seq, seq, hd)?;
             let qs: Vec<f32> = q.iter().map(|&x| x / scale).collect();
-            let dk = gemm(
-                &transpose(&dp, seq, seq),
-                &transpose(&qs, seq, hd),
-                None,
-                seq,
-                hd,
-                seq,
-            )?;
+            let dk = gemm_tn(&dp, &qs, seq, seq, hd)?;
             let (oq, rest) = out.split_at_mut(seq * hd);
             let (ok, ov) = rest.split_at_mut(seq * hd);
             for (o, &g) in oq.iter_mut().zip(&dq) {

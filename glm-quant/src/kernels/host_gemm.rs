@@ -43,10 +43,22 @@ pub const KC: usize = 256;
 /// Tiles per task (rows of `W` per rayon task: `NR · TILES_PER_TASK`).
 const TILES_PER_TASK: usize = 4;
 
+/// How an operand of [`gemm_f32_stored`] is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// As its shape says, row-major (`x`: `[m, k]`, `w`: `[n, k]`).
+    AsIs,
+    /// As its transpose, row-major (`x`: `[k, m]`, `w`: `[k, n]`): the backward products of a
+    /// linear (`dy · W` reads `W` this way, `dyᵀ · x` both operands) without a transposed copy.
+    Transposed,
+}
+
 /// Where the weight rows come from.
 enum Rows<'a> {
     /// Row-major f32 `[n, k]`.
     Dense(&'a [f32]),
+    /// Row-major f32 `[k, n]` (the transpose of `W`).
+    DenseT(&'a [f32]),
     /// Rows written into the given buffer (`[rows, k]`) on demand, starting at the given row.
     Fill(&'a (dyn Fn(usize, &mut [f32]) -> Result<()> + Sync)),
 }
@@ -88,7 +100,59 @@ pub fn gemm_f32_with(
     k: usize,
 ) -> Result<Vec<f32>> {
     check_shapes(x, w, bias, m, n, k)?;
-    run(isa, x, Rows::Dense(w), bias, m, n, k)
+    run(isa, x, Stored::AsIs, Rows::Dense(w), bias, m, n, k)
+}
+
+/// [`gemm_f32_stored_with`] on the detected instruction set ([`Isa::detect`]).
+///
+/// # Shapes
+/// - `x`: `[m, k]` (or `[k, m]`), `w`: `[n, k]` (or `[k, n]`), `bias`: `[n]` → `[m, n]`
+///
+/// # Errors
+/// As [`gemm_f32_stored_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_stored(
+    x: &[f32],
+    xs: Stored,
+    w: &[f32],
+    ws: Stored,
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    gemm_f32_stored_with(Isa::detect(), x, xs, w, ws, bias, m, n, k)
+}
+
+/// `y = x · Wᵀ + b` as [`gemm_f32_with`], with either operand stored transposed ([`Stored`]):
+/// a transposed `x` is read straight into the kernel's panels (as cheap as the plain layout), a
+/// transposed `W` is broadcast from its rows of `n` values (a tile's values for one column sit
+/// side by side). The same kernel and summation order as [`gemm_f32_with`], so the result is
+/// the same to the bit whatever the layouts.
+///
+/// # Shapes
+/// - `x`: `[m, k]` (or `[k, m]`), `w`: `[n, k]` (or `[k, n]`), `bias`: `[n]` → `[m, n]`
+///
+/// # Errors
+/// As [`gemm_f32_with`].
+#[allow(clippy::too_many_arguments)]
+pub fn gemm_f32_stored_with(
+    isa: Isa,
+    x: &[f32],
+    xs: Stored,
+    w: &[f32],
+    ws: Stored,
+    bias: Option<&[f32]>,
+    m: usize,
+    n: usize,
+    k: usize,
+) -> Result<Vec<f32>> {
+    check_shapes(x, w, bias, m, n, k)?;
+    let rows = match ws {
+        Stored::AsIs => Rows::Dense(w),
+        Stored::Transposed => Rows::DenseT(w),
+    };
+    run(isa, x, xs, rows, bias, m, n, k)
 }
 
 /// [`gemm_f32_with`] with weight rows produced on demand: `fill(first, dst)` writes rows
@@ -123,12 +187,12 @@ pub fn gemm_f32_rows_with(
             return Err(bad("bias", vec![n], b.len()));
         }
     }
-    run(isa, x, Rows::Fill(fill), bias, m, n, k)
+    run(isa, x, Stored::AsIs, Rows::Fill(fill), bias, m, n, k)
 }
 
 /// `x` (`[m, k]`) as panels of [`MR`] rows, each `[k][MR]` (column by column), rows past `m`
 /// zero.
-fn pack_panels(x: &[f32], m: usize, k: usize) -> Vec<f32> {
+fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize) -> Vec<f32> {
     let panels = m.div_ceil(MR);
     let mut packed = vec![0f32; panels * k * MR];
     packed
@@ -136,20 +200,32 @@ fn pack_panels(x: &[f32], m: usize, k: usize) -> Vec<f32> {
         .enumerate()
         .for_each(|(p, panel)| {
             let rows = (m - p * MR).min(MR);
-            let xs = &x[p * MR * k..(p * MR + rows) * k];
-            // Column by column: contiguous writes, the panel's rows read side by side.
-            for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
-                for (i, v) in col.iter_mut().enumerate().take(rows) {
-                    *v = xs[i * k + j];
+            match xs {
+                Stored::AsIs => {
+                    let xs = &x[p * MR * k..(p * MR + rows) * k];
+                    // Column by column: contiguous writes, the panel's rows read side by side.
+                    for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
+                        for (i, v) in col.iter_mut().enumerate().take(rows) {
+                            *v = xs[i * k + j];
+                        }
+                    }
+                }
+                Stored::Transposed => {
+                    // Column j of the panel is a contiguous run of row j of xᵀ.
+                    for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
+                        col[..rows].copy_from_slice(&x[j * m + p * MR..j * m + p * MR + rows]);
+                    }
                 }
             }
         });
     packed
 }
 
+#[allow(clippy::too_many_arguments)]
 fn run(
     isa: Isa,
     x: &[f32],
+    xs: Stored,
     rows: Rows<'_>,
     bias: Option<&[f32]>,
     m: usize,
@@ -174,7 +250,7 @@ fn run(
     // Every element is written exactly once below (each task writes all `m` rows of its
     // columns) before the length is set.
     let mut y: Vec<f32> = Vec::with_capacity(size);
-    let packed = pack_panels(x, m, k);
+    let packed = pack_panels(x, xs, m, k);
     let mp = m.div_ceil(MR) * MR;
     let per_task = NR * TILES_PER_TASK;
     // Each task writes its own columns of the output.
@@ -196,12 +272,15 @@ fn run(
                 ct.resize(count * mp, 0.0);
             }
             let result = (|| -> Result<()> {
-                let wrows: &[f32] = match &rows {
-                    Rows::Dense(w) => &w[first * k..(first + count) * k],
+                // The task's weight rows and how they are laid out.
+                let (wrows, ws): (&[f32], WStride) = match &rows {
+                    Rows::Dense(w) => (&w[first * k..(first + count) * k], WStride::Rows(k)),
+                    // Columns first .. first + count of every row of Wᵀ.
+                    Rows::DenseT(w) => (&w[first..], WStride::Columns(n)),
                     Rows::Fill(fill) => {
                         wbuf.resize(count * k, 0.0);
                         fill(first, &mut wbuf[..count * k])?;
-                        &wbuf[..count * k]
+                        (&wbuf[..count * k], WStride::Rows(k))
                     }
                 };
                 let dest = Dest {
@@ -220,6 +299,7 @@ fn run(
                         mp,
                         k,
                         wrows,
+                        ws,
                         count,
                         &mut ct[..count * mp],
                         dest,
@@ -234,6 +314,29 @@ fn run(
     // and the tasks cover every column); capacity is `m·n`.
     unsafe { y.set_len(size) };
     Ok(y)
+}
+
+/// How a task's weight rows `r < count`, columns `j < k` sit in its slice.
+#[derive(Clone, Copy, Debug)]
+enum WStride {
+    /// Element `(r, j)` at `r·stride + j` (rows of `W`).
+    Rows(usize),
+    /// Element `(r, j)` at `j·stride + r` (rows of `Wᵀ`).
+    Columns(usize),
+}
+
+impl WStride {
+    fn at(self, r: usize, j: usize) -> usize {
+        match self {
+            WStride::Rows(s) => r * s + j,
+            WStride::Columns(s) => j * s + r,
+        }
+    }
+
+    /// Whether a slice of `len` elements holds `count` rows of `k` columns.
+    fn fits(self, len: usize, count: usize, k: usize) -> bool {
+        count == 0 || k == 0 || self.at(count - 1, k - 1) < len
+    }
 }
 
 /// Where a task's products go: columns `first ..` of the `[m, n]` output, plus the bias.
@@ -283,8 +386,9 @@ unsafe fn write_out(
     }
 }
 
-/// `ct[r·mp + i] = Σ_j w[r, j] · x[i, j]` for the `count` rows of `w` (`[count, k]`) and every
-/// packed activation row `i < mp`, each finished panel written out to `dest` ([`write_out`]).
+/// `ct[r·mp + i] = Σ_j w[r, j] · x[i, j]` for the `count` rows of `w` (laid out as `ws` says)
+/// and every packed activation row `i < mp`, each finished panel written out to `dest`
+/// ([`write_out`]).
 ///
 /// # Safety
 /// As [`write_out`] for every row `i < m`; the CPU supports `isa`.
@@ -295,27 +399,37 @@ unsafe fn block(
     mp: usize,
     k: usize,
     w: &[f32],
+    ws: WStride,
     count: usize,
     ct: &mut [f32],
     dest: Dest<'_>,
 ) {
-    debug_assert!(packed.len() == mp * k && w.len() == count * k && ct.len() == count * mp);
+    debug_assert!(packed.len() == mp * k && ws.fits(w.len(), count, k) && ct.len() == count * mp);
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 | Isa::Avx512Fp16 => {
             // SAFETY: `run` checked that the CPU supports `isa`; the slices have the shapes
             // above; the output as the caller promises.
-            unsafe { avx512::block(packed, mp, k, w, count, ct, dest) }
+            unsafe {
+                match ws {
+                    WStride::Rows(s) => {
+                        avx512::block::<false>(packed, mp, k, w, s, count, ct, dest)
+                    }
+                    WStride::Columns(s) => {
+                        avx512::block::<true>(packed, mp, k, w, s, count, ct, dest)
+                    }
+                }
+            }
         }
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: as above.
-            unsafe { portable_avx2(packed, mp, k, w, count, ct) };
+            unsafe { portable_avx2(packed, mp, k, w, ws, count, ct) };
             // SAFETY: as the caller promises.
             unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
         }
         _ => {
-            portable(packed, mp, k, w, count, ct);
+            portable(packed, mp, k, w, ws, count, ct);
             // SAFETY: as the caller promises.
             unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
         }
@@ -329,16 +443,25 @@ unsafe fn portable_avx2(
     mp: usize,
     k: usize,
     w: &[f32],
+    ws: WStride,
     count: usize,
     ct: &mut [f32],
 ) {
-    portable(packed, mp, k, w, count, ct)
+    portable(packed, mp, k, w, ws, count, ct)
 }
 
 /// The loop nest of the AVX-512 kernel in plain code: chunks of [`KC`] columns, tiles of 4
 /// weight rows, one panel at a time.
 #[inline(always)]
-fn portable(packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &mut [f32]) {
+fn portable(
+    packed: &[f32],
+    mp: usize,
+    k: usize,
+    w: &[f32],
+    ws: WStride,
+    count: usize,
+    ct: &mut [f32],
+) {
     const R: usize = 4;
     let mut j0 = 0;
     while j0 < k {
@@ -357,7 +480,7 @@ fn portable(packed: &[f32], mp: usize, k: usize, w: &[f32], count: usize, ct: &m
                 for j in j0..j1 {
                     let xc = &panel[j * MR..(j + 1) * MR];
                     for (rr, a) in acc.iter_mut().enumerate().take(rn) {
-                        let wv = w[(r0 + rr) * k + j];
+                        let wv = w[ws.at(r0 + rr, j)];
                         for (a, xv) in a.iter_mut().zip(xc) {
                             *a += xv * wv;
                         }
@@ -388,16 +511,17 @@ mod avx512 {
     }
 
     /// `MR × R` products over columns `j0..j1`: panel chunk `xp` (`[j1 − j0][MR]`), weight rows
-    /// at `w` (row stride `k`, starting at column `j0`), accumulated into `c` (`[R][ldc]`, `MR`
-    /// values per row) when `accumulate`, written otherwise.
+    /// at `w` (starting at column `j0`; element `(r, j)` at `r·k + j`, or at `j·k + r` when `T`,
+    /// the rows of `Wᵀ` with `k` their length), accumulated into `c` (`[R][ldc]`, `MR` values
+    /// per row) when `accumulate`, written otherwise.
     ///
     /// # Safety
-    /// The CPU has AVX-512F and FMA; `xp` holds `len·MR` floats, each weight row `len` from `w`,
-    /// and `c` `R` rows of `MR` floats at stride `ldc`.
+    /// The CPU has AVX-512F and FMA; `xp` holds `len·MR` floats, `w` the `R × len` weights at
+    /// those offsets, and `c` `R` rows of `MR` floats at stride `ldc`.
     #[target_feature(enable = "avx512f,fma")]
     #[inline]
     #[allow(clippy::too_many_arguments)]
-    unsafe fn micro<const R: usize>(
+    unsafe fn micro<const R: usize, const T: bool>(
         xp: *const f32,
         w: *const f32,
         k: usize,
@@ -421,14 +545,18 @@ mod avx512 {
             for j in 0..len {
                 let x0 = _mm512_loadu_ps(xp.add(j * MR));
                 let x1 = _mm512_loadu_ps(xp.add(j * MR + 16));
-                if prefetch.on && j % 16 == 0 {
+                if prefetch.on && T {
+                    // The next tile's values of column j sit side by side.
+                    let p = prefetch.next.wrapping_add(j * k);
+                    _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                } else if prefetch.on && j % 16 == 0 {
                     for r in 0..NR {
                         let p = prefetch.next.wrapping_add(r * k + j);
                         _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
                     }
                 }
                 for r in 0..R {
-                    let b = _mm512_set1_ps(*w.add(r * k + j));
+                    let b = _mm512_set1_ps(*w.add(if T { j * k + r } else { r * k + j }));
                     a0[r] = _mm512_fmadd_ps(x0, b, a0[r]);
                     a1[r] = _mm512_fmadd_ps(x1, b, a1[r]);
                 }
@@ -524,16 +652,20 @@ mod avx512 {
     /// out as soon as its last chunk is done, so the output's stores drain while the next panel
     /// computes.
     ///
+    /// `w` holds the task's `count` weight rows: element `(r, j)` at `r·s + j`, or at `j·s + r`
+    /// when `T` (rows of `Wᵀ`).
+    ///
     /// # Safety
-    /// The CPU has AVX-512F and FMA; `packed.len() == mp·k`, `w.len() == count·k`,
+    /// The CPU has AVX-512F and FMA; `packed.len() == mp·k`, `w` holds every element above,
     /// `ct.len() == count·mp`, `mp` a multiple of [`MR`]; `dest` as [`super::write_out`].
     #[target_feature(enable = "avx512f,fma")]
     #[allow(clippy::too_many_arguments)]
-    pub(super) unsafe fn block(
+    pub(super) unsafe fn block<const T: bool>(
         packed: &[f32],
         mp: usize,
         k: usize,
         w: &[f32],
+        s: usize,
         count: usize,
         ct: &mut [f32],
         dest: Dest<'_>,
@@ -555,19 +687,20 @@ mod avx512 {
                     let mut r0 = 0;
                     while r0 < count {
                         let rn = NR.min(count - r0);
-                        let wt = wp.add(r0 * k + j0);
+                        let at = |r: usize, j: usize| if T { j * s + r } else { r * s + j };
+                        let wt = wp.add(at(r0, j0));
                         let c = cp.add(r0 * mp + p * MR);
                         let acc = j0 > 0;
                         // The next tile of this chunk, or the first tile of the next chunk.
                         let next = if r0 + NR < count {
-                            wt.wrapping_add(NR * k)
+                            wp.wrapping_add(at(r0 + NR, j0))
                         } else {
-                            wp.wrapping_add(j0 + KC)
+                            wp.wrapping_add(at(0, j0 + KC))
                         };
                         let pf = Prefetch { next, on: p == 0 };
                         macro_rules! go {
                             ($r:literal) => {
-                                micro::<$r>(x, wt, k, len, c, mp, acc, pf)
+                                micro::<$r, T>(x, wt, s, len, c, mp, acc, pf)
                             };
                         }
                         match rn {
@@ -634,6 +767,58 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The row-major transpose of `[rows, cols]` `a`.
+    fn transposed(a: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+        let mut t = vec![0f32; a.len()];
+        for r in 0..rows {
+            for c in 0..cols {
+                t[c * rows + r] = a[r * cols + c];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn transposed_operands_give_the_same_products_on_every_isa() {
+        for (m, n, k) in [
+            (1, 1, 1),
+            (17, 7, 33),
+            (33, 13, 300),
+            (70, 49, 513),
+            (40, 100, 16),
+        ] {
+            let (x, w, b) = operands(m, n, k);
+            let (xt, wt) = (transposed(&x, m, k), transposed(&w, n, k));
+            let want = gemv_f32_reference(&x, &w, Some(&b), m, n, k).unwrap();
+            for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
+                for (xo, xs) in [(&x, Stored::AsIs), (&xt, Stored::Transposed)] {
+                    for (wo, ws) in [(&w, Stored::AsIs), (&wt, Stored::Transposed)] {
+                        let got =
+                            gemm_f32_stored_with(isa, xo, xs, wo, ws, Some(&b), m, n, k).unwrap();
+                        assert_eq!(got.len(), want.len());
+                        assert_eq!(
+                            got,
+                            want,
+                            "{} x {xs:?} w {ws:?} [{m}, {n}, {k}]",
+                            isa.name()
+                        );
+                    }
+                }
+            }
+        }
+        assert!(gemm_f32_stored(
+            &[0.0; 3],
+            Stored::Transposed,
+            &[0.0; 4],
+            Stored::AsIs,
+            None,
+            1,
+            2,
+            2
+        )
+        .is_err());
     }
 
     #[test]
