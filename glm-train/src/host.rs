@@ -336,7 +336,8 @@ fn step(
         .collect();
     let loss: f64 = losses.iter().sum();
 
-    let mut grads: Vec<Vec<f32>> = ctx.params.iter().map(|p| vec![0f32; p.len()]).collect();
+    // Every gradient is written whole below (checked at the end); none is zeroed first.
+    let mut grads: Vec<Vec<f32>> = vec![Vec::new(); ctx.params.len()];
     // Head: dE = dlogitsᵀ · yp, dyp = dlogits · E.
     let de_head = gemm_tn(&dlogits, &yp, n, d.vocab, h)?;
     let dyp = gemm_nn(&dlogits, emb, n, d.vocab, h)?;
@@ -367,6 +368,13 @@ fn step(
         }
     }
     grads[head.emb] = de;
+    if let Some(i) = grads
+        .iter()
+        .zip(ctx.params)
+        .position(|(g, p)| g.len() != p.len())
+    {
+        return Err(format!("gradient {i} was not computed"));
+    }
     Ok((loss, grads))
 }
 

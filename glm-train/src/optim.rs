@@ -368,25 +368,40 @@ mod host {
                 continue;
             };
             let decay = decays.get(i).copied().unwrap_or(true) && k.weight_decay;
-            p.as_mut_slice()
-                .par_chunks_mut(CHUNK)
-                .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
-                .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
-                .zip(g.as_slice().par_chunks(CHUNK))
-                .for_each(|(((p, m), v), g)| {
-                    for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
-                        let mut pv = *p;
-                        if decay {
-                            pv *= k.decay;
+            let update = |p: f32, m: &mut f32, v: &mut f32, g: f32| -> f32 {
+                let pv = if decay { p * k.decay } else { p };
+                let mv = *m * k.b1 + g * k.one_minus_b1;
+                let vv = *v * k.b2 + g * g * k.one_minus_b2;
+                let denom = vv.sqrt() / k.bc2_sqrt + k.eps;
+                *m = mv;
+                *v = vv;
+                pv - mv / denom * k.step_size
+            };
+            if p.is_unique() {
+                p.as_mut_slice()
+                    .par_chunks_mut(CHUNK)
+                    .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
+                    .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
+                    .zip(g.as_slice().par_chunks(CHUNK))
+                    .for_each(|(((p, m), v), g)| {
+                        for (((p, m), v), &g) in p.iter_mut().zip(m).zip(v).zip(g) {
+                            *p = update(*p, m, v, g);
                         }
-                        let mv = *m * k.b1 + g * k.one_minus_b1;
-                        let vv = *v * k.b2 + g * g * k.one_minus_b2;
-                        let denom = vv.sqrt() / k.bc2_sqrt + k.eps;
-                        *p = pv - mv / denom * k.step_size;
-                        *m = mv;
-                        *v = vv;
-                    }
-                });
+                    });
+            } else {
+                // The model shares the master buffers (sync_model): the new values go to a
+                // fresh buffer in the same pass instead of a copy first and an in-place pass.
+                let mut fresh = Vec::new();
+                p.as_slice()
+                    .par_iter()
+                    .zip(m.as_mut_slice().par_iter_mut())
+                    .zip(v.as_mut_slice().par_iter_mut())
+                    .zip(g.as_slice().par_iter())
+                    .with_min_len(CHUNK)
+                    .map(|(((&p, m), v), &g)| update(p, m, v, g))
+                    .collect_into_vec(&mut fresh);
+                p = HostF32::from_vec(fresh);
+            }
             put(&mut opt.master[i], p);
             put(&mut opt.m[i], m);
             put(&mut opt.v[i], v);

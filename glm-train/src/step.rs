@@ -250,6 +250,8 @@ impl<B: AutodiffBackend> TrainState<B> {
             }
         };
         let grads = match summed {
+            // Unscaling by 1 (f32 training) is skipped: it would be a pass over every gradient.
+            Some(g) if scale == 1.0 => g,
             Some(g) => g.into_iter().map(|t| t.mul_scalar(1.0 / scale)).collect(),
             None => self.optim.master.iter().map(|p| p.zeros_like()).collect(),
         };

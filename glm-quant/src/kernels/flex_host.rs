@@ -44,6 +44,12 @@ impl HostF32 {
         self.tensor.as_slice::<f32>().unwrap_or(&[])
     }
 
+    /// Whether no other tensor shares the buffer ([`as_mut_slice`](Self::as_mut_slice) writes in
+    /// place without a copy).
+    pub fn is_unique(&self) -> bool {
+        self.tensor.is_unique()
+    }
+
     /// The values for writing: in place when no other tensor shares the buffer, a private copy
     /// first otherwise (copy on write).
     pub fn as_mut_slice(&mut self) -> &mut [f32] {
@@ -57,6 +63,17 @@ impl HostF32 {
     pub fn into_tensor<B: Backend, const D: usize>(self) -> Option<Tensor<B, D>> {
         let prim = downcast::<B::FloatTensorPrimitive>(self.tensor)?;
         Some(Tensor::from_primitive(TensorPrimitive::Float(prim)))
+    }
+
+    /// `values` as a 1-D buffer (no copy).
+    ///
+    /// # Shapes
+    /// - `values`: `[n]`
+    pub fn from_vec(values: Vec<f32>) -> Self {
+        let n = values.len();
+        Self {
+            tensor: FlexTensor::from_data(TensorData::new(values, [n])),
+        }
     }
 
     /// `values` as an f32 tensor of `B` of the given shape, without a copy (`None` when `B` is
