@@ -191,10 +191,11 @@ pub fn gemm_f32_rows_with(
 }
 
 /// `x` (`[m, k]`) as panels of [`MR`] rows, each `[k][MR]` (column by column), rows past `m`
-/// zero.
-fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize) -> Vec<f32> {
+/// zero, written into `packed` (resized; every element written, so a reused buffer needs no
+/// clearing).
+fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize, packed: &mut Vec<f32>) {
     let panels = m.div_ceil(MR);
-    let mut packed = vec![0f32; panels * k * MR];
+    packed.resize(panels * k * MR, 0.0);
     packed
         .par_chunks_mut((k * MR).max(1))
         .enumerate()
@@ -208,17 +209,18 @@ fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize) -> Vec<f32> {
                         for (i, v) in col.iter_mut().enumerate().take(rows) {
                             *v = xs[i * k + j];
                         }
+                        col[rows..].fill(0.0);
                     }
                 }
                 Stored::Transposed => {
                     // Column j of the panel is a contiguous run of row j of xᵀ.
                     for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
                         col[..rows].copy_from_slice(&x[j * m + p * MR..j * m + p * MR + rows]);
+                        col[rows..].fill(0.0);
                     }
                 }
             }
         });
-    packed
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -250,7 +252,13 @@ fn run(
     // Every element is written exactly once below (each task writes all `m` rows of its
     // columns) before the length is set.
     let mut y: Vec<f32> = Vec::with_capacity(size);
-    let packed = pack_panels(x, xs, m, k);
+    thread_local! {
+        static PACKED: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    }
+    // The calling thread's packing buffer, taken out for this call (a nested call on this
+    // thread while the pool works finds none and allocates its own).
+    let mut packed = PACKED.with(|cell| cell.take());
+    pack_panels(x, xs, m, k, &mut packed);
     let mp = m.div_ceil(MR) * MR;
     let per_task = NR * TILES_PER_TASK;
     // Each task writes its own columns of the output.
@@ -313,6 +321,7 @@ fn run(
     // SAFETY: the tasks wrote all `m·n` elements (every task covers its columns for every row,
     // and the tasks cover every column); capacity is `m·n`.
     unsafe { y.set_len(size) };
+    PACKED.with(|cell| cell.set(packed));
     Ok(y)
 }
 
