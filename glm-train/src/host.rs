@@ -492,21 +492,8 @@ fn gemm(
     if m == 0 || n == 0 {
         return Ok(vec![0f32; m * n]);
     }
-    if m <= GEMM_ROW_BLOCK {
-        return gemm_f32(x, w, bias, m, n, k).map_err(|e| e.to_string());
-    }
-    // The kernel keeps all packed rows of `x` in L2 while it walks the weight rows: blocks of
-    // rows keep that true for the weight gradients' thousands of rows.
-    let mut y = Vec::with_capacity(m * n);
-    for (b, block) in x.chunks(GEMM_ROW_BLOCK * k).enumerate() {
-        let rows = (m - b * GEMM_ROW_BLOCK).min(GEMM_ROW_BLOCK);
-        y.extend(gemm_f32(block, w, bias, rows, n, k).map_err(|e| e.to_string())?);
-    }
-    Ok(y)
+    gemm_f32(x, w, bias, m, n, k).map_err(|e| e.to_string())
 }
-
-/// Most rows of `x` one call of glm-quant's GEMM gets (its packed rows stay in L2).
-const GEMM_ROW_BLOCK: usize = 512;
 
 /// `dy · W`: the input gradient of a linear (`W` read as the kernel's transposed operand).
 ///
