@@ -391,15 +391,21 @@ mod host {
             } else {
                 // The model shares the master buffers (sync_model): the new values go to a
                 // fresh buffer in the same pass instead of a copy first and an in-place pass.
-                let mut fresh = Vec::new();
-                p.as_slice()
-                    .par_iter()
-                    .zip(m.as_mut_slice().par_iter_mut())
-                    .zip(v.as_mut_slice().par_iter_mut())
-                    .zip(g.as_slice().par_iter())
-                    .with_min_len(CHUNK)
-                    .map(|(((&p, m), v), &g)| update(p, m, v, g))
-                    .collect_into_vec(&mut fresh);
+                let len = p.as_slice().len();
+                let mut fresh: Vec<f32> = Vec::with_capacity(len);
+                fresh.spare_capacity_mut()[..len]
+                    .par_chunks_mut(CHUNK)
+                    .zip(p.as_slice().par_chunks(CHUNK))
+                    .zip(m.as_mut_slice().par_chunks_mut(CHUNK))
+                    .zip(v.as_mut_slice().par_chunks_mut(CHUNK))
+                    .zip(g.as_slice().par_chunks(CHUNK))
+                    .for_each(|((((dst, p), m), v), g)| {
+                        for ((((d, &p), m), v), &g) in dst.iter_mut().zip(p).zip(m).zip(v).zip(g) {
+                            d.write(update(p, m, v, g));
+                        }
+                    });
+                // SAFETY: the chunks above cover the first `len` elements and each was written.
+                unsafe { fresh.set_len(len) };
                 p = HostF32::from_vec(fresh);
             }
             put(&mut opt.master[i], p);
