@@ -441,40 +441,75 @@ fn layer_backward(
     let alpha = l.alpha;
 
     // MLP: out = m·α + g·W₂ᵀ + b₂, g = u₁ · gelu(u₂), u = m·W₁ᵀ + b₁.
-    grads[l.w2] = gemm_tn(dout, &s.g, rows, h, inner)?;
-    grads[l.b2] = column_sums(dout, h);
-    let dg = gemm_nn(dout, p[l.w2], rows, h, inner)?;
+    let dg = linear_backward(dout, &s.g, p[l.w2], [rows, h, inner], [l.w2, l.b2], grads)?;
     let du = geglu_backward(&s.u, &dg, inner);
     drop(dg);
-    grads[l.w1] = gemm_tn(&du, &s.m, rows, 2 * inner, h)?;
-    grads[l.b1] = column_sums(&du, 2 * inner);
-    let mut dm = gemm_nn(&du, p[l.w1], rows, 2 * inner, h)?;
+    let dm = linear_backward(
+        &du,
+        &s.m,
+        p[l.w1],
+        [rows, 2 * inner, h],
+        [l.w1, l.b1],
+        grads,
+    )?;
     drop(du);
-    dm.par_iter_mut()
-        .zip(dout.par_iter())
-        .for_each(|(g, &o)| *g += o * alpha);
-    let (dh, dgw, dgb) = layernorm_backward(&dm, &s.xhat2, &s.rstd2, p[l.ln2_w], h);
-    grads[l.ln2_w] = dgw;
-    grads[l.ln2_b] = dgb;
-    drop(dm);
+    let ln2 = [l.ln2_w, l.ln2_b];
+    let dh = residual_layernorm_backward(dm, dout, alpha, &s.xhat2, &s.rstd2, p, ln2, grads);
 
     // Attention: h = a·α + context·Wdᵀ + bd.
-    grads[l.dense_w] = gemm_tn(&dh, &s.ctx, rows, h, w)?;
-    grads[l.dense_b] = column_sums(&dh, h);
-    let dctx = gemm_nn(&dh, p[l.dense_w], rows, h, w)?;
+    let dense = [l.dense_w, l.dense_b];
+    let dctx = linear_backward(&dh, &s.ctx, p[l.dense_w], [rows, h, w], dense, grads)?;
     let dqkv = attention_backward(ctx, l.coeff, &s, &dctx)?;
     drop(dctx);
-    grads[l.qkv_w] = gemm_tn(&dqkv, &s.a, rows, 3 * w, h)?;
-    grads[l.qkv_b] = column_sums(&dqkv, 3 * w);
-    let mut da = gemm_nn(&dqkv, p[l.qkv_w], rows, 3 * w, h)?;
+    let qkv = [l.qkv_w, l.qkv_b];
+    let da = linear_backward(&dqkv, &s.a, p[l.qkv_w], [rows, 3 * w, h], qkv, grads)?;
     drop(dqkv);
-    da.par_iter_mut()
-        .zip(dh.par_iter())
+    let ln1 = [l.ln1_w, l.ln1_b];
+    Ok(residual_layernorm_backward(
+        da, &dh, alpha, &s.xhat1, &s.rstd1, p, ln1, grads,
+    ))
+}
+
+/// Backward of a linear `y = x·Wᵀ + b` from `dy`: `dW = dyᵀ·x` and `db = Σ dy` into
+/// `grads[w_index]`, `grads[b_index]`; returns `dx = dy·W`.
+///
+/// # Shapes
+/// - `dy`: `[rows, n]`, `x`: `[rows, k]`, `w`: `[n, k]` → `[rows, k]`
+fn linear_backward(
+    dy: &[f32],
+    x: &[f32],
+    w: &[f32],
+    [rows, n, k]: [usize; 3],
+    [wi, bi]: [usize; 2],
+    grads: &mut [Vec<f32>],
+) -> HostResult<Vec<f32>> {
+    grads[wi] = gemm_tn(dy, x, rows, n, k)?;
+    grads[bi] = column_sums(dy, n);
+    gemm_nn(dy, w, rows, n, k)
+}
+
+/// Backward of DeepNorm's `LN(x)·α + f(LN(x))` at the LayerNorm: `d` (the gradient through `f`)
+/// plus `α·skip` (through the residual), then the LayerNorm's backward with its `γ`/`β`
+/// gradients into `grads[ln[0]]`, `grads[ln[1]]`; returns the LayerNorm input's gradient.
+#[allow(clippy::too_many_arguments)]
+fn residual_layernorm_backward(
+    mut d: Vec<f32>,
+    skip: &[f32],
+    alpha: f32,
+    xhat: &[f32],
+    rstd: &[f32],
+    p: &[&[f32]],
+    ln: [usize; 2],
+    grads: &mut [Vec<f32>],
+) -> Vec<f32> {
+    d.par_iter_mut()
+        .zip(skip.par_iter())
         .for_each(|(g, &o)| *g += o * alpha);
-    let (dx, dgw, dgb) = layernorm_backward(&da, &s.xhat1, &s.rstd1, p[l.ln1_w], h);
-    grads[l.ln1_w] = dgw;
-    grads[l.ln1_b] = dgb;
-    Ok(dx)
+    let h = p[ln[0]].len();
+    let (dx, dgw, dgb) = layernorm_backward(&d, xhat, rstd, p[ln[0]], h);
+    grads[ln[0]] = dgw;
+    grads[ln[1]] = dgb;
+    dx
 }
 
 /// `x · Wᵀ (+ b)` through glm-quant's GEMM.
