@@ -12,6 +12,9 @@
 //! - [`optim`], [`schedule`]: AdamW on f32 master weights (torch semantics), warm-up + cosine
 //!   decay, global-norm clipping, dynamic loss scaling with overflow skipping.
 //! - [`step`]: loss, embedding gradient shrink, dropout, gradient accumulation, data parallelism.
+//! - `host` (feature `flex`): the CPU step of f32 models without dropout — forward and a
+//!   hand-written backward on host memory through glm-quant's GEMM, taken by [`step`]
+//!   automatically (`GLM_TRAIN_GENERIC=1` keeps burn's autodiff).
 //! - [`init`]: DeepNorm initialisation.
 //! - [`checkpoint`]: atomic checkpoints (model + optimizer + scheduler + RNG + data position + loss
 //!   scale); a resumed run repeats an uninterrupted one bit for bit on the CPU.
