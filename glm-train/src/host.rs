@@ -60,8 +60,6 @@ struct Dims {
     head_dim: usize,
     inner: usize,
     vocab: usize,
-    /// Rows of the rotary tables.
-    positions: usize,
 }
 
 impl Dims {
@@ -133,6 +131,7 @@ struct Ctx<'a> {
 
 /// Loss sum and gradients (times `factor`, flat, in the model's visiting order) of `batch`
 /// through the host step, or `None` when the model is not an f32 `Autodiff<Flex>` model of the
+/// plain GLM layout, the forward uses dropout, `GLM_TRAIN_GENERIC` is set, or the batch has no
 /// loss row: the caller then runs burn's autodiff. `batch` must have passed
 /// [`check_batch`](crate::step::check_batch).
 pub fn loss_and_grads<B: AutodiffBackend>(
@@ -181,13 +180,14 @@ pub fn loss_and_grads<B: AutodiffBackend>(
         head_dim,
         inner: config.inner_size(),
         vocab,
-        positions: cos.as_slice().len() / head_dim.max(1),
     };
+    // The tables hold whole rows of `head_dim` (their positions cover every position id: the
+    // batch passed `check_batch`).
     if heads == 0
         || head_dim == 0
         || head_dim % 2 != 0
         || width != heads * head_dim
-        || cos.as_slice().len() != dims.positions * head_dim
+        || cos.as_slice().len() % head_dim != 0
         || sin.as_slice().len() != cos.as_slice().len()
     {
         return None;

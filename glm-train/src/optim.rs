@@ -94,6 +94,7 @@ const NORM_CHUNK: usize = 65_536;
 /// Global L2 norm over all `grads` (one host read).
 ///
 /// Deterministic: every tensor is summed in fixed chunks of `NORM_CHUNK` squares on the device
+/// (on `Flex` f32 buffers: chunks of 16 384 squares on the host)
 /// (each chunk by one sequential reduction) and the chunk sums are added on the host in f64, in
 /// order. A single whole-tensor sum would let the CPU backend split large tensors across threads
 /// in a varying order, and a resumed run would then differ from an uninterrupted one in the last
@@ -299,7 +300,10 @@ mod host {
         let mut total = 0f64;
         for g in grads {
             let h = HostF32::from_tensor(g.clone()).ok()?;
-            total += h
+            // Partial sums collected in chunk order and added in that order: a parallel `sum`
+            // would associate them in an order that depends on the threads' timing, and a
+            // resumed run would no longer repeat an uninterrupted one bit for bit.
+            let partials: Vec<f64> = h
                 .as_slice()
                 .par_chunks(CHUNK)
                 .map(|c| {
@@ -314,7 +318,8 @@ mod host {
                     let rest: f64 = tail.remainder().iter().map(|&x| f64::from(x * x)).sum();
                     lanes.iter().map(|&l| f64::from(l)).sum::<f64>() + rest
                 })
-                .sum::<f64>();
+                .collect();
+            total += partials.iter().sum::<f64>();
         }
         Some(total.sqrt())
     }

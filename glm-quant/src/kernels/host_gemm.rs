@@ -55,10 +55,8 @@ pub enum Stored {
 
 /// Where the weight rows come from.
 enum Rows<'a> {
-    /// Row-major f32 `[n, k]`.
-    Dense(&'a [f32]),
-    /// Row-major f32 `[k, n]` (the transpose of `W`).
-    DenseT(&'a [f32]),
+    /// Row-major f32 `[n, k]`, or `[k, n]` (the transpose of `W`) when [`Stored::Transposed`].
+    Dense(&'a [f32], Stored),
     /// Rows written into the given buffer (`[rows, k]`) on demand, starting at the given row.
     Fill(&'a (dyn Fn(usize, &mut [f32]) -> Result<()> + Sync)),
 }
@@ -100,7 +98,16 @@ pub fn gemm_f32_with(
     k: usize,
 ) -> Result<Vec<f32>> {
     check_shapes(x, w, bias, m, n, k)?;
-    run(isa, x, Stored::AsIs, Rows::Dense(w), bias, m, n, k)
+    run(
+        isa,
+        x,
+        Stored::AsIs,
+        Rows::Dense(w, Stored::AsIs),
+        bias,
+        m,
+        n,
+        k,
+    )
 }
 
 /// [`gemm_f32_stored_with`] on the detected instruction set ([`Isa::detect`]).
@@ -148,11 +155,7 @@ pub fn gemm_f32_stored_with(
     k: usize,
 ) -> Result<Vec<f32>> {
     check_shapes(x, w, bias, m, n, k)?;
-    let rows = match ws {
-        Stored::AsIs => Rows::Dense(w),
-        Stored::Transposed => Rows::DenseT(w),
-    };
-    run(isa, x, xs, rows, bias, m, n, k)
+    run(isa, x, xs, Rows::Dense(w, ws), bias, m, n, k)
 }
 
 /// [`gemm_f32_with`] with weight rows produced on demand: `fill(first, dst)` writes rows
@@ -282,9 +285,11 @@ fn run(
             let result = (|| -> Result<()> {
                 // The task's weight rows and how they are laid out.
                 let (wrows, ws): (&[f32], WStride) = match &rows {
-                    Rows::Dense(w) => (&w[first * k..(first + count) * k], WStride::Rows(k)),
+                    Rows::Dense(w, Stored::AsIs) => {
+                        (&w[first * k..(first + count) * k], WStride::Rows(k))
+                    }
                     // Columns first .. first + count of every row of Wᵀ.
-                    Rows::DenseT(w) => (&w[first..], WStride::Columns(n)),
+                    Rows::Dense(w, Stored::Transposed) => (&w[first..], WStride::Columns(n)),
                     Rows::Fill(fill) => {
                         wbuf.resize(count * k, 0.0);
                         fill(first, &mut wbuf[..count * k])?;
