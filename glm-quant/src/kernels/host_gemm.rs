@@ -18,8 +18,10 @@
 //! block of rows into a per-thread buffer first ([`gemm_f32_rows_with`]), so no dequantized copy
 //! of the whole weight exists and the dequantization runs on every thread.
 //!
-//! AVX-512 runs the kernel above; AVX2 and the portable path run the same loop nest with plain
-//! code (compiled with the AVX2 features for the former). The reference is
+//! AVX-512 runs the kernel above; AVX2 the same loop nest on 256-bit vectors (16-row half
+//! panels against 6-row tiles: 12 accumulators in the 16 registers) with the same fused
+//! multiply-adds in the same order, so both give the same bits; the portable path runs the loop
+//! nest in plain code. The reference is
 //! [`gemv_f32_reference`](super::host_f32::gemv_f32_reference); summation order differs (each
 //! output sums its columns in order, chunk after chunk, as the reference does, but with fused
 //! multiply-adds), so results match it within f32 rounding.
@@ -193,22 +195,28 @@ pub fn gemm_f32_rows_with(
     run(isa, x, Stored::AsIs, Rows::Fill(fill), bias, m, n, k)
 }
 
-/// `x` (`[m, k]`) as panels of [`MR`] rows, each `[k][MR]` (column by column), rows past `m`
-/// zero, written into `packed` (resized; every element written, so a reused buffer needs no
-/// clearing).
-fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize, packed: &mut Vec<f32>) {
+/// `x` (`[m, k]`) as panels of [`MR`] rows, rows past `m` zero, written into `packed`
+/// (resized; every element written, so a reused buffer needs no clearing). Each panel is
+/// `[k][MR]` (column by column), or, when `halves`, two sub-panels `[k][MR / 2]` one after the
+/// other (the AVX2 kernel runs a panel in two halves of 16 rows: with whole 32-row columns a
+/// half's columns sit 128 bytes apart and fill half of L1's sets twice over, evicting
+/// themselves and the weights; a half as its own 64-byte columns is contiguous).
+fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize, halves: bool, packed: &mut Vec<f32>) {
     let panels = m.div_ceil(MR);
     packed.resize(panels * k * MR, 0.0);
+    let width = if halves { MR / 2 } else { MR };
     packed
-        .par_chunks_mut((k * MR).max(1))
+        .par_chunks_mut((k * width).max(1))
         .enumerate()
-        .for_each(|(p, panel)| {
-            let rows = (m - p * MR).min(MR);
+        .for_each(|(s, sub)| {
+            // Sub-panel s holds rows first .. first + rows (zero past them).
+            let first = (s * width).min(m);
+            let rows = (m - first).min(width);
             match xs {
                 Stored::AsIs => {
-                    let xs = &x[p * MR * k..(p * MR + rows) * k];
+                    let xs = &x[first * k..(first + rows) * k];
                     // Column by column: contiguous writes, the panel's rows read side by side.
-                    for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
+                    for (j, col) in sub.chunks_exact_mut(width).enumerate() {
                         for (i, v) in col.iter_mut().enumerate().take(rows) {
                             *v = xs[i * k + j];
                         }
@@ -216,9 +224,9 @@ fn pack_panels(x: &[f32], xs: Stored, m: usize, k: usize, packed: &mut Vec<f32>)
                     }
                 }
                 Stored::Transposed => {
-                    // Column j of the panel is a contiguous run of row j of xᵀ.
-                    for (j, col) in panel.chunks_exact_mut(MR).enumerate() {
-                        col[..rows].copy_from_slice(&x[j * m + p * MR..j * m + p * MR + rows]);
+                    // Column j of the sub-panel is a contiguous run of row j of xᵀ.
+                    for (j, col) in sub.chunks_exact_mut(width).enumerate() {
+                        col[..rows].copy_from_slice(&x[j * m + first..j * m + first + rows]);
                         col[rows..].fill(0.0);
                     }
                 }
@@ -261,7 +269,7 @@ fn run(
     // The calling thread's packing buffer, taken out for this call (a nested call on this
     // thread while the pool works finds none and allocates its own).
     let mut packed = PACKED.with(|cell| cell.take());
-    pack_panels(x, xs, m, k, &mut packed);
+    pack_panels(x, xs, m, k, isa == Isa::Avx2, &mut packed);
     let mp = m.div_ceil(MR) * MR;
     let per_task = NR * TILES_PER_TASK;
     // Each task writes its own columns of the output.
@@ -383,6 +391,11 @@ unsafe fn write_out(
         // SAFETY: the CPU supports AVX-512 (checked in `run`); bounds as documented.
         done = unsafe { avx512::write_out(ct, mp, [lo, hi], count, dest) };
     }
+    #[cfg(target_arch = "x86_64")]
+    if isa == Isa::Avx2 {
+        // SAFETY: the CPU supports AVX2 (checked in `run`); bounds as documented.
+        done = unsafe { avx2::write_out(ct, mp, [lo, hi], count, dest) };
+    }
     let _ = isa;
     let Dest {
         out,
@@ -438,9 +451,14 @@ unsafe fn block(
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2 => {
             // SAFETY: as above.
-            unsafe { portable_avx2(packed, mp, k, w, ws, count, ct) };
-            // SAFETY: as the caller promises.
-            unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
+            unsafe {
+                match ws {
+                    WStride::Rows(s) => avx2::block::<false>(packed, mp, k, w, s, count, ct, dest),
+                    WStride::Columns(s) => {
+                        avx2::block::<true>(packed, mp, k, w, s, count, ct, dest)
+                    }
+                }
+            }
         }
         _ => {
             portable(packed, mp, k, w, ws, count, ct);
@@ -448,20 +466,6 @@ unsafe fn block(
             unsafe { write_out(isa, ct, mp, [0, dest.m], count, dest) };
         }
     }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn portable_avx2(
-    packed: &[f32],
-    mp: usize,
-    k: usize,
-    w: &[f32],
-    ws: WStride,
-    count: usize,
-    ct: &mut [f32],
-) {
-    portable(packed, mp, k, w, ws, count, ct)
 }
 
 /// The loop nest of the AVX-512 kernel in plain code: chunks of [`KC`] columns, tiles of 4
@@ -510,19 +514,20 @@ fn portable(
     }
 }
 
+/// The weight tile to fetch into L2 while this one computes, when `on`: the tile's rows from
+/// `next` (never dereferenced), one cache line per row every 16 columns.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Prefetch {
+    next: *const f32,
+    on: bool,
+}
+
 #[cfg(target_arch = "x86_64")]
 mod avx512 {
     use std::arch::x86_64::*;
 
-    use super::{Dest, Isa, KC, MR, NR};
-
-    /// The weight tile to fetch into L2 while this one computes, when `on`: `NR` rows from
-    /// `next` (row stride `k`, never dereferenced), one cache line per row every 16 columns.
-    #[derive(Clone, Copy)]
-    pub(super) struct Prefetch {
-        next: *const f32,
-        on: bool,
-    }
+    use super::{Dest, Isa, Prefetch, KC, MR, NR};
 
     /// `MR × R` products over columns `j0..j1`: panel chunk `xp` (`[j1 − j0][MR]`), weight rows
     /// at `w` (starting at column `j0`; element `(r, j)` at `r·k + j`, or at `j·k + r` when `T`,
@@ -746,6 +751,243 @@ mod avx512 {
     }
 }
 
+/// The AVX2 kernel: the loop nest of the AVX-512 one on 256-bit vectors. Each panel runs as two
+/// halves of [`avx2::MH`] activation rows (two vectors: one cache line per column) against tiles
+/// of [`avx2::NR`] weight rows: 12 accumulators, the two activation vectors and the broadcast
+/// take 15 of the 16 registers. Same summation order (fused multiply-adds along `k`, chunk after
+/// chunk), so the same bits as the AVX-512 kernel.
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    use std::arch::x86_64::*;
+
+    use super::{Dest, Isa, Prefetch, KC, MR};
+
+    /// Weight rows per tile.
+    pub(super) const NR: usize = 6;
+
+    /// Activation rows per half panel.
+    pub(super) const MH: usize = 16;
+
+    /// `MH × R` products over columns `j0..j1`, as the AVX-512 `micro`: activation columns at
+    /// `xp` (stride [`MH`]: a half panel), weight rows at `w` (element `(r, j)` at `r·k + j`, or `j·k + r`
+    /// when `T`), accumulated into `c` (`[R][ldc]`, `MH` values per row) when `accumulate`.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `xp` holds `len` columns of `MH` floats, `w` the
+    /// `R × len` weights at those offsets, and `c` `R` rows of `MH` floats at stride `ldc`.
+    #[target_feature(enable = "avx2,fma")]
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn micro<const R: usize, const T: bool>(
+        xp: *const f32,
+        w: *const f32,
+        k: usize,
+        len: usize,
+        c: *mut f32,
+        ldc: usize,
+        accumulate: bool,
+        prefetch: Prefetch,
+    ) {
+        let mut a0 = [_mm256_setzero_ps(); R];
+        let mut a1 = [_mm256_setzero_ps(); R];
+        // SAFETY: every access stays within the ranges the caller guarantees; prefetch
+        // addresses use wrapping arithmetic and are never dereferenced.
+        unsafe {
+            if accumulate {
+                for r in 0..R {
+                    a0[r] = _mm256_loadu_ps(c.add(r * ldc));
+                    a1[r] = _mm256_loadu_ps(c.add(r * ldc + 8));
+                }
+            }
+            // One pointer per weight row, advanced by `step` per column: the loop body is the
+            // loads, broadcasts and FMAs alone (the front end, not the FMA units, bounded the
+            // loop with per-row address arithmetic and a prefetch test per column).
+            let rows: [*const f32; R] = std::array::from_fn(|r| w.add(if T { r } else { r * k }));
+            let step = if T { k } else { 1 };
+            let mut j = 0;
+            while j < len {
+                let end = (j + 16).min(len);
+                if prefetch.on {
+                    if T {
+                        // The next tile's values of column jj sit side by side.
+                        for jj in j..end {
+                            let p = prefetch.next.wrapping_add(jj * k);
+                            _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                        }
+                    } else {
+                        for r in 0..NR {
+                            let p = prefetch.next.wrapping_add(r * k + j);
+                            _mm_prefetch::<_MM_HINT_T1>(p as *const i8);
+                        }
+                    }
+                }
+                for jj in j..end {
+                    let x0 = _mm256_loadu_ps(xp.add(jj * MH));
+                    let x1 = _mm256_loadu_ps(xp.add(jj * MH + 8));
+                    for r in 0..R {
+                        let b = _mm256_set1_ps(*rows[r].add(jj * step));
+                        a0[r] = _mm256_fmadd_ps(x0, b, a0[r]);
+                        a1[r] = _mm256_fmadd_ps(x1, b, a1[r]);
+                    }
+                }
+                j = end;
+            }
+            for r in 0..R {
+                _mm256_storeu_ps(c.add(r * ldc), a0[r]);
+                _mm256_storeu_ps(c.add(r * ldc + 8), a1[r]);
+            }
+        }
+    }
+
+    /// Transposes the 8 vectors `v` (rows) in registers: afterwards `v[c]` holds column `c`.
+    #[target_feature(enable = "avx2")]
+    #[inline]
+    fn transpose8(v: &mut [__m256; 8]) {
+        // Rows interleaved in pairs, then quads, within each 128-bit lane: `u[4g + c]` holds
+        // column c (low lane) and c + 4 (high lane) of rows 4g .. 4g + 4.
+        let mut t = [_mm256_setzero_ps(); 8];
+        for a in 0..4 {
+            t[2 * a] = _mm256_unpacklo_ps(v[2 * a], v[2 * a + 1]);
+            t[2 * a + 1] = _mm256_unpackhi_ps(v[2 * a], v[2 * a + 1]);
+        }
+        let mut u = [_mm256_setzero_ps(); 8];
+        for g in 0..2 {
+            let q = &t[4 * g..4 * g + 4];
+            u[4 * g] = _mm256_shuffle_ps::<0x44>(q[0], q[2]);
+            u[4 * g + 1] = _mm256_shuffle_ps::<0xEE>(q[0], q[2]);
+            u[4 * g + 2] = _mm256_shuffle_ps::<0x44>(q[1], q[3]);
+            u[4 * g + 3] = _mm256_shuffle_ps::<0xEE>(q[1], q[3]);
+        }
+        for c in 0..4 {
+            v[c] = _mm256_permute2f128_ps::<0x20>(u[c], u[4 + c]);
+            v[4 + c] = _mm256_permute2f128_ps::<0x31>(u[c], u[4 + c]);
+        }
+    }
+
+    /// [`super::write_out`] for the first `count − count mod 8` rows, 8 × 8 blocks transposed
+    /// in registers; returns the rows written.
+    ///
+    /// # Safety
+    /// As [`super::write_out`], and the CPU has AVX2.
+    #[target_feature(enable = "avx2")]
+    pub(super) unsafe fn write_out(
+        ct: &[f32],
+        mp: usize,
+        [lo, hi]: [usize; 2],
+        count: usize,
+        dest: Dest<'_>,
+    ) -> usize {
+        let Dest {
+            out,
+            n,
+            first,
+            bias,
+            ..
+        } = dest;
+        let full = count - count % 8;
+        let cp = ct.as_ptr();
+        // SAFETY: rows r0 .. r0 + 8 ≤ count of `ct` hold `mp` ≥ i0 + 8 values (mp and i0 are
+        // multiples of 8); stores go to rows i < hi ≤ m and columns first + r0 .. + 8 ≤ n.
+        unsafe {
+            for r0 in (0..full).step_by(8) {
+                let b = match bias {
+                    Some(b) => _mm256_loadu_ps(b.as_ptr().add(first + r0)),
+                    None => _mm256_setzero_ps(),
+                };
+                for i0 in (lo..hi).step_by(8) {
+                    let mut v = [_mm256_setzero_ps(); 8];
+                    for (rr, x) in v.iter_mut().enumerate() {
+                        *x = _mm256_loadu_ps(cp.add((r0 + rr) * mp + i0));
+                    }
+                    transpose8(&mut v);
+                    for (c, x) in v.iter().enumerate().take(hi - i0) {
+                        let at = out.at((i0 + c) * n + first + r0);
+                        _mm256_storeu_ps(at, _mm256_add_ps(*x, b));
+                    }
+                }
+            }
+        }
+        full
+    }
+
+    /// The AVX-512 `block` on [`micro`]: chunks of [`KC`] columns, panel by panel (each as two
+    /// halves), the task's tiles of [`NR`] rows in turn, each panel written out as soon as its
+    /// last chunk is done.
+    ///
+    /// # Safety
+    /// The CPU has AVX2 and FMA; `packed.len() == mp·k` (panels as two halves: `pack_panels`
+    /// with `halves`), `w` holds every element of the
+    /// `count` rows (`(r, j)` at `r·s + j`, or `j·s + r` when `T`), `ct.len() == count·mp`,
+    /// `mp` a multiple of [`MR`]; `dest` as [`super::write_out`].
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    pub(super) unsafe fn block<const T: bool>(
+        packed: &[f32],
+        mp: usize,
+        k: usize,
+        w: &[f32],
+        s: usize,
+        count: usize,
+        ct: &mut [f32],
+        dest: Dest<'_>,
+    ) {
+        let (xp, wp) = (packed.as_ptr(), w.as_ptr());
+        let panels = mp / MR;
+        let at = |r: usize, j: usize| if T { j * s + r } else { r * s + j };
+        let mut j0 = 0;
+        // SAFETY: tiles stay within the `count` rows of `w`, chunks within `0..k`, panels and
+        // their halves within `packed`, outputs within `ct`.
+        unsafe {
+            while j0 < k {
+                let len = KC.min(k - j0);
+                for p in 0..panels {
+                    for h in 0..MR / MH {
+                        let x = xp.add(p * k * MR + h * k * MH + j0 * MH);
+                        let cp = ct.as_mut_ptr();
+                        let mut r0 = 0;
+                        while r0 < count {
+                            let rn = NR.min(count - r0);
+                            let wt = wp.add(at(r0, j0));
+                            let c = cp.add(r0 * mp + p * MR + h * MH);
+                            let acc = j0 > 0;
+                            let next = if r0 + NR < count {
+                                wp.wrapping_add(at(r0 + NR, j0))
+                            } else {
+                                wp.wrapping_add(at(0, j0 + KC))
+                            };
+                            let pf = Prefetch {
+                                next,
+                                on: p == 0 && h == 0,
+                            };
+                            macro_rules! go {
+                                ($r:literal) => {
+                                    micro::<$r, T>(x, wt, s, len, c, mp, acc, pf)
+                                };
+                            }
+                            match rn {
+                                6 => go!(6),
+                                5 => go!(5),
+                                4 => go!(4),
+                                3 => go!(3),
+                                2 => go!(2),
+                                _ => go!(1),
+                            }
+                            r0 += rn;
+                        }
+                    }
+                    if j0 + len == k {
+                        let rows = [p * MR, ((p + 1) * MR).min(dest.m)];
+                        if rows[0] < rows[1] {
+                            super::write_out(Isa::Avx2, ct, mp, rows, count, dest);
+                        }
+                    }
+                }
+                j0 += len;
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -834,11 +1076,19 @@ mod tests {
         let x: Vec<f32> = (0..m * k).map(|_| next()).collect();
         let w: Vec<f32> = (0..n * k).map(|_| next()).collect();
         let want = gemv_f32_reference(&x, &w, None, m, n, k).unwrap();
+        let mut fused: Option<Vec<f32>> = None;
         for isa in Isa::ALL.into_iter().filter(|i| i.is_supported()) {
             let got = gemm_f32_with(isa, &x, &w, None, m, n, k).unwrap();
             assert_eq!(got.len(), want.len());
             for (i, (g, r)) in got.iter().zip(&want).enumerate() {
                 assert!((g - r).abs() <= 1e-4, "{} y[{i}] {g} vs {r}", isa.name());
+            }
+            // The vector kernels add the same fused products in the same order.
+            if isa != Isa::Scalar {
+                match &fused {
+                    Some(first) => assert_eq!(&got, first, "{} against the first", isa.name()),
+                    None => fused = Some(got),
+                }
             }
         }
     }
